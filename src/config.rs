@@ -1,0 +1,420 @@
+//! Configuration: read from the environment once, validated once.
+//!
+//! Every setting has a default that works on a developer machine with
+//! `./scripts/services up`. A value that cannot be parsed stops start-up with
+//! a message naming the variable and the form it expects; all problems are
+//! reported together so one edit fixes them all.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
+
+/// Everything payhook reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the HTTP server listens (`HTTP_ADDR`).
+    pub http_addr: SocketAddr,
+    /// Largest webhook body accepted, in bytes (`HTTP_MAX_BODY_BYTES`).
+    pub http_max_body_bytes: usize,
+    /// Value of `Retry-After` on a 503 (`HTTP_RETRY_AFTER`).
+    pub http_retry_after: Duration,
+
+    /// Postgres connection string (`DATABASE_URL`).
+    pub database_url: String,
+    /// Connections in the pool (`DATABASE_POOL_SIZE`).
+    pub database_pool_size: usize,
+    /// Apply `sql/` migrations when `serve` starts (`RUN_MIGRATIONS`).
+    pub run_migrations: bool,
+
+    /// Bootstrap brokers, comma-separated `host:port` (`KAFKA_BROKERS`).
+    pub kafka_brokers: Vec<String>,
+    /// Topic for payment webhooks (`KAFKA_ORDERS_TOPIC`).
+    pub orders_topic: String,
+    /// Topic for chargeback webhooks (`KAFKA_DISPUTES_TOPIC`).
+    pub disputes_topic: String,
+    /// Consumer group that keys the stored offsets of the orders topic
+    /// (`KAFKA_ORDERS_CONSUMER_GROUP`).
+    pub orders_consumer_group: String,
+    /// Consumer group that keys the stored offsets of the disputes topic
+    /// (`KAFKA_DISPUTES_CONSUMER_GROUP`).
+    pub disputes_consumer_group: String,
+    /// Partitions per topic for `payhook topics` (`KAFKA_PARTITIONS`).
+    pub partitions: NonZeroU32,
+    /// Replication factor for `payhook topics` (`KAFKA_REPLICATION_FACTOR`).
+    pub replication_factor: i16,
+    /// How long a webhook may wait for the broker's acknowledgement before it
+    /// is answered 503 (`KAFKA_PUBLISH_TIMEOUT`).
+    pub publish_timeout: Duration,
+    /// How long the producer waits for more records before sending a batch
+    /// (`KAFKA_LINGER`).
+    pub linger: Duration,
+    /// Records that may wait per partition for the producer
+    /// (`KAFKA_PRODUCER_QUEUE`); beyond it requests wait, then get a 503.
+    pub producer_queue: usize,
+    /// Upper bound for any single broker call (`KAFKA_REQUEST_TIMEOUT`).
+    /// rskafka 0.6 has no request timeout of its own and retries forever.
+    pub kafka_request_timeout: Duration,
+    /// Bytes asked for per fetch (`KAFKA_FETCH_MAX_BYTES`).
+    pub fetch_max_bytes: i32,
+    /// How long the broker may hold a fetch open waiting for data
+    /// (`KAFKA_FETCH_MAX_WAIT`).
+    pub fetch_max_wait: Duration,
+
+    /// Most records applied in one database transaction
+    /// (`CONSUMER_MAX_BATCH`).
+    pub consumer_max_batch: usize,
+    /// First pause after a failure (`RETRY_BACKOFF_MIN`).
+    pub retry_backoff_min: Duration,
+    /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
+    pub retry_backoff_max: Duration,
+
+    /// How long a graceful shutdown may take (`SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: Duration,
+}
+
+/// One variable that could not be used, and what was expected instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VarError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// All the variables that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<VarError>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  {}={:?}: expected {}", e.var, e.value, e.expected)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads from a map; for tests.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| map.get(k).cloned())
+    }
+
+    /// Reads every setting through `get`, collecting every problem.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            get: &get,
+            errors: Vec::new(),
+        };
+        let cfg = Config {
+            http_addr: r.parse(
+                "HTTP_ADDR",
+                "127.0.0.1:8080",
+                "an address like 127.0.0.1:8080",
+            ),
+            http_max_body_bytes: r.parse_with(
+                "HTTP_MAX_BODY_BYTES",
+                "262144",
+                "a size in bytes between 1024 and 16777216",
+                |s| {
+                    s.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1024..=16 << 20).contains(n))
+                },
+            ),
+            http_retry_after: r.duration("HTTP_RETRY_AFTER", "5s"),
+            database_url: r.parse_with(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/payhook",
+                "a postgres:// URL",
+                |s| {
+                    let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
+                        && s.parse::<tokio_postgres::Config>().is_ok();
+                    ok.then(|| s.to_owned())
+                },
+            ),
+            database_pool_size: r.parse_with(
+                "DATABASE_POOL_SIZE",
+                "16",
+                "a whole number between 1 and 1000",
+                |s| s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)),
+            ),
+            run_migrations: r.parse_with("RUN_MIGRATIONS", "true", "true or false", parse_bool),
+            kafka_brokers: r.parse_with(
+                "KAFKA_BROKERS",
+                "127.0.0.1:9092",
+                "comma-separated host:port pairs",
+                |s| {
+                    let list: Vec<String> = s
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|b| !b.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    let valid = !list.is_empty()
+                        && list.iter().all(|b| {
+                            b.rsplit_once(':')
+                                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                        });
+                    valid.then_some(list)
+                },
+            ),
+            orders_topic: r.name("KAFKA_ORDERS_TOPIC", "payments.orders"),
+            disputes_topic: r.name("KAFKA_DISPUTES_TOPIC", "payments.disputes"),
+            orders_consumer_group: r.name("KAFKA_ORDERS_CONSUMER_GROUP", "payhook-orders"),
+            disputes_consumer_group: r.name("KAFKA_DISPUTES_CONSUMER_GROUP", "payhook-disputes"),
+            partitions: r.parse_with(
+                "KAFKA_PARTITIONS",
+                "8",
+                "a whole number between 1 and 10000",
+                |s| {
+                    s.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= 10_000)
+                        .and_then(NonZeroU32::new)
+                },
+            ),
+            replication_factor: r.parse_with(
+                "KAFKA_REPLICATION_FACTOR",
+                "1",
+                "a whole number between 1 and 32",
+                |s| s.parse::<i16>().ok().filter(|n| (1..=32).contains(n)),
+            ),
+            publish_timeout: r.duration("KAFKA_PUBLISH_TIMEOUT", "5s"),
+            linger: r.parse_with(
+                "KAFKA_LINGER",
+                "1ms",
+                "a duration of at most 1s, like 0ms, 2ms",
+                |s| {
+                    humantime::parse_duration(s)
+                        .ok()
+                        .filter(|d| *d <= Duration::from_secs(1))
+                },
+            ),
+            producer_queue: r.parse_with(
+                "KAFKA_PRODUCER_QUEUE",
+                "4096",
+                "a whole number between 1 and 1000000",
+                |s| {
+                    s.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                },
+            ),
+            kafka_request_timeout: r.duration("KAFKA_REQUEST_TIMEOUT", "10s"),
+            fetch_max_bytes: r.parse_with(
+                "KAFKA_FETCH_MAX_BYTES",
+                "4194304",
+                "a size in bytes between 65536 and 104857600",
+                |s| {
+                    s.parse::<i32>()
+                        .ok()
+                        .filter(|n| (65_536..=100 << 20).contains(n))
+                },
+            ),
+            fetch_max_wait: r.duration("KAFKA_FETCH_MAX_WAIT", "250ms"),
+            consumer_max_batch: r.parse_with(
+                "CONSUMER_MAX_BATCH",
+                "2000",
+                "a whole number between 1 and 100000",
+                |s| {
+                    s.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                },
+            ),
+            retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
+            retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
+            shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),
+        };
+        // Checks that involve more than one field.
+        if cfg.retry_backoff_min > cfg.retry_backoff_max {
+            r.errors.push(VarError {
+                var: "RETRY_BACKOFF_MIN",
+                value: humantime::format_duration(cfg.retry_backoff_min).to_string(),
+                expected: "a duration no longer than RETRY_BACKOFF_MAX",
+            });
+        }
+        if cfg.orders_topic == cfg.disputes_topic {
+            r.errors.push(VarError {
+                var: "KAFKA_DISPUTES_TOPIC",
+                value: cfg.disputes_topic.clone(),
+                expected: "a topic name different from KAFKA_ORDERS_TOPIC",
+            });
+        }
+        if r.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(r.errors))
+        }
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Kafka's own rule for topic names, also used for consumer group names so
+/// they stay readable in logs and SQL.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 249
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<VarError>,
+}
+
+impl Reader<'_> {
+    fn parse_with<T>(
+        &mut self,
+        var: &'static str,
+        default: &str,
+        expected: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let raw = (self.get)(var);
+        let value = raw.as_deref().map(str::trim).unwrap_or(default);
+        match parse(value) {
+            Some(v) => v,
+            None => {
+                self.errors.push(VarError {
+                    var,
+                    value: value.to_owned(),
+                    expected,
+                });
+                // Fall back to the default so the remaining checks can run;
+                // the error is reported and start-up stops.
+                parse(default).expect("every default parses")
+            }
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &mut self,
+        var: &'static str,
+        default: &str,
+        expected: &'static str,
+    ) -> T {
+        self.parse_with(var, default, expected, |s| s.parse().ok())
+    }
+
+    fn duration(&mut self, var: &'static str, default: &str) -> Duration {
+        self.parse_with(
+            var,
+            default,
+            "a duration like 250ms, 5s or 1m (more than zero)",
+            |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+        )
+    }
+
+    fn name(&mut self, var: &'static str, default: &str) -> String {
+        self.parse_with(
+            var,
+            default,
+            "1 to 249 characters of a-z, A-Z, 0-9, '.', '_' or '-'",
+            |s| valid_name(s).then(|| s.to_owned()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_are_for_local_use() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1:5432/payhook");
+        assert_eq!(c.kafka_brokers, vec!["127.0.0.1:9092".to_string()]);
+        assert_eq!(c.orders_topic, "payments.orders");
+        assert_eq!(c.disputes_topic, "payments.disputes");
+        assert_eq!(c.publish_timeout, Duration::from_secs(5));
+        assert_eq!(c.linger, Duration::from_millis(1));
+        assert!(c.run_migrations);
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let c = cfg(&[
+            ("KAFKA_PUBLISH_TIMEOUT", "250ms"),
+            ("SHUTDOWN_TIMEOUT", "1m"),
+        ])
+        .unwrap();
+        assert_eq!(c.publish_timeout, Duration::from_millis(250));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_with_the_expected_form() {
+        let err = cfg(&[
+            ("HTTP_ADDR", "localhost"),
+            ("KAFKA_PUBLISH_TIMEOUT", "5 parsecs"),
+            ("KAFKA_PARTITIONS", "0"),
+            ("KAFKA_BROKERS", "nohost"),
+            ("DATABASE_URL", "mysql://x"),
+            ("RUN_MIGRATIONS", "perhaps"),
+            ("KAFKA_ORDERS_TOPIC", "bad topic"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "HTTP_ADDR",
+                "DATABASE_URL",
+                "RUN_MIGRATIONS",
+                "KAFKA_BROKERS",
+                "KAFKA_ORDERS_TOPIC",
+                "KAFKA_PARTITIONS",
+                "KAFKA_PUBLISH_TIMEOUT",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("KAFKA_PUBLISH_TIMEOUT=\"5 parsecs\": expected a duration like 250ms")
+        );
+        assert!(text.contains("HTTP_ADDR=\"localhost\": expected an address"));
+    }
+
+    #[test]
+    fn zero_durations_and_crossed_backoffs_are_refused() {
+        let err = cfg(&[("HTTP_RETRY_AFTER", "0s")]).unwrap_err();
+        assert_eq!(err.0[0].var, "HTTP_RETRY_AFTER");
+        let err = cfg(&[("RETRY_BACKOFF_MIN", "1m"), ("RETRY_BACKOFF_MAX", "1s")]).unwrap_err();
+        assert_eq!(err.0[0].var, "RETRY_BACKOFF_MIN");
+    }
+
+    #[test]
+    fn same_topic_twice_is_refused() {
+        let err = cfg(&[("KAFKA_DISPUTES_TOPIC", "payments.orders")]).unwrap_err();
+        assert_eq!(err.0[0].var, "KAFKA_DISPUTES_TOPIC");
+    }
+
+    #[test]
+    fn brokers_list_is_split_and_trimmed() {
+        let c = cfg(&[("KAFKA_BROKERS", "a:9092, b:9093 ,")]).unwrap();
+        assert_eq!(c.kafka_brokers, ["a:9092", "b:9093"]);
+    }
+}

@@ -1,0 +1,62 @@
+//! Storage: the Postgres pool, migrations, repositories and stored offsets.
+//!
+//! - [`migrations`]: the files in `sql/`, applied in order, once.
+//! - [`store`]: [`store::PgStore`], the domain's storage traits over one
+//!   transaction, with set-based SQL (one statement per table per batch).
+//! - [`offsets`]: consumer positions, written in the same transaction as the
+//!   effects they acknowledge.
+
+pub mod migrations;
+pub mod offsets;
+pub mod store;
+
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("cannot build the pool: {0}")]
+    Build(String),
+}
+
+/// Builds a pool. Connections are made lazily; every wait is bounded so a
+/// database outage surfaces as an error instead of a hang.
+pub fn pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, DbError> {
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Build(e.to_string()))?;
+    let mut pg = pg;
+    pg.connect_timeout(timeout);
+    pg.application_name("payhook");
+    let mgr = deadpool_postgres::Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .timeouts(Timeouts {
+            wait: Some(timeout),
+            create: Some(timeout),
+            recycle: Some(timeout),
+        })
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Build(e.to_string()))
+}
+
+/// Answers when the database does.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The domain's storage traits over one Postgres transaction.
+//!
+//! Each call is one set-based statement over arrays (`unnest`), so a batch of
+//! a thousand events costs a handful of round trips, not a thousand.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::domain::{
+    disputes::{ChargebackEvent, ChargebackStore},
+    orders::{PaymentEvent, PaymentStore},
+    types::ProviderEventId,
+};
+
+/// Storage over an open transaction; the caller commits.
+pub struct PgStore<'a, 't> {
+    tx: &'a Transaction<'t>,
+}
+
+impl std::fmt::Debug for PgStore<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+impl<'a, 't> PgStore<'a, 't> {
+    pub fn new(tx: &'a Transaction<'t>) -> Self {
+        Self { tx }
+    }
+}
+
+fn ids(rows: Vec<tokio_postgres::Row>) -> Result<Vec<ProviderEventId>, DbError> {
+    // The ids came from validated events; a row we cannot read back would be
+    // a schema bug, so it is reported rather than skipped.
+    rows.iter()
+        .map(|r| {
+            let s: &str = r.get(0);
+            ProviderEventId::parse(s).map_err(|e| DbError::Build(e.to_string()))
+        })
+        .collect()
+}
+
+const INSERT_PAYMENTS: &str = "
+INSERT INTO payment_events (provider_event_id, event_id, order_id, user_id, status, amount,
+                            currency, occurred_at, payload, kafka_topic, kafka_partition,
+                            kafka_offset)
+SELECT p, e, o, u, s, a, c, t, j::jsonb, $10, $11, k
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
+            $7::text[], $8::timestamptz[], $9::text[], $12::int8[])
+     AS x(p, e, o, u, s, a, c, t, j, k)
+ON CONFLICT (provider_event_id) DO NOTHING
+RETURNING provider_event_id";
+
+const ADVANCE_ORDERS: &str = "
+INSERT INTO orders AS cur (order_id, user_id, payment_status, amount, currency,
+                           status_occurred_at, last_provider_event_id)
+SELECT o, u, s, a, c, t, p
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+            $6::timestamptz[], $7::text[]) AS x(o, u, s, a, c, t, p)
+ON CONFLICT (order_id) DO UPDATE
+   SET user_id = EXCLUDED.user_id,
+       payment_status = EXCLUDED.payment_status,
+       amount = EXCLUDED.amount,
+       currency = EXCLUDED.currency,
+       status_occurred_at = EXCLUDED.status_occurred_at,
+       last_provider_event_id = EXCLUDED.last_provider_event_id,
+       updated_at = now()
+ WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
+
+const INSERT_CHARGEBACKS: &str = "
+INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, reason, amount,
+                               currency, occurred_at, payload, kafka_topic, kafka_partition,
+                               kafka_offset)
+SELECT p, e, o, s, r, a, c, t, j::jsonb, $10, $11, k
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
+            $7::text[], $8::timestamptz[], $9::text[], $12::int8[])
+     AS x(p, e, o, s, r, a, c, t, j, k)
+ON CONFLICT (provider_event_id) DO NOTHING
+RETURNING provider_event_id";
+
+const ADVANCE_DISPUTES: &str = "
+INSERT INTO disputes AS cur (order_id, status, reason, amount, currency, status_occurred_at,
+                             last_provider_event_id)
+SELECT o, s, r, a, c, t, p
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+            $6::timestamptz[], $7::text[]) AS x(o, s, r, a, c, t, p)
+ON CONFLICT (order_id) DO UPDATE
+   SET status = EXCLUDED.status,
+       reason = EXCLUDED.reason,
+       amount = EXCLUDED.amount,
+       currency = EXCLUDED.currency,
+       status_occurred_at = EXCLUDED.status_occurred_at,
+       last_provider_event_id = EXCLUDED.last_provider_event_id,
+       updated_at = now()
+ WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
+
+/// Columns shared by both kinds of event, gathered as arrays.
+#[derive(Default)]
+struct Columns {
+    provider_event_id: Vec<String>,
+    event_id: Vec<Uuid>,
+    order_id: Vec<String>,
+    status: Vec<&'static str>,
+    amount: Vec<i64>,
+    currency: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
+    payload: Vec<String>,
+    offset: Vec<i64>,
+}
+
+impl PaymentStore for PgStore<'_, '_> {
+    type Error = DbError;
+
+    async fn insert_new_payment_events(
+        &mut self,
+        events: &[&PaymentEvent],
+    ) -> Result<Vec<ProviderEventId>, DbError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let mut c = Columns::default();
+        let mut user_id = Vec::with_capacity(events.len());
+        for e in events {
+            let w = &e.webhook;
+            c.provider_event_id
+                .push(w.provider_event_id.as_str().to_owned());
+            c.event_id.push(e.event_id);
+            c.order_id.push(w.order_id.as_str().to_owned());
+            user_id.push(w.user_id.as_str().to_owned());
+            c.status.push(w.status.as_str());
+            c.amount.push(w.amount.minor_units());
+            c.currency.push(w.currency.as_str().to_owned());
+            c.occurred_at.push(w.occurred_at.as_datetime());
+            c.payload.push(e.payload.clone());
+            c.offset.push(e.source.offset);
+        }
+        let rows = self
+            .tx
+            .query(
+                INSERT_PAYMENTS,
+                &[
+                    &c.provider_event_id,
+                    &c.event_id,
+                    &c.order_id,
+                    &user_id,
+                    &c.status,
+                    &c.amount,
+                    &c.currency,
+                    &c.occurred_at,
+                    &c.payload,
+                    &first.source.topic,
+                    &first.source.partition,
+                    &c.offset,
+                ],
+            )
+            .await?;
+        ids(rows)
+    }
+
+    async fn advance_orders(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
+        let mut c = Columns::default();
+        let mut user_id = Vec::with_capacity(latest.len());
+        for e in latest {
+            let w = &e.webhook;
+            c.order_id.push(w.order_id.as_str().to_owned());
+            user_id.push(w.user_id.as_str().to_owned());
+            c.status.push(w.status.as_str());
+            c.amount.push(w.amount.minor_units());
+            c.currency.push(w.currency.as_str().to_owned());
+            c.occurred_at.push(w.occurred_at.as_datetime());
+            c.provider_event_id
+                .push(w.provider_event_id.as_str().to_owned());
+        }
+        Ok(self
+            .tx
+            .execute(
+                ADVANCE_ORDERS,
+                &[
+                    &c.order_id,
+                    &user_id,
+                    &c.status,
+                    &c.amount,
+                    &c.currency,
+                    &c.occurred_at,
+                    &c.provider_event_id,
+                ],
+            )
+            .await?)
+    }
+}
+
+impl ChargebackStore for PgStore<'_, '_> {
+    type Error = DbError;
+
+    async fn insert_new_chargeback_events(
+        &mut self,
+        events: &[&ChargebackEvent],
+    ) -> Result<Vec<ProviderEventId>, DbError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let mut c = Columns::default();
+        let mut reason: Vec<Option<String>> = Vec::with_capacity(events.len());
+        for e in events {
+            let w = &e.webhook;
+            c.provider_event_id
+                .push(w.provider_event_id.as_str().to_owned());
+            c.event_id.push(e.event_id);
+            c.order_id.push(w.order_id.as_str().to_owned());
+            c.status.push(w.status.as_str());
+            reason.push(w.reason.as_ref().map(|r| r.as_str().to_owned()));
+            c.amount.push(w.amount.minor_units());
+            c.currency.push(w.currency.as_str().to_owned());
+            c.occurred_at.push(w.occurred_at.as_datetime());
+            c.payload.push(e.payload.clone());
+            c.offset.push(e.source.offset);
+        }
+        let rows = self
+            .tx
+            .query(
+                INSERT_CHARGEBACKS,
+                &[
+                    &c.provider_event_id,
+                    &c.event_id,
+                    &c.order_id,
+                    &c.status,
+                    &reason,
+                    &c.amount,
+                    &c.currency,
+                    &c.occurred_at,
+                    &c.payload,
+                    &first.source.topic,
+                    &first.source.partition,
+                    &c.offset,
+                ],
+            )
+            .await?;
+        ids(rows)
+    }
+
+    async fn advance_disputes(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
+        let mut c = Columns::default();
+        let mut reason: Vec<Option<String>> = Vec::with_capacity(latest.len());
+        for e in latest {
+            let w = &e.webhook;
+            c.order_id.push(w.order_id.as_str().to_owned());
+            c.status.push(w.status.as_str());
+            reason.push(w.reason.as_ref().map(|r| r.as_str().to_owned()));
+            c.amount.push(w.amount.minor_units());
+            c.currency.push(w.currency.as_str().to_owned());
+            c.occurred_at.push(w.occurred_at.as_datetime());
+            c.provider_event_id
+                .push(w.provider_event_id.as_str().to_owned());
+        }
+        Ok(self
+            .tx
+            .execute(
+                ADVANCE_DISPUTES,
+                &[
+                    &c.order_id,
+                    &c.status,
+                    &reason,
+                    &c.amount,
+                    &c.currency,
+                    &c.occurred_at,
+                    &c.provider_event_id,
+                ],
+            )
+            .await?)
+    }
+}

@@ -1,0 +1,184 @@
+//! Chargeback webhooks and the dispute state they drive.
+//!
+//! One dispute per order. As with payments, every chargeback event is
+//! recorded, and only one at least as recent as the applied one changes the
+//! dispute's status.
+
+use std::future::Future;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::orders::{Outcome, SourcePosition, first_of_each, latest_per_key};
+use super::types::{
+    Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, Reason, ValidationError,
+};
+
+/// Where a dispute stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DisputeStatus {
+    Opened,
+    Won,
+    Lost,
+}
+
+impl DisputeStatus {
+    pub const ALL: [(&'static str, Self); 3] = [
+        ("opened", Self::Opened),
+        ("won", Self::Won),
+        ("lost", Self::Lost),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Won => "won",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// A validated chargeback webhook. It names no user: the provider only knows
+/// the order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargebackWebhook {
+    pub provider_event_id: ProviderEventId,
+    pub order_id: OrderId,
+    pub status: DisputeStatus,
+    /// The provider's reason code, when it sends one.
+    pub reason: Option<Reason>,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub occurred_at: OccurredAt,
+}
+
+impl ChargebackWebhook {
+    pub fn from_json(v: &Value) -> Result<Self, ValidationError> {
+        let f = Fields::of(v)?;
+        Ok(Self {
+            provider_event_id: ProviderEventId::parse(f.string("provider_event_id")?)?,
+            order_id: OrderId::parse(f.string("order_id")?)?,
+            status: f.one_of("status", &DisputeStatus::ALL)?,
+            reason: f
+                .optional_string("reason")?
+                .map(Reason::parse)
+                .transpose()?,
+            amount: f.amount()?,
+            currency: f.currency()?,
+            occurred_at: f.occurred_at()?,
+        })
+    }
+}
+
+/// A chargeback as delivered to the service.
+#[derive(Clone, Debug)]
+pub struct ChargebackEvent {
+    pub event_id: Uuid,
+    pub webhook: ChargebackWebhook,
+    pub payload: String,
+    pub source: SourcePosition,
+}
+
+/// Storage the dispute service needs; see [`super::orders::PaymentStore`].
+pub trait ChargebackStore {
+    type Error;
+
+    fn insert_new_chargeback_events(
+        &mut self,
+        events: &[&ChargebackEvent],
+    ) -> impl Future<Output = Result<Vec<ProviderEventId>, Self::Error>> + Send;
+
+    fn advance_disputes(
+        &mut self,
+        latest: &[&ChargebackEvent],
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+}
+
+/// Applies chargebacks to disputes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DisputeService;
+
+impl DisputeService {
+    /// Applies a batch of chargebacks, given in the order they were accepted.
+    pub async fn process_chargebacks<S: ChargebackStore + Send>(
+        &self,
+        store: &mut S,
+        events: &[ChargebackEvent],
+    ) -> Result<Outcome, S::Error> {
+        let unique = first_of_each(events, |e| e.webhook.provider_event_id.as_str());
+        let new_ids = store.insert_new_chargeback_events(&unique).await?;
+        let new: std::collections::HashSet<&str> = new_ids.iter().map(|i| i.as_str()).collect();
+        let fresh: Vec<&ChargebackEvent> = unique
+            .into_iter()
+            .filter(|e| new.contains(e.webhook.provider_event_id.as_str()))
+            .collect();
+        let latest = latest_per_key(&fresh, |e| {
+            (e.webhook.order_id.as_str(), e.webhook.occurred_at)
+        });
+        let changed = if latest.is_empty() {
+            0
+        } else {
+            store.advance_disputes(&latest).await?
+        };
+        Ok(Outcome {
+            stored: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+            changed,
+        })
+    }
+
+    /// Convenience for a single chargeback.
+    pub async fn process_chargeback<S: ChargebackStore + Send>(
+        &self,
+        store: &mut S,
+        event: ChargebackEvent,
+    ) -> Result<Outcome, S::Error> {
+        self.process_chargebacks(store, std::slice::from_ref(&event))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body() -> Value {
+        json!({"provider_event_id":"cb_9","order_id":"ord_42","status":"opened",
+               "reason":"fraudulent","amount":1999,"currency":"USD",
+               "occurred_at":"2026-11-26T11:00:00Z"})
+    }
+
+    #[test]
+    fn a_valid_chargeback_parses() {
+        let c = ChargebackWebhook::from_json(&body()).unwrap();
+        assert_eq!(c.status, DisputeStatus::Opened);
+        assert_eq!(c.reason.unwrap().as_str(), "fraudulent");
+    }
+
+    #[test]
+    fn reason_is_optional_but_checked_and_user_id_is_not_needed() {
+        let mut b = body();
+        b.as_object_mut().unwrap().remove("reason");
+        assert!(ChargebackWebhook::from_json(&b).unwrap().reason.is_none());
+        b["reason"] = json!("");
+        assert_eq!(
+            ChargebackWebhook::from_json(&b).unwrap_err().field,
+            Some("reason")
+        );
+        b["reason"] = json!(7);
+        assert_eq!(
+            ChargebackWebhook::from_json(&b).unwrap_err().field,
+            Some("reason")
+        );
+    }
+
+    #[test]
+    fn status_must_be_a_dispute_status() {
+        let mut b = body();
+        b["status"] = json!("succeeded");
+        let e = ChargebackWebhook::from_json(&b).unwrap_err();
+        assert_eq!(e.field, Some("status"));
+        assert!(e.detail.contains("opened, won, lost"), "{}", e.detail);
+    }
+}

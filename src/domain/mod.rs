@@ -1,0 +1,14 @@
+//! The domain: payment and chargeback webhooks, and what they change.
+//!
+//! Webhooks are parsed once, at the edge, into types that cannot hold invalid
+//! data ([`types`]). The services ([`orders::OrderService`],
+//! [`disputes::DisputeService`]) decide what a batch of events changes; the
+//! storage they use is a trait, implemented over Postgres in [`crate::db`] and
+//! by in-memory fakes in the unit tests. Nothing here knows about HTTP, Kafka
+//! or SQL.
+
+pub mod disputes;
+pub mod orders;
+pub mod types;
+
+pub use types::ValidationError;

@@ -1,0 +1,348 @@
+//! Payment webhooks and the order state they drive.
+//!
+//! An order's state never goes backwards: providers do not promise to deliver
+//! events in order, so every event is recorded, but only an event at least as
+//! recent (by `occurred_at`) as the one already applied changes the order.
+
+use std::{collections::HashMap, future::Future};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::types::{
+    Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, UserId, ValidationError,
+};
+
+/// Where a payment currently stands, as the provider reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub const ALL: [(&'static str, Self); 4] = [
+        ("pending", Self::Pending),
+        ("succeeded", Self::Succeeded),
+        ("failed", Self::Failed),
+        ("refunded", Self::Refunded),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Refunded => "refunded",
+        }
+    }
+}
+
+/// A validated payment webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentWebhook {
+    pub provider_event_id: ProviderEventId,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub status: PaymentStatus,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub occurred_at: OccurredAt,
+}
+
+impl PaymentWebhook {
+    /// Validates a parsed JSON body. Unknown fields are allowed: providers add
+    /// fields, and the raw body is stored whole.
+    pub fn from_json(v: &Value) -> Result<Self, ValidationError> {
+        let f = Fields::of(v)?;
+        Ok(Self {
+            provider_event_id: ProviderEventId::parse(f.string("provider_event_id")?)?,
+            order_id: OrderId::parse(f.string("order_id")?)?,
+            user_id: UserId::parse(f.string("user_id")?)?,
+            status: f.one_of("status", &PaymentStatus::ALL)?,
+            amount: f.amount()?,
+            currency: f.currency()?,
+            occurred_at: f.occurred_at()?,
+        })
+    }
+}
+
+/// Where an event was read from; kept with the stored event for audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcePosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A payment webhook as delivered to the service: the validated fields, the
+/// envelope's `event_id` and the raw payload to store.
+#[derive(Clone, Debug)]
+pub struct PaymentEvent {
+    pub event_id: Uuid,
+    pub webhook: PaymentWebhook,
+    /// The webhook body exactly as received (valid JSON).
+    pub payload: String,
+    pub source: SourcePosition,
+}
+
+/// Storage the order service needs. Both calls run inside the caller's
+/// transaction, which also records the consumer offset.
+pub trait PaymentStore {
+    type Error;
+
+    /// Records each event whose `provider_event_id` is not stored yet, and
+    /// returns the ids that were new. Events already stored are left alone:
+    /// a duplicate is a success that changes nothing.
+    fn insert_new_payment_events(
+        &mut self,
+        events: &[&PaymentEvent],
+    ) -> impl Future<Output = Result<Vec<ProviderEventId>, Self::Error>> + Send;
+
+    /// Sets each order's state from the given event unless the order already
+    /// holds a state that occurred later. At most one event per order.
+    fn advance_orders(
+        &mut self,
+        latest: &[&PaymentEvent],
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+}
+
+/// What a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Events stored for the first time.
+    pub stored: usize,
+    /// Events that were already stored (or repeated within the batch).
+    pub duplicates: usize,
+    /// Rows whose state changed.
+    pub changed: u64,
+}
+
+/// Applies payment webhooks to orders.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrderService;
+
+impl OrderService {
+    /// Applies a batch of events, given in the order they were accepted.
+    pub async fn process_payment_webhooks<S: PaymentStore + Send>(
+        &self,
+        store: &mut S,
+        events: &[PaymentEvent],
+    ) -> Result<Outcome, S::Error> {
+        let unique = first_of_each(events, |e| e.webhook.provider_event_id.as_str());
+        let new_ids = store.insert_new_payment_events(&unique).await?;
+        let new: std::collections::HashSet<&str> = new_ids.iter().map(|i| i.as_str()).collect();
+        let fresh: Vec<&PaymentEvent> = unique
+            .into_iter()
+            .filter(|e| new.contains(e.webhook.provider_event_id.as_str()))
+            .collect();
+        let latest = latest_per_key(&fresh, |e| {
+            (e.webhook.order_id.as_str(), e.webhook.occurred_at)
+        });
+        let changed = if latest.is_empty() {
+            0
+        } else {
+            store.advance_orders(&latest).await?
+        };
+        Ok(Outcome {
+            stored: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+            changed,
+        })
+    }
+
+    /// Convenience for a single webhook.
+    pub async fn process_payment_webhook<S: PaymentStore + Send>(
+        &self,
+        store: &mut S,
+        event: PaymentEvent,
+    ) -> Result<Outcome, S::Error> {
+        self.process_payment_webhooks(store, std::slice::from_ref(&event))
+            .await
+    }
+}
+
+/// Keeps the first event for each id, in order.
+pub(crate) fn first_of_each<'a, T>(items: &'a [T], id: impl Fn(&T) -> &str) -> Vec<&'a T> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().filter(|t| seen.insert(id(t))).collect()
+}
+
+/// For each key, the item with the latest time; on a tie the later item wins,
+/// because it was accepted later. Result in order of each key's first item.
+pub(crate) fn latest_per_key<'a, T, K: Ord + Copy>(
+    items: &[&'a T],
+    key_and_time: impl Fn(&T) -> (&str, K),
+) -> Vec<&'a T> {
+    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut out: Vec<&'a T> = Vec::new();
+    for &item in items {
+        let (key, time) = key_and_time(item);
+        match slot.get(key) {
+            Some(&i) => {
+                if time >= key_and_time(out[i]).1 {
+                    out[i] = item;
+                }
+            }
+            None => {
+                slot.insert(key, out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body() -> Value {
+        json!({"provider_event_id":"evt_1","order_id":"ord_42","user_id":"usr_7",
+               "status":"succeeded","amount":1999,"currency":"USD",
+               "occurred_at":"2026-11-26T10:00:00Z","extra":{"provider":"adds fields"}})
+    }
+
+    #[test]
+    fn a_valid_webhook_parses_and_keeps_unknown_fields_out_of_the_way() {
+        let w = PaymentWebhook::from_json(&body()).unwrap();
+        assert_eq!(w.order_id.as_str(), "ord_42");
+        assert_eq!(w.status, PaymentStatus::Succeeded);
+        assert_eq!(w.amount.minor_units(), 1999);
+    }
+
+    #[test]
+    fn every_field_is_validated() {
+        let cases: &[(&str, Value, &str)] = &[
+            ("provider_event_id", json!(""), "invalid_field"),
+            ("order_id", json!(42), "invalid_field"),
+            ("user_id", Value::Null, "missing_field"),
+            ("status", json!("paid"), "invalid_field"),
+            ("amount", json!(-5), "invalid_field"),
+            ("currency", json!("usd"), "invalid_field"),
+            ("occurred_at", json!("noon"), "invalid_field"),
+        ];
+        for (field, value, code) in cases {
+            let mut b = body();
+            b[*field] = value.clone();
+            let e = PaymentWebhook::from_json(&b).unwrap_err();
+            assert_eq!(
+                (e.field, e.code),
+                (Some(*field), *code),
+                "{field}: {}",
+                e.detail
+            );
+        }
+        let mut b = body();
+        b.as_object_mut().unwrap().remove("currency");
+        assert_eq!(
+            PaymentWebhook::from_json(&b).unwrap_err().code,
+            "missing_field"
+        );
+    }
+
+    /// An in-memory store with the same rules as the SQL one.
+    #[derive(Default)]
+    struct FakeStore {
+        events: Vec<String>,
+        orders: HashMap<String, (PaymentStatus, OccurredAt)>,
+    }
+
+    impl PaymentStore for FakeStore {
+        type Error = std::convert::Infallible;
+
+        async fn insert_new_payment_events(
+            &mut self,
+            events: &[&PaymentEvent],
+        ) -> Result<Vec<ProviderEventId>, Self::Error> {
+            let mut new = Vec::new();
+            for e in events {
+                let id = e.webhook.provider_event_id.clone();
+                if !self.events.contains(&id.as_str().to_owned()) {
+                    self.events.push(id.as_str().to_owned());
+                    new.push(id);
+                }
+            }
+            Ok(new)
+        }
+
+        async fn advance_orders(&mut self, latest: &[&PaymentEvent]) -> Result<u64, Self::Error> {
+            let mut n = 0;
+            for e in latest {
+                let w = &e.webhook;
+                let slot = self.orders.entry(w.order_id.to_string());
+                let apply = match &slot {
+                    std::collections::hash_map::Entry::Occupied(o) => w.occurred_at >= o.get().1,
+                    std::collections::hash_map::Entry::Vacant(_) => true,
+                };
+                if apply {
+                    n += 1;
+                    *slot.or_insert((w.status, w.occurred_at)) = (w.status, w.occurred_at);
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    fn event(id: &str, order: &str, status: &str, at: &str) -> PaymentEvent {
+        let mut b = body();
+        b["provider_event_id"] = json!(id);
+        b["order_id"] = json!(order);
+        b["status"] = json!(status);
+        b["occurred_at"] = json!(at);
+        PaymentEvent {
+            event_id: Uuid::new_v4(),
+            webhook: PaymentWebhook::from_json(&b).unwrap(),
+            payload: b.to_string(),
+            source: SourcePosition {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_change_nothing_and_old_events_do_not_regress_state() {
+        let mut store = FakeStore::default();
+        let svc = OrderService;
+        let batch = [
+            event("e1", "o1", "pending", "2026-11-26T10:00:00Z"),
+            event("e2", "o1", "succeeded", "2026-11-26T10:05:00Z"),
+            event("e1", "o1", "pending", "2026-11-26T10:00:00Z"),
+            event("e3", "o2", "failed", "2026-11-26T09:00:00Z"),
+        ];
+        let out = svc
+            .process_payment_webhooks(&mut store, &batch)
+            .await
+            .unwrap();
+        assert_eq!((out.stored, out.duplicates, out.changed), (3, 1, 2));
+        assert_eq!(store.orders["o1"].0, PaymentStatus::Succeeded);
+
+        // A late, older event is stored but does not move the order back.
+        let late = event("e0", "o1", "pending", "2026-11-26T09:59:00Z");
+        let out = svc.process_payment_webhook(&mut store, late).await.unwrap();
+        assert_eq!((out.stored, out.changed), (1, 0));
+        assert_eq!(store.orders["o1"].0, PaymentStatus::Succeeded);
+
+        // The same batch again is all duplicates.
+        let out = svc
+            .process_payment_webhooks(&mut store, &batch)
+            .await
+            .unwrap();
+        assert_eq!((out.stored, out.duplicates, out.changed), (0, 4, 0));
+    }
+
+    #[test]
+    fn latest_per_key_prefers_later_items_on_ties() {
+        let items = [("a", 1), ("b", 5), ("a", 3), ("a", 3), ("b", 4)];
+        let refs: Vec<&(&str, i32)> = items.iter().collect();
+        let out = latest_per_key(&refs, |&(k, t)| (k, t));
+        assert_eq!(out.len(), 2);
+        assert!(std::ptr::eq(out[0], &items[3]));
+        assert!(std::ptr::eq(out[1], &items[1]));
+    }
+}

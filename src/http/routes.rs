@@ -1,0 +1,150 @@
+//! The endpoints.
+//!
+//! | method | path                             | answer |
+//! |--------|----------------------------------|--------|
+//! | POST   | `/webhooks/payments/orders`      | 202 `{"event_id"}` once Kafka has the event |
+//! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
+//! | GET    | `/healthz`                       | 200 while the process runs |
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+use serde_json::{Value, json, value::RawValue};
+use tracing::{info, warn};
+
+use super::error::{ApiError, Body, json_response};
+use crate::{
+    domain::{ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook},
+    messaging::{
+        envelope::{Envelope, EventType},
+        producer::Producer,
+    },
+};
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub producer: Producer,
+    pub orders_topic: String,
+    pub disputes_topic: String,
+    pub max_body_bytes: usize,
+    pub retry_after: Duration,
+}
+
+/// Routes one request. Never fails: every error becomes an answer.
+pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let result = match (req.uri().path(), req.method()) {
+        ("/webhooks/payments/orders", &Method::POST) => {
+            ingest(&state, req, EventType::OrderWebhook).await
+        }
+        ("/webhooks/payments/chargebacks", &Method::POST) => {
+            ingest(&state, req, EventType::DisputeWebhook).await
+        }
+        ("/webhooks/payments/orders" | "/webhooks/payments/chargebacks", _) => {
+            Err(ApiError::MethodNotAllowed { allow: "POST" })
+        }
+        ("/healthz", &Method::GET | &Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        ("/healthz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        _ => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The type hyper hands us.
+pub type IncomingRequest = Request<Incoming>;
+
+fn is_json(req: &Request<impl Sized>) -> bool {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(ct) = ct.to_str() else { return false };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Refuse a declared oversize body before reading any of it.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadBody(e.to_string())),
+    }
+}
+
+/// Validates a webhook and publishes it; 202 only after the broker's ack.
+async fn ingest<B>(
+    state: &AppState,
+    req: Request<B>,
+    kind: EventType,
+) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !is_json(&req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = read_body(req, state.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
+    let (order_id, topic) = match kind {
+        EventType::OrderWebhook => (
+            PaymentWebhook::from_json(&value)?.order_id,
+            &state.orders_topic,
+        ),
+        EventType::DisputeWebhook => (
+            ChargebackWebhook::from_json(&value)?.order_id,
+            &state.disputes_topic,
+        ),
+    };
+    drop(value);
+    // The payload travels byte for byte as the provider sent it.
+    let raw: Box<RawValue> = serde_json::from_slice(&body)
+        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
+    let envelope = Envelope::new(kind, order_id.as_str(), raw);
+    let event_id = envelope.event_id;
+    match state.producer.publish(topic, envelope.to_record()).await {
+        Ok(p) => {
+            info!(%event_id, %order_id, r#type = kind.as_str(), partition = p.partition, offset = p.offset, "webhook accepted");
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({ "event_id": event_id }),
+            ))
+        }
+        Err(source) => {
+            warn!(%event_id, %order_id, r#type = kind.as_str(), error = %source, "webhook not accepted");
+            Err(ApiError::Unavailable {
+                source,
+                retry_after: state.retry_after,
+            })
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! payhook: payment-provider webhooks over HTTP, queued in Kafka, applied to
+//! Postgres exactly once, in order per order.
+//!
+//! # Layout
+//!
+//! ```text
+//! HTTP webhook ─▶ http ─▶ messaging::producer ─▶ Kafka ─▶ messaging::consumer ─▶ domain ─▶ db
+//!   (hyper 1)     parse &   per-partition batches          per-partition loop     orders /    Postgres:
+//!                 validate  acks=all, bounded              offsets in the same    disputes    effects +
+//!                 → 202                                    transaction as effect              offsets
+//! ```
+//!
+//! - [`config`]: one [`config::Config`], read from the environment once and
+//!   validated once.
+//! - [`http`]: the transport. A bare hyper 1 server; routes, body limits and
+//!   the single place that maps errors to HTTP answers ([`http::error`]).
+//! - [`messaging`]: the Kafka side. The [`messaging::envelope`] wrapped around
+//!   every webhook, the Java-compatible [`messaging::partitioner`], the
+//!   batching [`messaging::producer`] and the hand-rolled
+//!   [`messaging::consumer`] loop.
+//! - [`domain`]: payment and chargeback webhooks as validated types, and the
+//!   services that decide what an event changes. No HTTP, Kafka or SQL here.
+//! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
+//!   carry out the domain's decisions, and the stored consumer offsets.
+//! - [`error`]: the one place that classifies failures as transient or
+//!   permanent, and the one retry policy ([`error::Backoff`]).
+//! - [`app`]: wiring and shutdown: `serve`, `migrate`, `topics`.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod messaging;

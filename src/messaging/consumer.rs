@@ -1,0 +1,360 @@
+//! The consumer: a hand-rolled loop per partition on rskafka's
+//! `fetch_records`.
+//!
+//! For each partition, forever:
+//! 1. fetch from the current position (bounded in time);
+//! 2. decode the records, in order; stop at the first one that cannot be
+//!    decoded;
+//! 3. apply the decoded prefix in **one transaction** that also moves the
+//!    stored offset (`consumer_offsets`) past them — the effect and the
+//!    acknowledgement commit or vanish together, so a crash at any point
+//!    neither loses nor repeats an effect;
+//! 4. on failure, pause with backoff and retry the same records. The position
+//!    never moves past a record that was not applied.
+//!
+//! A record that can never be decoded stops its partition (with an error
+//! logged on every attempt) rather than being skipped. Other partitions keep
+//! going: each loop is its own task.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use rskafka::client::{
+    error::{Error as RsError, ProtocolError},
+    partition::{OffsetAt, PartitionClient},
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    Kafka, KafkaError, bounded,
+    envelope::{Envelope, Event},
+};
+use crate::{
+    db::{DbError, offsets, store::PgStore},
+    domain::{
+        disputes::{ChargebackEvent, DisputeService},
+        orders::{OrderService, PaymentEvent, SourcePosition},
+    },
+    error::{Backoff, ErrorClass, ProcessError},
+};
+
+/// Settings for one topic's consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub group: String,
+    pub topic: String,
+    pub max_batch: usize,
+    pub fetch_max_bytes: i32,
+    pub fetch_max_wait: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Consumes every partition of `cfg.topic` until `shutdown` is cancelled.
+/// Each partition stops after finishing its current transaction.
+pub async fn run(kafka: Kafka, pool: Pool, cfg: ConsumerConfig, shutdown: CancellationToken) {
+    let cfg = Arc::new(cfg);
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+    let partitions = loop {
+        match kafka.partitions(&cfg.topic).await {
+            Ok(p) => break p,
+            Err(e) => {
+                warn!(topic = %cfg.topic, error = %e, "cannot list partitions; retrying");
+                if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    info!(topic = %cfg.topic, group = %cfg.group, partitions = partitions.len(), "consuming");
+    let mut tasks = JoinSet::new();
+    for partition in partitions {
+        let p = PartitionConsumer {
+            kafka: kafka.clone(),
+            pool: pool.clone(),
+            cfg: Arc::clone(&cfg),
+            partition,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(p.run());
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            error!(topic = %cfg.topic, error = %e, "partition consumer task failed");
+        }
+    }
+}
+
+/// Sleeps, or returns `true` early if shutdown was requested.
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+struct PartitionConsumer {
+    kafka: Kafka,
+    pool: Pool,
+    cfg: Arc<ConsumerConfig>,
+    partition: i32,
+    shutdown: CancellationToken,
+}
+
+/// Where a partition stands: the next offset to fetch, and what the database
+/// holds (the fence for the next commit).
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    next: i64,
+    stored: Option<i64>,
+}
+
+impl PartitionConsumer {
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
+        let topic = self.cfg.topic.clone();
+        let partition = self.partition;
+        // Connect and find the starting position, retrying until both work.
+        let (client, mut pos) = loop {
+            match self.start().await {
+                Ok(v) => break v,
+                Err(e) => {
+                    warn!(%topic, partition, error = %e, "cannot start partition consumer; retrying");
+                    if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                        return;
+                    }
+                }
+            }
+        };
+        backoff.reset();
+        info!(%topic, partition, offset = pos.next, "partition consumer started");
+        let max_wait_ms = i32::try_from(self.cfg.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        let fetch_deadline = self.kafka.request_timeout() + self.cfg.fetch_max_wait;
+
+        while !self.shutdown.is_cancelled() {
+            // Fetching changes nothing, so it may be abandoned at shutdown.
+            let fetched = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                r = bounded("fetching", fetch_deadline,
+                        client.fetch_records(pos.next, 1..self.cfg.fetch_max_bytes, max_wait_ms)) => r,
+            };
+            let records = match fetched {
+                Ok((records, _high_watermark)) => records,
+                Err(KafkaError::Client {
+                    source:
+                        RsError::ServerError {
+                            protocol_error: ProtocolError::OffsetOutOfRange,
+                            ..
+                        },
+                    ..
+                }) => {
+                    match self.reset_out_of_range(&client, pos.next).await {
+                        Ok(next) => pos.next = next,
+                        Err(e) => {
+                            warn!(%topic, partition, error = %e, "cannot read offsets; retrying");
+                            if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(%topic, partition, offset = pos.next, error = %e, "fetch failed; retrying");
+                    if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                continue;
+            }
+
+            // Decode in order, up to the first record that cannot be decoded.
+            let mut events = Vec::with_capacity(records.len());
+            let mut poison = None;
+            for r in records {
+                let source = SourcePosition {
+                    topic: topic.clone(),
+                    partition,
+                    offset: r.offset,
+                };
+                match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source))
+                {
+                    Ok(ev) => events.push((r.offset, ev)),
+                    Err(source) => {
+                        poison = Some(ProcessError::Decode {
+                            offset: r.offset,
+                            source,
+                        });
+                        break;
+                    }
+                }
+            }
+
+            // Apply the decodable prefix, a transaction per chunk.
+            let mut failed = false;
+            while !events.is_empty() {
+                let take = events.len().min(self.cfg.max_batch);
+                let chunk: Vec<(i64, Event)> = events.drain(..take).collect();
+                let next = chunk
+                    .last()
+                    .map(|(o, _)| o + 1)
+                    .expect("chunk is not empty");
+                match apply(
+                    &self.pool,
+                    &self.cfg.group,
+                    &topic,
+                    partition,
+                    pos.stored,
+                    next,
+                    chunk,
+                )
+                .await
+                {
+                    Ok(stats) => {
+                        debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
+                        pos = Position {
+                            next,
+                            stored: Some(next),
+                        };
+                        backoff.reset();
+                    }
+                    Err(ProcessError::Fenced { found, .. }) => {
+                        warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
+                        pos = match found {
+                            Some(f) => Position {
+                                next: f,
+                                stored: Some(f),
+                            },
+                            None => Position {
+                                next: pos.next,
+                                stored: None,
+                            },
+                        };
+                        failed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(%topic, partition, offset = pos.next, error = %e, class = ?e.class(), "applying records failed; will retry them");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = poison.filter(|_| !failed) {
+                debug_assert_eq!(e.class(), ErrorClass::Permanent);
+                error!(%topic, partition, offset = pos.next, error = %e,
+                       "record cannot be decoded; partition is stopped on it and will not skip it");
+                failed = true;
+            }
+            if failed && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                break;
+            }
+        }
+        info!(%topic, partition, offset = pos.next, "partition consumer stopped");
+    }
+
+    async fn start(&self) -> Result<(PartitionClient, Position), ProcessError> {
+        let client = self
+            .kafka
+            .partition_client(&self.cfg.topic, self.partition)
+            .await?;
+        let conn = self.pool.get().await.map_err(DbError::from)?;
+        let stored =
+            offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await?;
+        let next = match stored {
+            Some(o) => o,
+            None => {
+                bounded(
+                    "reading the earliest offset",
+                    self.kafka.request_timeout(),
+                    client.get_offset(OffsetAt::Earliest),
+                )
+                .await?
+            }
+        };
+        Ok((client, Position { next, stored }))
+    }
+
+    /// The position fell outside the log. Below the log start, records were
+    /// removed by retention before we applied them: that is data loss
+    /// upstream of us, so it is logged as an error, and consumption resumes at
+    /// the earliest record still there. Above the end (the topic was
+    /// recreated), resume at the start too; events are idempotent.
+    async fn reset_out_of_range(
+        &self,
+        client: &PartitionClient,
+        at: i64,
+    ) -> Result<i64, KafkaError> {
+        let t = self.kafka.request_timeout();
+        let earliest = bounded(
+            "reading the earliest offset",
+            t,
+            client.get_offset(OffsetAt::Earliest),
+        )
+        .await?;
+        let latest = bounded(
+            "reading the latest offset",
+            t,
+            client.get_offset(OffsetAt::Latest),
+        )
+        .await?;
+        error!(topic = %self.cfg.topic, partition = self.partition, at, earliest, latest,
+               "stored offset is outside the log; resuming from the earliest record");
+        Ok(earliest)
+    }
+}
+
+/// Applies `chunk` (in order) and moves the stored offset from `expected` to
+/// `next`, in one transaction.
+async fn apply(
+    pool: &Pool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    expected: Option<i64>,
+    next: i64,
+    chunk: Vec<(i64, Event)>,
+) -> Result<crate::domain::orders::Outcome, ProcessError> {
+    let mut payments: Vec<PaymentEvent> = Vec::new();
+    let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
+    for (_, ev) in chunk {
+        match ev {
+            Event::Payment(p) => payments.push(p),
+            Event::Chargeback(c) => chargebacks.push(c),
+        }
+    }
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    let mut store = PgStore::new(&tx);
+    let a = OrderService
+        .process_payment_webhooks(&mut store, &payments)
+        .await?;
+    let b = DisputeService
+        .process_chargebacks(&mut store, &chargebacks)
+        .await?;
+    match offsets::advance(&*tx, group, topic, partition, expected, next).await? {
+        Ok(()) => {}
+        Err(found) => {
+            // Dropping `tx` rolls everything back.
+            return Err(ProcessError::Fenced { expected, found });
+        }
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    for p in &payments {
+        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, offset = p.source.offset, "payment applied");
+    }
+    for c in &chargebacks {
+        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, offset = c.source.offset, "chargeback applied");
+    }
+    Ok(crate::domain::orders::Outcome {
+        stored: a.stored + b.stored,
+        duplicates: a.duplicates + b.duplicates,
+        changed: a.changed + b.changed,
+    })
+}

@@ -1,0 +1,248 @@
+//! The envelope every webhook travels in, and its Kafka record form.
+//!
+//! ```json
+//! {"event_id":"<uuid>","key":"<order_id>","type":"order.webhook",
+//!  "payload":{...the webhook body, byte for byte...},"timestamp":"<RFC 3339>"}
+//! ```
+//!
+//! The record key is the order id, so one order's events share a partition;
+//! the headers repeat `event_id` and `type` so tools can route and trace a
+//! record without parsing its value.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rskafka::record::Record;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::domain::{
+    ValidationError,
+    disputes::{ChargebackEvent, ChargebackWebhook},
+    orders::{PaymentEvent, PaymentWebhook, SourcePosition},
+};
+
+/// Which kind of webhook an envelope carries, and so which service handles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A payment webhook (`order.webhook`).
+    OrderWebhook,
+    /// A chargeback webhook (`dispute.webhook`).
+    DisputeWebhook,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrderWebhook => "order.webhook",
+            Self::DisputeWebhook => "dispute.webhook",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "order.webhook" => Some(Self::OrderWebhook),
+            "dispute.webhook" => Some(Self::DisputeWebhook),
+            _ => None,
+        }
+    }
+}
+
+/// The wire form of the envelope.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub key: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payload: Box<RawValue>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Header names on every record payhook produces.
+pub const HEADER_EVENT_ID: &str = "event_id";
+pub const HEADER_TYPE: &str = "type";
+
+/// Why a record cannot be turned back into an event. Every variant is
+/// permanent: the same bytes will never decode.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record has no value")]
+    NoValue,
+    #[error("value is not a valid envelope: {0}")]
+    Envelope(#[from] serde_json::Error),
+    #[error("unknown envelope type {0:?}")]
+    UnknownType(String),
+    #[error("payload is not a valid webhook: {0}")]
+    Payload(ValidationError),
+    #[error("envelope key {key:?} differs from the payload's order_id {order_id:?}")]
+    KeyMismatch { key: String, order_id: String },
+}
+
+/// A decoded record, ready for its service.
+#[derive(Debug)]
+pub enum Event {
+    Payment(PaymentEvent),
+    Chargeback(ChargebackEvent),
+}
+
+impl Envelope {
+    /// Wraps a validated webhook body. `payload` must be the raw body, which
+    /// the caller has already parsed as JSON.
+    pub fn new(kind: EventType, key: &str, payload: Box<RawValue>) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            key: key.to_owned(),
+            kind: kind.as_str().to_owned(),
+            payload,
+            timestamp: Utc::now(),
+        }
+    }
+
+    /// The Kafka record: key = order id, value = envelope JSON, headers
+    /// `event_id` and `type`, timestamp = the envelope's.
+    pub fn to_record(&self) -> Record {
+        let value = serde_json::to_vec(self).expect("an envelope always serializes");
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            HEADER_EVENT_ID.to_owned(),
+            self.event_id.to_string().into_bytes(),
+        );
+        headers.insert(HEADER_TYPE.to_owned(), self.kind.clone().into_bytes());
+        Record {
+            key: Some(self.key.clone().into_bytes()),
+            value: Some(value),
+            headers,
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// Parses a record value.
+    pub fn decode(value: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let value = value.ok_or(DecodeError::NoValue)?;
+        Ok(serde_json::from_slice(value)?)
+    }
+
+    /// Validates the payload again (topics can be written by anyone) and
+    /// builds the event for the matching service.
+    pub fn into_event(self, source: SourcePosition) -> Result<Event, DecodeError> {
+        let kind = EventType::parse(&self.kind)
+            .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
+        let json: serde_json::Value = serde_json::from_str(self.payload.get())?;
+        let payload = self.payload.get().to_owned();
+        let check_key = |order_id: &str| {
+            if order_id == self.key {
+                Ok(())
+            } else {
+                Err(DecodeError::KeyMismatch {
+                    key: self.key.clone(),
+                    order_id: order_id.to_owned(),
+                })
+            }
+        };
+        match kind {
+            EventType::OrderWebhook => {
+                let webhook = PaymentWebhook::from_json(&json).map_err(DecodeError::Payload)?;
+                check_key(webhook.order_id.as_str())?;
+                Ok(Event::Payment(PaymentEvent {
+                    event_id: self.event_id,
+                    webhook,
+                    payload,
+                    source,
+                }))
+            }
+            EventType::DisputeWebhook => {
+                let webhook = ChargebackWebhook::from_json(&json).map_err(DecodeError::Payload)?;
+                check_key(webhook.order_id.as_str())?;
+                Ok(Event::Chargeback(ChargebackEvent {
+                    event_id: self.event_id,
+                    webhook,
+                    payload,
+                    source,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"{"provider_event_id":"evt_1","order_id":"ord_42","user_id":"usr_7","status":"succeeded","amount":1999,"currency":"USD","occurred_at":"2026-11-26T10:00:00Z","z":  [1, 2]}"#;
+
+    fn src() -> SourcePosition {
+        SourcePosition {
+            topic: "t".into(),
+            partition: 2,
+            offset: 9,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_the_payload_byte_for_byte() {
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let env = Envelope::new(EventType::OrderWebhook, "ord_42", raw);
+        let record = env.to_record();
+        assert_eq!(record.key.as_deref(), Some(&b"ord_42"[..]));
+        assert_eq!(record.headers[HEADER_TYPE], b"order.webhook");
+        assert_eq!(
+            record.headers[HEADER_EVENT_ID],
+            env.event_id.to_string().into_bytes()
+        );
+
+        let back = Envelope::decode(record.value.as_deref()).unwrap();
+        assert_eq!(back.event_id, env.event_id);
+        assert_eq!(back.timestamp, env.timestamp);
+        assert_eq!(back.payload.get(), BODY);
+        let text: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(text["type"], "order.webhook");
+        assert_eq!(text["key"], "ord_42");
+
+        match back.into_event(src()).unwrap() {
+            Event::Payment(p) => {
+                assert_eq!(p.payload, BODY);
+                assert_eq!(p.event_id, env.event_id);
+                assert_eq!(p.source, src());
+            }
+            other => panic!("expected a payment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_records_are_decode_errors() {
+        assert!(matches!(Envelope::decode(None), Err(DecodeError::NoValue)));
+        assert!(matches!(
+            Envelope::decode(Some(b"not json")),
+            Err(DecodeError::Envelope(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(Some(br#"{"event_id":"x"}"#)),
+            Err(DecodeError::Envelope(_))
+        ));
+
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw);
+        env.kind = "refund.webhook".into();
+        assert!(
+            matches!(env.into_event(src()), Err(DecodeError::UnknownType(t)) if t == "refund.webhook")
+        );
+
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let env = Envelope::new(EventType::OrderWebhook, "ord_other", raw);
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::KeyMismatch { .. })
+        ));
+
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let env = Envelope::new(EventType::DisputeWebhook, "ord_42", raw);
+        // A payment body is not a valid chargeback (status "succeeded").
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+}
