@@ -1,0 +1,270 @@
+//! Test harness: a payhook on port 0 against a fresh database and fresh
+//! topics.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use payhook::{app::Application, config::Config, messaging::Kafka};
+use rskafka::client::partition::OffsetAt;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PARTITIONS: u32 = 3;
+
+fn admin_url() -> String {
+    std::env::var("PAYHOOK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn brokers() -> String {
+    std::env::var("PAYHOOK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A database and two topics of one test's own.
+pub struct Env {
+    pub db_name: String,
+    pub db_url: String,
+    pub orders_topic: String,
+    pub disputes_topic: String,
+    pub kafka: Kafka,
+    pub db: tokio_postgres::Client,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        init_logs();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("payhook_test_{id}");
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+            .await
+            .expect("cannot reach Postgres: run ./scripts/services up");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .unwrap();
+        let base = admin_url();
+        let db_url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{db_name}"),
+            None => panic!("PAYHOOK_TEST_DATABASE_URL must end in /<database>"),
+        };
+        let kafka = Kafka::connect(&[brokers()], Duration::from_secs(20))
+            .await
+            .expect("cannot reach Kafka: run ./scripts/services up");
+        let orders_topic = format!("it-{id}-orders");
+        let disputes_topic = format!("it-{id}-disputes");
+        let n = std::num::NonZeroU32::new(PARTITIONS).unwrap();
+        for t in [&orders_topic, &disputes_topic] {
+            assert!(kafka.ensure_topic(t, n, 1).await.unwrap());
+        }
+        // Migrations run at start-up; apply them now too, so tests may query
+        // before the first app starts.
+        let cfg = Config::from_map(&HashMap::from([(
+            "DATABASE_URL".to_string(),
+            db_url.clone(),
+        )]))
+        .unwrap();
+        payhook::app::migrate(&cfg).await.unwrap();
+        let (db, conn) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        Self {
+            db_name,
+            db_url,
+            orders_topic,
+            disputes_topic,
+            kafka,
+            db,
+        }
+    }
+
+    /// The configuration an app of this test runs with.
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let mut map: HashMap<String, String> = [
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("DATABASE_URL", self.db_url.as_str()),
+            ("DATABASE_POOL_SIZE", "4"),
+            ("KAFKA_BROKERS", brokers().as_str()),
+            ("KAFKA_ORDERS_TOPIC", self.orders_topic.as_str()),
+            ("KAFKA_DISPUTES_TOPIC", self.disputes_topic.as_str()),
+            ("KAFKA_FETCH_MAX_WAIT", "100ms"),
+            ("RETRY_BACKOFF_MAX", "1s"),
+            ("SHUTDOWN_TIMEOUT", "10s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            map.insert(k.to_string(), v.to_string());
+        }
+        Config::from_map(&map).unwrap()
+    }
+
+    pub async fn start(&self, extra: &[(&str, &str)]) -> TestApp {
+        let app = Application::build(self.config(extra)).await.unwrap();
+        let addr = app.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestApp {
+            addr,
+            shutdown,
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Latest offset of every partition of `topic`.
+    pub async fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        let mut out = Vec::new();
+        for p in 0..PARTITIONS as i32 {
+            let c = self.kafka.partition_client(topic, p).await.unwrap();
+            out.push(c.get_offset(OffsetAt::Latest).await.unwrap());
+        }
+        out
+    }
+
+    /// Stored offsets of `topic` for `group`, per partition (0 if none).
+    pub async fn stored_offsets(&self, group: &str, topic: &str) -> Vec<i64> {
+        let mut out = vec![0; PARTITIONS as usize];
+        for r in self
+            .db
+            .query(
+                "SELECT partition, next_offset FROM consumer_offsets
+                 WHERE consumer_group = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await
+            .unwrap()
+        {
+            let p: i32 = r.get(0);
+            out[p as usize] = r.get(1);
+        }
+        out
+    }
+
+    /// Waits until the consumers have applied everything in both topics.
+    pub async fn wait_caught_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (group, topic) in [
+            ("payhook-orders", &self.orders_topic),
+            ("payhook-disputes", &self.disputes_topic),
+        ] {
+            let end = self.end_offsets(topic).await;
+            loop {
+                let stored = self.stored_offsets(group, topic).await;
+                if stored == end {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "consumer of {topic} stuck at {stored:?}, log end {end:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    pub async fn cleanup(self) {
+        let _ = self.kafka.delete_topic(&self.orders_topic).await;
+        let _ = self.kafka.delete_topic(&self.disputes_topic).await;
+        drop(self.db);
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+/// A running payhook.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts a payment webhook; panics unless it is answered 202.
+    pub async fn payment(&self, body: &Value) -> Uuid {
+        let r = self.post("/webhooks/payments/orders", body).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["event_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Posts a chargeback webhook; panics unless it is answered 202.
+    pub async fn chargeback(&self, body: &Value) -> Uuid {
+        let r = self.post("/webhooks/payments/chargebacks", body).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["event_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn payment(id: &str, order: &str, status: &str, at: &str) -> Value {
+    json!({"provider_event_id": id, "order_id": order, "user_id": "usr_7", "status": status,
+           "amount": 1999, "currency": "USD", "occurred_at": at})
+}
+
+pub fn chargeback(id: &str, order: &str, status: &str, at: &str) -> Value {
+    json!({"provider_event_id": id, "order_id": order, "status": status, "reason": "fraudulent",
+           "amount": 1999, "currency": "USD", "occurred_at": at})
+}
+
+/// `2026-11-26T10:00:00Z` plus `secs` seconds.
+pub fn at(secs: i64) -> String {
+    (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
+        + chrono::Duration::seconds(secs))
+    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

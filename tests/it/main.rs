@@ -1,0 +1,10 @@
+//! Integration tests against the real broker and the real database.
+//!
+//! Each test gets its own database and its own topics (named by a UUID), so
+//! tests run in parallel and never see each other's data. They need the
+//! services from `./scripts/services up` (or `PAYHOOK_TEST_DATABASE_URL` /
+//! `PAYHOOK_TEST_KAFKA_BROKERS` pointing elsewhere).
+
+mod helpers;
+mod http_edge;
+mod pipeline;
