@@ -198,7 +198,9 @@ impl PartitionConsumer {
 
             // Apply the decodable prefix, a transaction per chunk.
             let mut failed = false;
-            while !events.is_empty() {
+            // Shutdown is honoured between transactions: the current one
+            // finishes, the rest of the fetched records wait for next time.
+            while !events.is_empty() && !self.shutdown.is_cancelled() {
                 let take = events.len().min(self.cfg.max_batch);
                 let chunk: Vec<(i64, Event)> = events.drain(..take).collect();
                 let next = chunk
@@ -246,7 +248,8 @@ impl PartitionConsumer {
                     }
                 }
             }
-            if let Some(e) = poison.filter(|_| !failed) {
+            // Reached only once everything before the bad record is applied.
+            if let Some(e) = poison.filter(|_| !failed && events.is_empty()) {
                 debug_assert_eq!(e.class(), ErrorClass::Permanent);
                 error!(%topic, partition, offset = pos.next, error = %e,
                        "record cannot be decoded; partition is stopped on it and will not skip it");

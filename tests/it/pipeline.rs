@@ -2,9 +2,15 @@
 
 use std::{collections::HashMap, num::NonZeroU32};
 
+use std::time::{Duration, Instant};
+
 use futures::future::join_all;
-use payhook::messaging::partitioner::partition_for_key;
-use serde_json::json;
+use payhook::messaging::{
+    envelope::{Envelope, EventType},
+    partitioner::partition_for_key,
+    producer::{Producer, ProducerConfig},
+};
+use serde_json::{json, value::RawValue};
 
 use crate::helpers::{Env, PARTITIONS, at, chargeback, payment};
 
@@ -278,27 +284,57 @@ async fn a_restarted_consumer_resumes_from_its_stored_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_mid_stream_loses_nothing_and_repeats_nothing() {
     let env = Env::new().await;
-    let app = env.start(&[("CONSUMER_MAX_BATCH", "7")]).await;
-    const N: usize = 600;
-    let app_ref = &app;
-    join_all((0..8).map(|w| async move {
-        for i in (w..N).step_by(8) {
-            app_ref
-                .payment(&payment(
-                    &format!("m{i:04}"),
-                    &format!("ord_{}", i % 23),
-                    "pending",
-                    &at(i as i64),
-                ))
-                .await;
-        }
+    // Fill the topic first (through payhook's own producer, no consumer
+    // running), so the consumer below has a backlog to be stopped in.
+    const N: usize = 3000;
+    let (producer, lanes) = Producer::start(
+        &env.kafka,
+        &[&env.orders_topic],
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            queue_per_partition: 1024,
+            publish_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    let producer_ref = &producer;
+    let topic = env.orders_topic.as_str();
+    join_all((0..N).map(|i| async move {
+        let body = payment(
+            &format!("m{i:05}"),
+            &format!("ord_{}", i % 23),
+            "pending",
+            &at(i as i64),
+        );
+        let raw = RawValue::from_string(body.to_string()).unwrap();
+        let env = Envelope::new(EventType::OrderWebhook, &format!("ord_{}", i % 23), raw);
+        producer_ref.publish(topic, env.to_record()).await.unwrap();
     }))
     .await;
-    // Stop while the consumer is (very likely) still working through them.
+    drop(producer);
+    lanes.drained().await;
+
+    // Small transactions, so the backlog takes a while; stop part-way.
+    let app = env.start(&[("CONSUMER_MAX_BATCH", "3")]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.count("SELECT count(*) FROM payment_events").await < 100 {
+        assert!(Instant::now() < deadline, "consumer made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     app.stop().await;
     let applied_before = env.count("SELECT count(*) FROM payment_events").await;
+    assert!(
+        applied_before < N as i64,
+        "the stop came after the end: make N larger"
+    );
+    // What was applied is exactly what the stored offsets acknowledge.
+    let stored = env
+        .stored_offsets("payhook-orders", &env.orders_topic)
+        .await;
+    assert_eq!(stored.iter().sum::<i64>(), applied_before);
 
-    let app = env.start(&[("CONSUMER_MAX_BATCH", "7")]).await;
+    let app = env.start(&[("CONSUMER_MAX_BATCH", "3")]).await;
     env.wait_caught_up().await;
     assert_eq!(
         env.count("SELECT count(*) FROM payment_events").await,
