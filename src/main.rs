@@ -87,18 +87,32 @@ async fn serve(cfg: Config) -> ExitCode {
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
 async fn on_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    wait_for_signal().await;
     info!("shutting down (send the signal again to exit at once)");
     shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    wait_for_signal().await;
     warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            error!("cannot install signal handlers; only Ctrl-C stops payhook");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }

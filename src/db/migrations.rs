@@ -13,7 +13,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] =
     &[(1, "init", include_str!("../../sql/0001_init.sql"))];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.
-const LOCK_KEY: i64 = 0x7061_7968_6f6f_6b;
+const LOCK_KEY: i64 = 0x0070_6179_686f_6f6b;
 
 /// Applies what has not been applied; returns the versions applied now.
 pub async fn run(pool: &Pool) -> Result<Vec<i32>, DbError> {

@@ -165,7 +165,7 @@ impl OrderService {
 }
 
 /// Keeps the first event for each id, in order.
-pub(crate) fn first_of_each<'a, T>(items: &'a [T], id: impl Fn(&T) -> &str) -> Vec<&'a T> {
+pub(crate) fn first_of_each<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<&T> {
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     items.iter().filter(|t| seen.insert(id(t))).collect()
 }
