@@ -18,8 +18,9 @@ use crate::{
     http::{self, AppState},
     messaging::{
         Kafka, KafkaError,
-        consumer::{self, ConsumerConfig},
-        producer::{Producer, ProducerConfig, ProducerTasks},
+        consumer::{self, ConsumerConfig, DeadLetters},
+        dlq::{self, DeadLetter},
+        producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
     },
 };
 
@@ -68,7 +69,7 @@ impl Application {
         let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
         let (producer, producer_tasks) = Producer::start(
             &kafka,
-            &[&cfg.orders_topic, &cfg.disputes_topic],
+            &[&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic],
             ProducerConfig {
                 linger: cfg.linger,
                 queue_per_partition: cfg.producer_queue,
@@ -85,6 +86,8 @@ impl Application {
                 })?;
         let state = Arc::new(AppState {
             producer,
+            kafka: kafka.clone(),
+            pool: pool.clone(),
             orders_topic: cfg.orders_topic.clone(),
             disputes_topic: cfg.disputes_topic.clone(),
             max_body_bytes: cfg.http_max_body_bytes,
@@ -132,11 +135,17 @@ impl Application {
                 fetch_max_wait: cfg.fetch_max_wait,
                 backoff_min: cfg.retry_backoff_min,
                 backoff_max: cfg.retry_backoff_max,
+                max_attempts: cfg.consumer_max_attempts,
+            };
+            let dead_letters = DeadLetters {
+                producer: state.producer.clone(),
+                topic: cfg.dlq_topic.clone(),
             };
             consumer_tasks.spawn(consumer::run(
                 kafka.clone(),
                 pool.clone(),
                 ccfg,
+                dead_letters,
                 consumers.clone(),
             ));
         }
@@ -144,14 +153,17 @@ impl Application {
 
         let grace = cfg.shutdown_timeout;
         let stop = async {
+            // In-flight requests finish and get their true answer.
             http::serve(listener, state, shutdown.clone(), grace).await;
-            // Every handler is gone, and with them every producer handle: the
-            // lanes send what is queued, answer it, and end.
-            producer_tasks.drained().await;
-            info!("producer drained");
+            // Each partition finishes its current transaction (or dead
+            // letter) and stops.
             consumers.cancel();
             while consumer_tasks.join_next().await.is_some() {}
             info!("consumers stopped");
+            // Every handler and consumer is gone, and with them every
+            // producer handle: the lanes send what is queued, answer it, end.
+            producer_tasks.drained().await;
+            info!("producer drained");
         };
         // `serve` only returns after `shutdown`, so the deadline is counted
         // from the moment shutdown begins.
@@ -172,16 +184,135 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
     Ok(db::migrations::run(&pool).await?)
 }
 
-/// `payhook topics`: creates both topics unless they exist; returns each
+/// `payhook topics`: creates the three topics unless they exist; returns each
 /// topic with whether it was created now.
 pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
     let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
     let mut out = Vec::new();
-    for topic in [&cfg.orders_topic, &cfg.disputes_topic] {
+    for topic in [&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic] {
         let created = kafka
             .ensure_topic(topic, cfg.partitions, cfg.replication_factor)
             .await?;
         out.push((topic.clone(), created));
     }
     Ok(out)
+}
+
+/// `payhook dlq list`: every dead letter, in topic order.
+pub async fn dlq_list(cfg: &Config) -> Result<Vec<DeadLetter>, StartError> {
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    Ok(dlq::read_all(&kafka, &cfg.dlq_topic).await?)
+}
+
+/// Which dead letters `payhook dlq replay` sends back.
+#[derive(Clone, Debug, Default)]
+pub struct ReplaySelection {
+    /// Dead letters whose envelope has one of these event ids.
+    pub event_ids: Vec<uuid::Uuid>,
+    /// Dead letters in this dead-letter partition...
+    pub partition: Option<i32>,
+    /// ...at offsets `from..=to` of the dead-letter topic.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl ReplaySelection {
+    pub fn is_empty(&self) -> bool {
+        self.event_ids.is_empty()
+            && self.partition.is_none()
+            && self.from.is_none()
+            && self.to.is_none()
+    }
+
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        let by_id = !self.event_ids.is_empty()
+            && d.event_id().is_some_and(|id| self.event_ids.contains(&id));
+        let by_range = (self.partition.is_some() || self.from.is_some() || self.to.is_some())
+            && self.partition.is_none_or(|p| p == d.partition)
+            && self.from.is_none_or(|f| d.offset >= f)
+            && self.to.is_none_or(|t| d.offset <= t);
+        by_id || by_range
+    }
+}
+
+/// What happened to one selected dead letter.
+#[derive(Debug)]
+pub struct Replayed {
+    pub letter: DeadLetter,
+    /// Where it landed in its source topic; `None` on a dry run.
+    pub published: Option<Published>,
+}
+
+/// `payhook dlq replay`: re-publishes the selected dead letters (original
+/// key, value and headers) to their source topics, in dead-letter order.
+pub async fn dlq_replay(
+    cfg: &Config,
+    selection: &ReplaySelection,
+    dry_run: bool,
+) -> Result<Vec<Replayed>, ReplayError> {
+    if selection.is_empty() {
+        return Err(ReplayError::NothingSelected);
+    }
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let chosen: Vec<DeadLetter> = dlq::read_all(&kafka, &cfg.dlq_topic)
+        .await?
+        .into_iter()
+        .filter(|d| selection.matches(d))
+        .collect();
+    let mut topics: Vec<String> = Vec::new();
+    for d in &chosen {
+        let t = d.source_topic().ok_or(ReplayError::NoSource {
+            partition: d.partition,
+            offset: d.offset,
+        })?;
+        if !topics.iter().any(|x| x == t) {
+            topics.push(t.to_owned());
+        }
+    }
+    if dry_run || chosen.is_empty() {
+        return Ok(chosen
+            .into_iter()
+            .map(|letter| Replayed {
+                letter,
+                published: None,
+            })
+            .collect());
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let (producer, lanes) = Producer::start(
+        &kafka,
+        &names,
+        ProducerConfig {
+            linger: Duration::ZERO,
+            queue_per_partition: 64,
+            publish_timeout: cfg.publish_timeout,
+        },
+    )
+    .await?;
+    let mut out = Vec::new();
+    // One at a time, in order: replayed events keep their relative order.
+    for letter in chosen {
+        let topic = letter.source_topic().unwrap_or_default().to_owned();
+        let published = producer.publish(&topic, letter.original()).await?;
+        out.push(Replayed {
+            letter,
+            published: Some(published),
+        });
+    }
+    drop(producer);
+    lanes.drained().await;
+    Ok(out)
+}
+
+/// Why a replay did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("select dead letters with --event-id or --partition/--from/--to")]
+    NothingSelected,
+    #[error("dead letter {partition}/{offset} has no dlq.source.topic header")]
+    NoSource { partition: i32, offset: i64 },
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("publishing: {0}")]
+    Publish(#[from] PublishError),
 }

@@ -36,6 +36,9 @@ pub struct Config {
     /// Consumer group that keys the stored offsets of the disputes topic
     /// (`KAFKA_DISPUTES_CONSUMER_GROUP`).
     pub disputes_consumer_group: String,
+    /// Dead-letter topic for records that can never be applied
+    /// (`KAFKA_DLQ_TOPIC`).
+    pub dlq_topic: String,
     /// Partitions per topic for `payhook topics` (`KAFKA_PARTITIONS`).
     pub partitions: NonZeroU32,
     /// Replication factor for `payhook topics` (`KAFKA_REPLICATION_FACTOR`).
@@ -61,6 +64,10 @@ pub struct Config {
     /// Most records applied in one database transaction
     /// (`CONSUMER_MAX_BATCH`).
     pub consumer_max_batch: usize,
+    /// Attempts after which a transient failure of one record counts as
+    /// permanent and the record is dead-lettered (`CONSUMER_MAX_ATTEMPTS`);
+    /// `None` (the default, `0`) retries without limit.
+    pub consumer_max_attempts: Option<u32>,
     /// First pause after a failure (`RETRY_BACKOFF_MIN`).
     pub retry_backoff_min: Duration,
     /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
@@ -166,6 +173,7 @@ impl Config {
             disputes_topic: r.name("KAFKA_DISPUTES_TOPIC", "payments.disputes"),
             orders_consumer_group: r.name("KAFKA_ORDERS_CONSUMER_GROUP", "payhook-orders"),
             disputes_consumer_group: r.name("KAFKA_DISPUTES_CONSUMER_GROUP", "payhook-disputes"),
+            dlq_topic: r.name("KAFKA_DLQ_TOPIC", "payments.dlq"),
             partitions: r.parse_with(
                 "KAFKA_PARTITIONS",
                 "8",
@@ -226,6 +234,12 @@ impl Config {
                         .filter(|n| (1..=100_000).contains(n))
                 },
             ),
+            consumer_max_attempts: r.parse_with(
+                "CONSUMER_MAX_ATTEMPTS",
+                "0",
+                "a whole number of attempts (0 = retry without limit)",
+                |s| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
+            ),
             retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
             retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),
@@ -243,6 +257,13 @@ impl Config {
                 var: "KAFKA_DISPUTES_TOPIC",
                 value: cfg.disputes_topic.clone(),
                 expected: "a topic name different from KAFKA_ORDERS_TOPIC",
+            });
+        }
+        if cfg.dlq_topic == cfg.orders_topic || cfg.dlq_topic == cfg.disputes_topic {
+            r.errors.push(VarError {
+                var: "KAFKA_DLQ_TOPIC",
+                value: cfg.dlq_topic.clone(),
+                expected: "a topic name different from the orders and disputes topics",
             });
         }
         if r.errors.is_empty() {

@@ -24,9 +24,41 @@ enum Command {
     Serve,
     /// Apply the database migrations in `sql/` and exit.
     Migrate,
-    /// Create the orders and disputes topics (KAFKA_PARTITIONS partitions);
-    /// topics that exist are left alone.
+    /// Create the orders, disputes and dead-letter topics (KAFKA_PARTITIONS
+    /// partitions); topics that exist are left alone.
     Topics,
+    /// Inspect and replay dead letters (KAFKA_DLQ_TOPIC).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show every dead letter: where it came from, why it failed, when.
+    List {
+        /// Print full error messages instead of cutting them at 80 characters.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Re-publish selected dead letters, unchanged, to their source topics.
+    /// Replaying an event that was already applied is harmless.
+    Replay {
+        /// Select by the envelope's event id (repeatable).
+        #[arg(long = "event-id")]
+        event_ids: Vec<uuid::Uuid>,
+        /// Select by dead-letter partition...
+        #[arg(long)]
+        partition: Option<i32>,
+        /// ...and dead-letter offsets from (inclusive)...
+        #[arg(long)]
+        from: Option<i64>,
+        /// ...to (inclusive).
+        #[arg(long)]
+        to: Option<i64>,
+        /// Show what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,8 +97,86 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             },
+            Command::Dlq(DlqCommand::List { full }) => match app::dlq_list(&cfg).await {
+                Ok(letters) => {
+                    print_dead_letters(&letters, full);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Command::Dlq(DlqCommand::Replay {
+                event_ids,
+                partition,
+                from,
+                to,
+                dry_run,
+            }) => {
+                let sel = app::ReplaySelection {
+                    event_ids,
+                    partition,
+                    from,
+                    to,
+                };
+                match app::dlq_replay(&cfg, &sel, dry_run).await {
+                    Ok(done) => {
+                        for r in &done {
+                            let d = &r.letter;
+                            match r.published {
+                                Some(p) => println!(
+                                    "replayed {}/{} -> {} partition {} offset {}",
+                                    d.partition,
+                                    d.offset,
+                                    d.source_topic().unwrap_or("?"),
+                                    p.partition,
+                                    p.offset
+                                ),
+                                None => println!(
+                                    "would replay {}/{} -> {}",
+                                    d.partition,
+                                    d.offset,
+                                    d.source_topic().unwrap_or("?")
+                                ),
+                            }
+                        }
+                        println!("{} dead letter(s) selected", done.len());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
         }
     })
+}
+
+fn print_dead_letters(letters: &[payhook::messaging::dlq::DeadLetter], full: bool) {
+    println!(
+        "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} error",
+        "dlq p/off", "source topic/p/off", "class", "attempts", "first failure", "event id", "key"
+    );
+    for d in letters {
+        let source = format!(
+            "{}/{}/{}",
+            d.source_topic().unwrap_or("?"),
+            d.source_partition().map_or("?".into(), |p| p.to_string()),
+            d.source_offset().map_or("?".into(), |o| o.to_string())
+        );
+        let mut msg = d.error_message().unwrap_or("").to_owned();
+        if !full && msg.chars().count() > 80 {
+            msg = msg.chars().take(79).collect::<String>() + "…";
+        }
+        println!(
+            "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} {}",
+            format!("{}/{}", d.partition, d.offset),
+            source,
+            d.error_class().unwrap_or("?"),
+            d.attempts().map_or("?".into(), |a| a.to_string()),
+            d.first_failure().unwrap_or("?"),
+            d.event_id().map_or("-".into(), |e| e.to_string()),
+            d.key(),
+            msg
+        );
+    }
+    println!("{} dead letter(s)", letters.len());
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

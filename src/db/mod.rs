@@ -20,10 +20,22 @@ use tokio_postgres::NoTls;
 pub enum DbError {
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("cannot build the pool: {0}")]
     Build(String),
+}
+
+/// tokio-postgres prints a server error as just "db error"; say what the
+/// server said, with its SQLSTATE.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// Builds a pool. Connections are made lazily; every wait is bounded so a

@@ -4,7 +4,8 @@
 //! |--------|----------------------------------|--------|
 //! | POST   | `/webhooks/payments/orders`      | 202 `{"event_id"}` once Kafka has the event |
 //! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
-//! | GET    | `/healthz`                       | 200 while the process runs |
+//! | GET    | `/healthz`                       | 200 while the process runs (liveness) |
+//! | GET    | `/readyz`                        | 200 when the broker and the database answer, else 503 naming what is down |
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,15 +19,21 @@ use super::error::{ApiError, Body, json_response};
 use crate::{
     domain::{ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook},
     messaging::{
+        Kafka,
         envelope::{Envelope, EventType},
         producer::Producer,
     },
 };
+use deadpool_postgres::Pool;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub producer: Producer,
+    /// For `/readyz`.
+    pub kafka: Kafka,
+    /// For `/readyz`.
+    pub pool: Pool,
     pub orders_topic: String,
     pub disputes_topic: String,
     pub max_body_bytes: usize,
@@ -53,9 +60,51 @@ where
             Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
         }
         ("/healthz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(&state).await),
+        ("/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// How long each readiness check may take.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: the broker answers a metadata request and the database a
+/// query, each within [`READY_CHECK_TIMEOUT`]. A status report rather than
+/// an error, so it is answered here and not through `ApiError`.
+async fn readyz(state: &AppState) -> Response<Body> {
+    let (kafka, db) = tokio::join!(
+        tokio::time::timeout(
+            READY_CHECK_TIMEOUT,
+            state.kafka.partitions(&state.orders_topic)
+        ),
+        tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&state.pool)),
+    );
+    let describe = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!("no answer within {READY_CHECK_TIMEOUT:?}")),
+    };
+    let kafka = describe(kafka.map(|r| r.map(|_| ()).map_err(|e| e.to_string())));
+    let database = describe(db.map(|r| r.map_err(|e| e.to_string())));
+    let mut down = serde_json::Map::new();
+    if let Some(e) = kafka {
+        warn!(error = %e, "readiness: kafka is down");
+        down.insert("kafka".into(), json!(e));
+    }
+    if let Some(e) = database {
+        warn!(error = %e, "readiness: database is down");
+        down.insert("database".into(), json!(e));
+    }
+    if down.is_empty() {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "down": down}),
+        )
+    }
 }
 
 /// The type hyper hands us.

@@ -9,27 +9,35 @@
 //!    stored offset (`consumer_offsets`) past them — the effect and the
 //!    acknowledgement commit or vanish together, so a crash at any point
 //!    neither loses nor repeats an effect;
-//! 4. on failure, pause with backoff and retry the same records. The position
-//!    never moves past a record that was not applied.
+//! 4. on a transient failure (see [`crate::error`]), pause with backoff and
+//!    retry the same records. The position never moves past a record that
+//!    was not applied.
 //!
-//! A record that can never be decoded stops its partition (with an error
-//! logged on every attempt) rather than being skipped. Other partitions keep
+//! A record that can never be decoded — or, with `CONSUMER_MAX_ATTEMPTS` set,
+//! one that keeps failing — goes to the dead-letter topic ([`super::dlq`]);
+//! only once the broker has acknowledged the dead letter does the stored
+//! offset move past it. Nothing is skipped silently. Other partitions keep
 //! going: each loop is its own task.
 
 use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
 
 use deadpool_postgres::Pool;
 use rskafka::client::{
     error::{Error as RsError, ProtocolError},
     partition::{OffsetAt, PartitionClient},
 };
+use rskafka::record::RecordAndOffset;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{
     Kafka, KafkaError, bounded,
+    dlq::{self, Failure},
     envelope::{Envelope, Event},
+    producer::Producer,
 };
 use crate::{
     db::{DbError, offsets, store::PgStore},
@@ -50,11 +58,20 @@ pub struct ConsumerConfig {
     pub fetch_max_wait: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Attempts after which a transient failure of one record is treated as
+    /// permanent; `None` retries without limit.
+    pub max_attempts: Option<u32>,
 }
 
 /// Consumes every partition of `cfg.topic` until `shutdown` is cancelled.
 /// Each partition stops after finishing its current transaction.
-pub async fn run(kafka: Kafka, pool: Pool, cfg: ConsumerConfig, shutdown: CancellationToken) {
+pub async fn run(
+    kafka: Kafka,
+    pool: Pool,
+    cfg: ConsumerConfig,
+    dead_letters: DeadLetters,
+    shutdown: CancellationToken,
+) {
     let cfg = Arc::new(cfg);
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let partitions = loop {
@@ -75,6 +92,7 @@ pub async fn run(kafka: Kafka, pool: Pool, cfg: ConsumerConfig, shutdown: Cancel
             kafka: kafka.clone(),
             pool: pool.clone(),
             cfg: Arc::clone(&cfg),
+            dead_letters: dead_letters.clone(),
             partition,
             shutdown: shutdown.clone(),
         };
@@ -99,8 +117,24 @@ struct PartitionConsumer {
     kafka: Kafka,
     pool: Pool,
     cfg: Arc<ConsumerConfig>,
+    dead_letters: DeadLetters,
     partition: i32,
     shutdown: CancellationToken,
+}
+
+/// Where the dead letters go.
+#[derive(Clone, Debug)]
+pub struct DeadLetters {
+    pub producer: Producer,
+    pub topic: String,
+}
+
+/// The record (by offset) that keeps failing, and since when.
+#[derive(Clone, Copy, Debug)]
+struct FailureState {
+    offset: i64,
+    attempts: u32,
+    first_failure: DateTime<Utc>,
 }
 
 /// Where a partition stands: the next offset to fetch, and what the database
@@ -131,6 +165,7 @@ impl PartitionConsumer {
         backoff.reset();
         info!(%topic, partition, offset = pos.next, "partition consumer started");
         let max_wait_ms = i32::try_from(self.cfg.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        let mut failure: Option<FailureState> = None;
         let fetch_deadline = self.kafka.request_timeout() + self.cfg.fetch_max_wait;
 
         while !self.shutdown.is_cancelled() {
@@ -170,14 +205,50 @@ impl PartitionConsumer {
                     continue;
                 }
             };
-            if records.is_empty() {
-                continue;
+            if self
+                .process(&records, &mut pos, &mut failure)
+                .await
+                .is_err()
+                && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await
+            {
+                break;
             }
+            if failure.is_none() {
+                backoff.reset();
+            }
+        }
+        info!(%topic, partition, offset = pos.next, "partition consumer stopped");
+    }
 
-            // Decode in order, up to the first record that cannot be decoded.
-            let mut events = Vec::with_capacity(records.len());
+    /// Applies fetched records in order: decodable runs in transactions,
+    /// undecodable records to the dead-letter topic. Returns `Err(())` after
+    /// a failure (already logged); the caller pauses, then re-fetches from
+    /// `pos`, which never moved past an unapplied record.
+    async fn process(
+        &self,
+        records: &[RecordAndOffset],
+        pos: &mut Position,
+        failure: &mut Option<FailureState>,
+    ) -> Result<(), ()> {
+        let topic = &self.cfg.topic;
+        let partition = self.partition;
+        let mut i = records.partition_point(|r| r.offset < pos.next);
+        // Shutdown is honoured between transactions: the current one
+        // finishes, the rest of the fetched records wait for next time.
+        while i < records.len() && !self.shutdown.is_cancelled() {
+            // After a batch failed, retry one record at a time: the good
+            // records before the failing one commit, and attempts are
+            // counted against the record that actually fails.
+            let retrying = failure
+                .as_ref()
+                .is_some_and(|f| f.offset == records[i].offset);
+            let limit = if retrying { 1 } else { self.cfg.max_batch };
+            let mut chunk = Vec::new();
             let mut poison = None;
-            for r in records {
+            for r in &records[i..] {
+                if chunk.len() == limit {
+                    break;
+                }
                 let source = SourcePosition {
                     topic: topic.clone(),
                     partition,
@@ -185,7 +256,7 @@ impl PartitionConsumer {
                 };
                 match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source))
                 {
-                    Ok(ev) => events.push((r.offset, ev)),
+                    Ok(ev) => chunk.push((r.offset, ev)),
                     Err(source) => {
                         poison = Some(ProcessError::Decode {
                             offset: r.offset,
@@ -196,70 +267,169 @@ impl PartitionConsumer {
                 }
             }
 
-            // Apply the decodable prefix, a transaction per chunk.
-            let mut failed = false;
-            // Shutdown is honoured between transactions: the current one
-            // finishes, the rest of the fetched records wait for next time.
-            while !events.is_empty() && !self.shutdown.is_cancelled() {
-                let take = events.len().min(self.cfg.max_batch);
-                let chunk: Vec<(i64, Event)> = events.drain(..take).collect();
-                let next = chunk
-                    .last()
-                    .map(|(o, _)| o + 1)
-                    .expect("chunk is not empty");
-                match apply(
-                    &self.pool,
-                    &self.cfg.group,
-                    &topic,
-                    partition,
-                    pos.stored,
-                    next,
-                    chunk,
-                )
-                .await
-                {
-                    Ok(stats) => {
-                        debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
-                        pos = Position {
-                            next,
-                            stored: Some(next),
-                        };
-                        backoff.reset();
-                    }
-                    Err(ProcessError::Fenced { found, .. }) => {
-                        warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
-                        pos = match found {
-                            Some(f) => Position {
-                                next: f,
-                                stored: Some(f),
+            if chunk.is_empty() {
+                // records[i] itself cannot be decoded: dead-letter it.
+                let e = poison.expect("an empty chunk means the first record failed to decode");
+                debug_assert_eq!(e.class(), ErrorClass::Permanent);
+                let f = Failure {
+                    source: SourcePosition {
+                        topic: topic.clone(),
+                        partition,
+                        offset: records[i].offset,
+                    },
+                    class: e.class(),
+                    message: e.to_string(),
+                    attempts: 1,
+                    first_failure: Utc::now(),
+                };
+                self.dead_letter_and_skip(&records[i], f, pos).await?;
+                *failure = None;
+                i += 1;
+                continue;
+            }
+
+            let n = chunk.len();
+            let first = records[i].offset;
+            let next = records[i + n - 1].offset + 1;
+            match apply(
+                &self.pool,
+                &self.cfg.group,
+                topic,
+                partition,
+                pos.stored,
+                next,
+                chunk,
+            )
+            .await
+            {
+                Ok(stats) => {
+                    debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
+                    *pos = Position {
+                        next,
+                        stored: Some(next),
+                    };
+                    *failure = None;
+                    i += n;
+                }
+                Err(ProcessError::Fenced { found, .. }) => {
+                    warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
+                    *pos = match found {
+                        Some(f) => Position {
+                            next: f,
+                            stored: Some(f),
+                        },
+                        None => Position {
+                            next: pos.next,
+                            stored: None,
+                        },
+                    };
+                    return Err(());
+                }
+                Err(e) => {
+                    let f = match failure.take() {
+                        Some(mut f) if f.offset == first => {
+                            f.attempts += 1;
+                            f
+                        }
+                        _ => FailureState {
+                            offset: first,
+                            attempts: 1,
+                            first_failure: Utc::now(),
+                        },
+                    };
+                    warn!(%topic, partition, offset = first, records = n, attempts = f.attempts,
+                          error = %e, class = ?e.class(), "applying records failed; will retry them");
+                    if n == 1 && self.over_limit(f.attempts) {
+                        // Retries ran out for this one record.
+                        let dl = Failure {
+                            source: SourcePosition {
+                                topic: topic.clone(),
+                                partition,
+                                offset: first,
                             },
-                            None => Position {
-                                next: pos.next,
-                                stored: None,
-                            },
+                            class: ErrorClass::Transient,
+                            message: e.to_string(),
+                            attempts: f.attempts,
+                            first_failure: f.first_failure,
                         };
-                        failed = true;
-                        break;
+                        *failure = Some(f);
+                        self.dead_letter_and_skip(&records[i], dl, pos).await?;
+                        *failure = None;
+                        i += 1;
+                        continue;
                     }
-                    Err(e) => {
-                        warn!(%topic, partition, offset = pos.next, error = %e, class = ?e.class(), "applying records failed; will retry them");
-                        failed = true;
-                        break;
-                    }
+                    *failure = Some(f);
+                    return Err(());
                 }
             }
-            // Reached only once everything before the bad record is applied.
-            if let Some(e) = poison.filter(|_| !failed && events.is_empty()) {
-                debug_assert_eq!(e.class(), ErrorClass::Permanent);
-                error!(%topic, partition, offset = pos.next, error = %e,
-                       "record cannot be decoded; partition is stopped on it and will not skip it");
-                failed = true;
+        }
+        Ok(())
+    }
+
+    fn over_limit(&self, attempts: u32) -> bool {
+        self.cfg.max_attempts.is_some_and(|m| attempts >= m)
+    }
+
+    /// Publishes the dead letter, waits for the broker's acknowledgement,
+    /// then moves the stored offset past the record. A crash in between
+    /// repeats the dead letter on restart; it never loses it.
+    async fn dead_letter_and_skip(
+        &self,
+        record: &RecordAndOffset,
+        f: Failure,
+        pos: &mut Position,
+    ) -> Result<(), ()> {
+        let topic = &self.cfg.topic;
+        let partition = self.partition;
+        let offset = record.offset;
+        error!(%topic, partition, offset, class = ?f.class, attempts = f.attempts, error = %f.message,
+               dlq = %self.dead_letters.topic, "record cannot be applied; sending it to the dead-letter topic");
+        let letter = dlq::dead_letter(&record.record, &f);
+        if let Err(e) = self
+            .dead_letters
+            .producer
+            .publish(&self.dead_letters.topic, letter)
+            .await
+        {
+            warn!(%topic, partition, offset, error = %e, "dead letter not acknowledged; partition stays on the record");
+            return Err(());
+        }
+        match skip(
+            &self.pool,
+            &self.cfg.group,
+            topic,
+            partition,
+            pos.stored,
+            offset + 1,
+        )
+        .await
+        {
+            Ok(()) => {
+                *pos = Position {
+                    next: offset + 1,
+                    stored: Some(offset + 1),
+                };
+                Ok(())
             }
-            if failed && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
-                break;
+            Err(ProcessError::Fenced { found, .. }) => {
+                warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
+                *pos = match found {
+                    Some(f) => Position {
+                        next: f,
+                        stored: Some(f),
+                    },
+                    None => Position {
+                        next: pos.next,
+                        stored: None,
+                    },
+                };
+                Err(())
+            }
+            Err(e) => {
+                warn!(%topic, partition, offset, error = %e, "dead letter sent but offset not stored; will repeat it");
+                Err(())
             }
         }
-        info!(%topic, partition, offset = pos.next, "partition consumer stopped");
     }
 
     async fn start(&self) -> Result<(PartitionClient, Position), ProcessError> {
@@ -360,4 +530,23 @@ async fn apply(
         duplicates: a.duplicates + b.duplicates,
         changed: a.changed + b.changed,
     })
+}
+
+/// Moves the stored offset past a dead-lettered record, in a transaction of
+/// its own.
+async fn skip(
+    pool: &Pool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    expected: Option<i64>,
+    next: i64,
+) -> Result<(), ProcessError> {
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    if let Err(found) = offsets::advance(&*tx, group, topic, partition, expected, next).await? {
+        return Err(ProcessError::Fenced { expected, found });
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(())
 }

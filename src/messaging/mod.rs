@@ -13,6 +13,7 @@
 //! here is wrapped in [`bounded`].
 
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod partitioner;
 pub mod producer;

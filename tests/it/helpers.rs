@@ -41,6 +41,7 @@ pub struct Env {
     pub db_url: String,
     pub orders_topic: String,
     pub disputes_topic: String,
+    pub dlq_topic: String,
     pub kafka: Kafka,
     pub db: tokio_postgres::Client,
 }
@@ -68,8 +69,9 @@ impl Env {
             .expect("cannot reach Kafka: run ./scripts/services up");
         let orders_topic = format!("it-{id}-orders");
         let disputes_topic = format!("it-{id}-disputes");
+        let dlq_topic = format!("it-{id}-dlq");
         let n = std::num::NonZeroU32::new(PARTITIONS).unwrap();
-        for t in [&orders_topic, &disputes_topic] {
+        for t in [&orders_topic, &disputes_topic, &dlq_topic] {
             assert!(kafka.ensure_topic(t, n, 1).await.unwrap());
         }
         // Migrations run at start-up; apply them now too, so tests may query
@@ -87,6 +89,7 @@ impl Env {
             db_url,
             orders_topic,
             disputes_topic,
+            dlq_topic,
             kafka,
             db,
         }
@@ -101,6 +104,7 @@ impl Env {
             ("KAFKA_BROKERS", brokers().as_str()),
             ("KAFKA_ORDERS_TOPIC", self.orders_topic.as_str()),
             ("KAFKA_DISPUTES_TOPIC", self.disputes_topic.as_str()),
+            ("KAFKA_DLQ_TOPIC", self.dlq_topic.as_str()),
             ("KAFKA_FETCH_MAX_WAIT", "100ms"),
             ("RETRY_BACKOFF_MAX", "1s"),
             ("SHUTDOWN_TIMEOUT", "10s"),
@@ -125,6 +129,33 @@ impl Env {
             task: Some(task),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Writes raw records straight to `topic` (no HTTP, no validation).
+    pub async fn produce_raw(&self, topic: &str, records: Vec<(Option<&str>, Vec<u8>)>) {
+        let (producer, lanes) = payhook::messaging::producer::Producer::start(
+            &self.kafka,
+            &[topic],
+            payhook::messaging::producer::ProducerConfig {
+                linger: Duration::ZERO,
+                queue_per_partition: 64,
+                publish_timeout: Duration::from_secs(10),
+            },
+        )
+        .await
+        .unwrap();
+        // One at a time, so records of one key keep their order.
+        for (key, value) in records {
+            let record = rskafka::record::Record {
+                key: key.map(|k| k.as_bytes().to_vec()),
+                value: Some(value),
+                headers: Default::default(),
+                timestamp: chrono::Utc::now(),
+            };
+            producer.publish(topic, record).await.unwrap();
+        }
+        drop(producer);
+        lanes.drained().await;
     }
 
     /// Latest offset of every partition of `topic`.
@@ -185,6 +216,7 @@ impl Env {
     pub async fn cleanup(self) {
         let _ = self.kafka.delete_topic(&self.orders_topic).await;
         let _ = self.kafka.delete_topic(&self.disputes_topic).await;
+        let _ = self.kafka.delete_topic(&self.dlq_topic).await;
         drop(self.db);
         let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
         tokio::spawn(conn);

@@ -5,6 +5,7 @@
 //! services from `./scripts/services up` (or `PAYHOOK_TEST_DATABASE_URL` /
 //! `PAYHOOK_TEST_KAFKA_BROKERS` pointing elsewhere).
 
+mod dead_letters;
 mod helpers;
 mod http_edge;
 mod pipeline;

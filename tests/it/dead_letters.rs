@@ -1,0 +1,199 @@
+//! Records that cannot be applied go to the dead-letter topic, and only
+//! then does the partition move past them.
+
+use payhook::{
+    app::{self, ReplaySelection},
+    messaging::envelope::{Envelope, EventType},
+};
+use serde_json::{json, value::RawValue};
+
+use crate::helpers::{Env, at, payment};
+
+fn envelope(kind: EventType, key: &str, body: &serde_json::Value) -> Vec<u8> {
+    let raw = RawValue::from_string(body.to_string()).unwrap();
+    serde_json::to_vec(&Envelope::new(kind, key, raw)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
+    let env = Env::new().await;
+    let key = Some("ord_p");
+    let good = |i: i64| {
+        envelope(
+            EventType::OrderWebhook,
+            "ord_p",
+            &payment(&format!("g{i}"), "ord_p", "pending", &at(i)),
+        )
+    };
+    let mut unknown_type: serde_json::Value = serde_json::from_slice(&good(99)).unwrap();
+    unknown_type["type"] = json!("refund.webhook");
+    let mut bad_payload: serde_json::Value = serde_json::from_slice(&good(98)).unwrap();
+    bad_payload["payload"]["currency"] = json!("usd");
+    let records = vec![
+        (key, good(0)),
+        (key, b"not json at all".to_vec()),
+        (key, good(1)),
+        (key, br#"{"event_id":"nope"}"#.to_vec()),
+        (key, good(2)),
+        (key, serde_json::to_vec(&unknown_type).unwrap()),
+        (key, serde_json::to_vec(&bad_payload).unwrap()),
+        (key, good(3)),
+    ];
+    env.produce_raw(&env.orders_topic, records).await;
+
+    let app = env.start(&[]).await;
+    env.wait_caught_up().await;
+
+    // The good ones, in order.
+    let rows = env
+        .db
+        .query(
+            "SELECT provider_event_id FROM payment_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, ["g0", "g1", "g2", "g3"]);
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders WHERE last_provider_event_id = 'g3'")
+            .await,
+        1
+    );
+
+    // The four poison records, unchanged, with their provenance.
+    let cfg = env.config(&[]);
+    let letters = app::dlq_list(&cfg).await.unwrap();
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    let mut by_offset: Vec<_> = letters.iter().collect();
+    by_offset.sort_by_key(|d| d.source_offset());
+    let offsets: Vec<Option<i64>> = by_offset.iter().map(|d| d.source_offset()).collect();
+    assert_eq!(offsets, [Some(1), Some(3), Some(5), Some(6)]);
+    assert_eq!(
+        by_offset[0].record.value.as_deref(),
+        Some(&b"not json at all"[..])
+    );
+    assert_eq!(by_offset[0].key(), "ord_p");
+    for d in &by_offset {
+        assert_eq!(d.source_topic(), Some(env.orders_topic.as_str()));
+        assert_eq!(d.error_class(), Some("permanent"));
+        assert_eq!(d.attempts(), Some(1));
+        assert!(d.first_failure().is_some());
+    }
+    assert!(
+        by_offset[2]
+            .error_message()
+            .unwrap()
+            .contains("refund.webhook")
+    );
+    assert!(by_offset[3].error_message().unwrap().contains("currency"));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_replayed() {
+    let env = Env::new().await;
+    // A database that refuses one event: a failure the consumer sees as
+    // transient (it is not the record's fault) until retries run out.
+    env.db
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.provider_event_id = 'cursed' THEN RAISE EXCEPTION 'refusing %', NEW.provider_event_id; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON payment_events FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let app = env
+        .start(&[
+            ("CONSUMER_MAX_ATTEMPTS", "3"),
+            ("RETRY_BACKOFF_MIN", "10ms"),
+            ("RETRY_BACKOFF_MAX", "50ms"),
+        ])
+        .await;
+    app.payment(&payment("before", "ord_c", "pending", &at(0)))
+        .await;
+    let cursed = app
+        .payment(&payment("cursed", "ord_c", "succeeded", &at(1)))
+        .await;
+    app.payment(&payment("after", "ord_c", "failed", &at(2)))
+        .await;
+    env.wait_caught_up().await;
+
+    let ids: Vec<String> = env
+        .db
+        .query(
+            "SELECT provider_event_id FROM payment_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+    let cfg = env.config(&[]);
+    let letters = app::dlq_list(&cfg).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id(), Some(cursed));
+    assert_eq!(letters[0].error_class(), Some("transient"));
+    assert_eq!(letters[0].attempts(), Some(3));
+    assert!(
+        letters[0]
+            .error_message()
+            .unwrap()
+            .contains("refusing cursed")
+    );
+
+    // The cause is fixed; replay by event id.
+    env.db
+        .batch_execute("DROP TRIGGER refuse ON payment_events")
+        .await
+        .unwrap();
+    let sel = ReplaySelection {
+        event_ids: vec![cursed],
+        ..Default::default()
+    };
+    let done = app::dlq_replay(&cfg, &sel, false).await.unwrap();
+    assert_eq!(done.len(), 1);
+    env.wait_caught_up().await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'cursed'")
+            .await,
+        1
+    );
+    // Replaying again is harmless.
+    app::dlq_replay(&cfg, &sel, false).await.unwrap();
+    env.wait_caught_up().await;
+    assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 3);
+    assert_eq!(
+        app::dlq_list(&cfg).await.unwrap().len(),
+        1,
+        "nothing new dead-lettered"
+    );
+    // The replayed event is older than "after": the order keeps "failed".
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders WHERE payment_status = 'failed'")
+            .await,
+        1
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_both_dependencies() {
+    let env = Env::new().await;
+    let app = env.start(&[]).await;
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    let r = app.http.post(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    app.stop().await;
+    env.cleanup().await;
+}
