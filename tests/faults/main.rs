@@ -1,0 +1,793 @@
+//! Fault-injection suite: real load through HTTP while things break, then
+//! the books are checked.
+//!
+//! It runs its own private Kafka broker and PostgreSQL (ports 19092/19093 and
+//! 15432, data under `.services/faults/`, started with `scripts/services`),
+//! because it stops and starts them; other tests keep using the shared ones.
+//! payhook runs as a child process (the real binary), so it can be killed.
+//!
+//! For every scenario: webhooks sent (attempts), answered 202, answered
+//! otherwise, rows stored; and the assertions that matter:
+//! - every 202'd `provider_event_id` is stored exactly once;
+//! - every stored row was sent (answered 202, or a retry of one that was);
+//! - every order ends in the state of its last event (order kept);
+//! - the consumer caught up with the log (nothing left behind).
+//!
+//! Profiles: `PAYHOOK_FAULTS_PROFILE=short` (default, 1,000 webhooks per
+//! scenario) or `full` (10,000). Run alone with
+//! `cargo test --release --test faults -- --nocapture --test-threads=1`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use payhook::messaging::{
+    Kafka,
+    envelope::{Envelope, EventType},
+    producer::{Producer, ProducerConfig},
+};
+use rskafka::client::partition::OffsetAt;
+use serde_json::{Value, json, value::RawValue};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const KAFKA_PORT: u16 = 19092;
+const KAFKA_CONTROLLER_PORT: u16 = 19093;
+const PG_PORT: u16 = 15432;
+const PARTITIONS: u32 = 4;
+const EVENTS_PER_ORDER: usize = 10;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn webhooks_per_scenario() -> usize {
+    match std::env::var("PAYHOOK_FAULTS_PROFILE").as_deref() {
+        Ok("full") => 10_000,
+        _ => 1_000,
+    }
+}
+
+/// `scripts/services <action> [service]` on the private instance.
+fn services(action: &str, service: Option<&str>) {
+    let mut cmd = Command::new(root().join("scripts/services"));
+    cmd.arg(action);
+    if let Some(s) = service {
+        cmd.arg(s);
+    }
+    let status = cmd
+        .env("PAYHOOK_SERVICES_DIR", root().join(".services/faults"))
+        .env("PAYHOOK_KAFKA_PORT", KAFKA_PORT.to_string())
+        .env(
+            "PAYHOOK_KAFKA_CONTROLLER_PORT",
+            KAFKA_CONTROLLER_PORT.to_string(),
+        )
+        .env("PAYHOOK_PG_PORT", PG_PORT.to_string())
+        .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+        .stdin(Stdio::null())
+        .status()
+        .expect("cannot run scripts/services");
+    assert!(
+        status.success(),
+        "scripts/services {action} {service:?} failed"
+    );
+}
+
+fn brokers() -> String {
+    format!("127.0.0.1:{KAFKA_PORT}")
+}
+
+fn admin_url() -> String {
+    format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
+}
+
+/// One scenario's database and topics on the private instance.
+struct Stage {
+    name: &'static str,
+    id: String,
+    db_url: String,
+    orders_topic: String,
+    disputes_topic: String,
+    dlq_topic: String,
+    port: u16,
+}
+
+impl Stage {
+    async fn new(name: &'static str) -> Self {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE faults_{id}"))
+            .await
+            .unwrap();
+        let kafka = kafka().await;
+        let stage = Self {
+            name,
+            db_url: format!("postgres://postgres@127.0.0.1:{PG_PORT}/faults_{id}"),
+            orders_topic: format!("faults-{id}-orders"),
+            disputes_topic: format!("faults-{id}-disputes"),
+            dlq_topic: format!("faults-{id}-dlq"),
+            port: free_port(),
+            id,
+        };
+        for t in [&stage.orders_topic, &stage.disputes_topic, &stage.dlq_topic] {
+            kafka
+                .ensure_topic(t, NonZeroU32::new(PARTITIONS).unwrap(), 1)
+                .await
+                .unwrap();
+        }
+        stage
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HTTP_ADDR", format!("127.0.0.1:{}", self.port)),
+            ("DATABASE_URL", self.db_url.clone()),
+            ("DATABASE_POOL_SIZE", "8".into()),
+            ("KAFKA_BROKERS", brokers()),
+            ("KAFKA_ORDERS_TOPIC", self.orders_topic.clone()),
+            ("KAFKA_DISPUTES_TOPIC", self.disputes_topic.clone()),
+            ("KAFKA_DLQ_TOPIC", self.dlq_topic.clone()),
+            ("KAFKA_PUBLISH_TIMEOUT", "2s".into()),
+            ("KAFKA_REQUEST_TIMEOUT", "5s".into()),
+            ("KAFKA_FETCH_MAX_WAIT", "100ms".into()),
+            ("HTTP_RETRY_AFTER", "1s".into()),
+            ("RETRY_BACKOFF_MIN", "50ms".into()),
+            ("RETRY_BACKOFF_MAX", "1s".into()),
+            ("SHUTDOWN_TIMEOUT", "20s".into()),
+            ("WEBHOOK_VERIFY", "off".into()),
+            ("RUST_LOG", "warn,payhook=info".into()),
+        ]
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio_postgres::connect(&self.db_url, NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    return c;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("[{}] waiting for the database: {e}", self.name);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("database unreachable: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the stored offsets of both topics reach the log end.
+    async fn wait_caught_up(&self, timeout: Duration) {
+        let kafka = kafka().await;
+        let db = self.db().await;
+        let deadline = Instant::now() + timeout;
+        for (group, topic) in [
+            ("payhook-orders", &self.orders_topic),
+            ("payhook-disputes", &self.disputes_topic),
+        ] {
+            let mut end = Vec::new();
+            for p in 0..PARTITIONS as i32 {
+                let c = kafka.partition_client(topic, p).await.unwrap();
+                end.push(c.get_offset(OffsetAt::Latest).await.unwrap());
+            }
+            loop {
+                let mut stored = vec![0i64; PARTITIONS as usize];
+                for r in db
+                    .query(
+                        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2",
+                        &[&group, &topic],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    stored[r.get::<_, i32>(0) as usize] = r.get(1);
+                }
+                if stored == end {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "[{}] consumer of {topic} stuck at {stored:?}, log end {end:?}",
+                    self.name
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        let kafka = kafka().await;
+        for t in [&self.orders_topic, &self.disputes_topic, &self.dlq_topic] {
+            let _ = kafka.delete_topic(t).await;
+        }
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS faults_{} WITH (FORCE)",
+                self.id
+            ))
+            .await;
+    }
+}
+
+async fn kafka() -> Kafka {
+    Kafka::connect(&[brokers()], Duration::from_secs(30))
+        .await
+        .expect("private broker unreachable")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// payhook as a child process.
+struct Payhook {
+    child: Option<Child>,
+    env: Vec<(&'static str, String)>,
+    log: PathBuf,
+}
+
+impl Payhook {
+    fn new(stage: &Stage) -> Self {
+        let log = root().join(format!("target/faults/{}-{}.log", stage.name, stage.id));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        Self {
+            child: None,
+            env: stage.env(),
+            log,
+        }
+    }
+
+    async fn start(&mut self, stage: &Stage) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_payhook"))
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start payhook");
+        self.child = Some(child);
+        // Ready when /healthz answers.
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(stage.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "payhook exited at start-up ({status}); see {}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "payhook did not start; see {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "payhook did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Payhook {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Books {
+    sent: AtomicU64,
+    accepted_answers: AtomicU64,
+    other_answers: AtomicU64,
+    /// Every provider_event_id ever sent, and those answered 202.
+    sent_ids: Mutex<HashSet<String>>,
+    accepted_ids: Mutex<HashSet<String>>,
+    progress: AtomicUsize,
+}
+
+fn at(secs: usize) -> String {
+    (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
+        + chrono::Duration::seconds(secs as i64))
+    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn payment(id: &str, order: &str, n: usize) -> Value {
+    let status = ["pending", "succeeded", "failed", "refunded"][n % 4];
+    json!({"provider_event_id": id, "order_id": order, "user_id": "usr_f", "status": status,
+           "amount": 1000 + n, "currency": "EUR", "occurred_at": at(n), "note": "fault suite"})
+}
+
+/// Sends `total` webhooks over `total / 10` orders, `concurrency` orders at a
+/// time, each order's events one after another. Like a provider, a webhook
+/// is re-sent until it is answered 202. Every 7th webhook is also sent a
+/// second time after its 202 (a provider duplicate).
+async fn drive_load(stage: &Stage, books: Arc<Books>, total: usize, concurrency: usize) {
+    let orders = total / EVENTS_PER_ORDER;
+    let next = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = stage.url("/webhooks/payments/orders");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (next, http, url, books) = (next.clone(), http.clone(), url.clone(), books.clone());
+        let id = stage.id.clone();
+        tasks.spawn(async move {
+            loop {
+                let o = next.fetch_add(1, Ordering::Relaxed);
+                if o >= orders {
+                    break;
+                }
+                for n in 0..EVENTS_PER_ORDER {
+                    let pid = format!("{id}-o{o}-e{n}");
+                    let body = payment(&pid, &format!("ord_{o}"), n).to_string();
+                    let copies = if (o * EVENTS_PER_ORDER + n) % 7 == 0 {
+                        2
+                    } else {
+                        1
+                    };
+                    for _ in 0..copies {
+                        send_until_accepted(&http, &url, &pid, &body, &books).await;
+                    }
+                    books.progress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+async fn send_until_accepted(
+    http: &reqwest::Client,
+    url: &str,
+    pid: &str,
+    body: &str,
+    books: &Books,
+) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        books.sent.fetch_add(1, Ordering::Relaxed);
+        books.sent_ids.lock().unwrap().insert(pid.to_owned());
+        let r = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 202 => {
+                books.accepted_answers.fetch_add(1, Ordering::Relaxed);
+                books.accepted_ids.lock().unwrap().insert(pid.to_owned());
+                return;
+            }
+            Ok(r) => {
+                assert!(
+                    r.status() == 503,
+                    "a valid webhook may only be refused with 503, got {}",
+                    r.status()
+                );
+                books.other_answers.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                books.other_answers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        assert!(Instant::now() < deadline, "{pid} never accepted");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn wait_progress(books: &Books, at_least: usize) {
+    while books.progress.load(Ordering::Relaxed) < at_least {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks the books against the database and prints the table row.
+async fn audit(stage: &Stage, books: &Books, total: usize, started: Instant) {
+    stage.wait_caught_up(Duration::from_secs(180)).await;
+    let db = stage.db().await;
+    let rows = db
+        .query(
+            "SELECT provider_event_id, count(*) FROM payment_events GROUP BY provider_event_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let accepted = books.accepted_ids.lock().unwrap().clone();
+    let sent = books.sent_ids.lock().unwrap().clone();
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    let twice: Vec<(&String, &i64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    let unexplained: Vec<&String> = stored.keys().filter(|id| !sent.contains(*id)).collect();
+
+    // Order kept: each order's row holds its last event.
+    let orders = total / EVENTS_PER_ORDER;
+    let last = format!("%-e{}", EVENTS_PER_ORDER - 1);
+    let final_ok: i64 = db
+        .query_one(
+            "SELECT count(*) FROM orders WHERE last_provider_event_id LIKE $1",
+            &[&last],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    println!(
+        "| {:<18} | {:>7} | {:>7} | {:>9} | {:>8} | {:>6} | {:>4} | {:>5} | {:>6.1}s |",
+        stage.name,
+        books.sent.load(Ordering::Relaxed),
+        books.accepted_answers.load(Ordering::Relaxed),
+        books.other_answers.load(Ordering::Relaxed),
+        accepted.len(),
+        stored.len(),
+        lost.len(),
+        twice.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        lost.is_empty(),
+        "[{}] 202'd but not stored: {:?}",
+        stage.name,
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        twice.is_empty(),
+        "[{}] stored more than once: {twice:?}",
+        stage.name
+    );
+    assert!(
+        unexplained.is_empty(),
+        "[{}] stored but never sent: {unexplained:?}",
+        stage.name
+    );
+    assert_eq!(
+        accepted.len(),
+        total,
+        "[{}] every webhook was eventually accepted",
+        stage.name
+    );
+    assert_eq!(
+        final_ok, orders as i64,
+        "[{}] orders not in the state of their last event",
+        stage.name
+    );
+}
+
+fn header() {
+    println!(
+        "| {:<18} | {:>7} | {:>7} | {:>9} | {:>8} | {:>6} | {:>4} | {:>5} | {:>7} |",
+        "scenario", "sent", "202", "other", "accepted", "stored", "lost", "twice", "time"
+    );
+}
+
+async fn setup() {
+    services("up", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults() {
+    setup().await;
+    let total = webhooks_per_scenario();
+    println!("\nfault injection, {total} webhooks per scenario");
+    header();
+    broker_stopped_during_load(total).await;
+    database_stopped_during_consumption(total).await;
+    payhook_killed_mid_consumption(total).await;
+    payhook_terminated_under_load(total).await;
+    poison_records_interleaved(total).await;
+}
+
+/// 1. The broker is stopped for several seconds during load.
+async fn broker_stopped_during_load(total: usize) {
+    let stage = Stage::new("broker stopped").await;
+    let mut app = Payhook::new(&stage);
+    app.start(&stage).await;
+    let books = Arc::new(Books::default());
+    let started = Instant::now();
+    let load = tokio::spawn({
+        let b = books.clone();
+        let s = clone_stage(&stage);
+        async move { drive_load(&s, b, total, 32).await }
+    });
+    wait_progress(&books, total / 3).await;
+    services("down", Some("kafka"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    services("up", Some("kafka"));
+    load.await.unwrap();
+    audit(&stage, &books, total, started).await;
+    drop(app);
+    stage.cleanup().await;
+}
+
+/// 2. Postgres is stopped during consumption; /readyz says so.
+async fn database_stopped_during_consumption(total: usize) {
+    let stage = Stage::new("postgres stopped").await;
+    let mut app = Payhook::new(&stage);
+    app.start(&stage).await;
+    let books = Arc::new(Books::default());
+    let started = Instant::now();
+    let load = tokio::spawn({
+        let b = books.clone();
+        let s = clone_stage(&stage);
+        async move { drive_load(&s, b, total, 32).await }
+    });
+    wait_progress(&books, total / 3).await;
+    services("down", Some("postgres"));
+    let r = reqwest::get(stage.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["down"]["database"].is_string(), "{v}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    services("up", Some("postgres"));
+    load.await.unwrap();
+    audit(&stage, &books, total, started).await;
+    drop(app);
+    stage.cleanup().await;
+}
+
+/// 3. payhook is killed with SIGKILL mid-consumption, then restarted.
+async fn payhook_killed_mid_consumption(total: usize) {
+    let stage = Stage::new("payhook SIGKILL").await;
+    let mut app = Payhook::new(&stage);
+    app.start(&stage).await;
+    let books = Arc::new(Books::default());
+    let started = Instant::now();
+    let load = tokio::spawn({
+        let b = books.clone();
+        let s = clone_stage(&stage);
+        async move { drive_load(&s, b, total, 32).await }
+    });
+    wait_progress(&books, total / 2).await;
+    app.signal("KILL");
+    app.wait(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.start(&stage).await;
+    load.await.unwrap();
+    audit(&stage, &books, total, started).await;
+    drop(app);
+    stage.cleanup().await;
+}
+
+/// 4. payhook gets SIGTERM under load: exits 0 in time, then restarts.
+async fn payhook_terminated_under_load(total: usize) {
+    let stage = Stage::new("payhook SIGTERM").await;
+    let mut app = Payhook::new(&stage);
+    app.start(&stage).await;
+    let books = Arc::new(Books::default());
+    let started = Instant::now();
+    let load = tokio::spawn({
+        let b = books.clone();
+        let s = clone_stage(&stage);
+        async move { drive_load(&s, b, total, 32).await }
+    });
+    wait_progress(&books, total / 2).await;
+    app.signal("TERM");
+    let status = app.wait(Duration::from_secs(25)).await;
+    assert!(
+        status.success(),
+        "graceful shutdown must exit 0, got {status}"
+    );
+    app.start(&stage).await;
+    load.await.unwrap();
+    audit(&stage, &books, total, started).await;
+    drop(app);
+    stage.cleanup().await;
+}
+
+/// 5. Poison records written straight to the topics, interleaved with good
+/// ones: every poison record in the dead-letter topic, every good one in the
+/// database, per-order order kept.
+async fn poison_records_interleaved(total: usize) {
+    let stage = Stage::new("poison records").await;
+    let kafka = kafka().await;
+    let (producer, lanes) = Producer::start(
+        &kafka,
+        &[&stage.orders_topic, &stage.disputes_topic],
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            queue_per_partition: 1024,
+            publish_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let orders = total / EVENTS_PER_ORDER;
+    let mut poison = 0usize;
+    let mut good = 0usize;
+    // Orders concurrently, each order's records in sequence.
+    let producer_ref = &producer;
+    let results = futures::future::join_all((0..orders).map(|o| {
+        let stage = &stage;
+        async move {
+            let mut p = 0;
+            let mut g = 0;
+            for n in 0..EVENTS_PER_ORDER {
+                let key = format!("ord_{o}");
+                let pid = format!("{}-o{o}-e{n}", stage.id);
+                let body = payment(&pid, &key, n);
+                let good_env = serde_json::to_vec(&Envelope::new(
+                    EventType::OrderWebhook,
+                    &key,
+                    RawValue::from_string(body.to_string()).unwrap(),
+                ))
+                .unwrap();
+                let (topic, value) = match (o + n) % 5 {
+                    0 => (&stage.orders_topic, b"\x00\x01 not json".to_vec()),
+                    1 => (
+                        &stage.disputes_topic,
+                        br#"{"event_id":"x","key":"k"}"#.to_vec(),
+                    ),
+                    2 if n % 2 == 0 => {
+                        let mut v: Value = serde_json::from_slice(&good_env).unwrap();
+                        v["type"] = json!("refund.webhook");
+                        (&stage.orders_topic, serde_json::to_vec(&v).unwrap())
+                    }
+                    2 => {
+                        let mut v: Value = serde_json::from_slice(&good_env).unwrap();
+                        v["payload"]["amount"] = json!(-1);
+                        (&stage.orders_topic, serde_json::to_vec(&v).unwrap())
+                    }
+                    _ => (&stage.orders_topic, good_env),
+                };
+                if (o + n) % 5 < 3 {
+                    p += 1;
+                } else {
+                    g += 1;
+                }
+                let record = rskafka::record::Record {
+                    key: Some(key.into_bytes()),
+                    value: Some(value),
+                    headers: Default::default(),
+                    timestamp: chrono::Utc::now(),
+                };
+                producer_ref.publish(topic, record).await.unwrap();
+            }
+            (p, g)
+        }
+    }))
+    .await;
+    for (p, g) in results {
+        poison += p;
+        good += g;
+    }
+    drop(producer);
+    lanes.drained().await;
+
+    let mut app = Payhook::new(&stage);
+    app.start(&stage).await;
+    stage.wait_caught_up(Duration::from_secs(180)).await;
+    let letters = payhook::messaging::dlq::read_all(&kafka, &stage.dlq_topic)
+        .await
+        .unwrap();
+    let db = stage.db().await;
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM payment_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Per order, rows in insertion order carry rising event numbers.
+    let rows = db
+        .query(
+            "SELECT order_id, provider_event_id FROM payment_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut last_seen: HashMap<String, usize> = HashMap::new();
+    for r in &rows {
+        let order: String = r.get(0);
+        let pid: String = r.get(1);
+        let n: usize = pid.rsplit("-e").next().unwrap().parse().unwrap();
+        if let Some(prev) = last_seen.insert(order.clone(), n) {
+            assert!(prev < n, "order {order}: event {n} applied after {prev}");
+        }
+    }
+    println!(
+        "| {:<18} | {:>7} | {:>7} | {:>9} | {:>8} | {:>6} | {:>4} | {:>5} | {:>6.1}s |",
+        stage.name,
+        poison + good,
+        "-",
+        format!("{poison} bad"),
+        good,
+        stored,
+        good as i64 - stored,
+        letters.len() as i64 - poison as i64,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stored, good as i64, "every good record stored");
+    assert_eq!(
+        letters.len(),
+        poison,
+        "every poison record dead-lettered, once"
+    );
+    for d in &letters {
+        assert_eq!(d.error_class(), Some("permanent"));
+        assert!(d.source_offset().is_some());
+    }
+    drop(app);
+    stage.cleanup().await;
+}
+
+fn clone_stage(s: &Stage) -> Stage {
+    Stage {
+        name: s.name,
+        id: s.id.clone(),
+        db_url: s.db_url.clone(),
+        orders_topic: s.orders_topic.clone(),
+        disputes_topic: s.disputes_topic.clone(),
+        dlq_topic: s.dlq_topic.clone(),
+        port: s.port,
+    }
+}
