@@ -548,7 +548,7 @@ async fn faults() {
     poison_records_interleaved(total).await;
 }
 
-/// 1. The broker is stopped for several seconds during load.
+/// Scenario 1: the broker is stopped for several seconds during load.
 async fn broker_stopped_during_load(total: usize) {
     let stage = Stage::new("broker stopped").await;
     let mut app = Payhook::new(&stage);
@@ -570,7 +570,7 @@ async fn broker_stopped_during_load(total: usize) {
     stage.cleanup().await;
 }
 
-/// 2. Postgres is stopped during consumption; /readyz says so.
+/// Scenario 2: Postgres is stopped during consumption; /readyz says so.
 async fn database_stopped_during_consumption(total: usize) {
     let stage = Stage::new("postgres stopped").await;
     let mut app = Payhook::new(&stage);
@@ -596,7 +596,7 @@ async fn database_stopped_during_consumption(total: usize) {
     stage.cleanup().await;
 }
 
-/// 3. payhook is killed with SIGKILL mid-consumption, then restarted.
+/// Scenario 3: payhook is killed with SIGKILL mid-consumption, then restarted.
 async fn payhook_killed_mid_consumption(total: usize) {
     let stage = Stage::new("payhook SIGKILL").await;
     let mut app = Payhook::new(&stage);
@@ -619,7 +619,7 @@ async fn payhook_killed_mid_consumption(total: usize) {
     stage.cleanup().await;
 }
 
-/// 4. payhook gets SIGTERM under load: exits 0 in time, then restarts.
+/// Scenario 4: payhook gets SIGTERM under load: exits 0 in time, then restarts.
 async fn payhook_terminated_under_load(total: usize) {
     let stage = Stage::new("payhook SIGTERM").await;
     let mut app = Payhook::new(&stage);
@@ -645,9 +645,9 @@ async fn payhook_terminated_under_load(total: usize) {
     stage.cleanup().await;
 }
 
-/// 5. Poison records written straight to the topics, interleaved with good
-/// ones: every poison record in the dead-letter topic, every good one in the
-/// database, per-order order kept.
+/// Scenario 5: poison records written straight to the topics, interleaved
+/// with good ones. Every poison record must end in the dead-letter topic,
+/// every good one in the database, per-order order kept.
 async fn poison_records_interleaved(total: usize) {
     let stage = Stage::new("poison records").await;
     let kafka = kafka().await;
