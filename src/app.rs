@@ -39,6 +39,16 @@ pub enum StartError {
     Kafka(#[from] KafkaError),
 }
 
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every step of the shutdown finished.
+    Cleanly,
+    /// `SHUTDOWN_TIMEOUT` ran out first. Nothing acknowledged is lost (the
+    /// offsets of unfinished work were not stored), but work was cut short.
+    TimedOut,
+}
+
 /// How long start-up waits for the database before giving up.
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -111,8 +121,8 @@ impl Application {
     }
 
     /// Runs until `shutdown` is cancelled, then stops in order within
-    /// `SHUTDOWN_TIMEOUT`.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    /// `SHUTDOWN_TIMEOUT`. Returns whether everything stopped in time.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Stopped {
         let Self {
             cfg,
             listener,
@@ -172,8 +182,14 @@ impl Application {
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            _ = stop => info!("payhook stopped"),
-            _ = deadline => warn!("shutdown took longer than {}; exiting", humantime::format_duration(grace)),
+            _ = stop => {
+                info!("payhook stopped");
+                Stopped::Cleanly
+            }
+            _ = deadline => {
+                warn!("shutdown took longer than {}; exiting", humantime::format_duration(grace));
+                Stopped::TimedOut
+            }
         }
     }
 }

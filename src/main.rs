@@ -191,8 +191,10 @@ async fn serve(cfg: Config) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(shutdown.clone()));
-    app.run_until_stopped(shutdown).await;
-    ExitCode::SUCCESS
+    match app.run_until_stopped(shutdown).await {
+        app::Stopped::Cleanly => ExitCode::SUCCESS,
+        app::Stopped::TimedOut => ExitCode::FAILURE,
+    }
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.

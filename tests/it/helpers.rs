@@ -234,7 +234,7 @@ impl Env {
 pub struct TestApp {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<payhook::app::Stopped>>,
     pub http: reqwest::Client,
 }
 
@@ -273,7 +273,7 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
-            t.await.unwrap();
+            assert_eq!(t.await.unwrap(), payhook::app::Stopped::Cleanly);
         }
     }
 }
