@@ -351,3 +351,129 @@ async fn stopping_mid_stream_loses_nothing_and_repeats_nothing() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_mixed_webhooks_with_duplicates_and_shuffled_times() {
+    use rand::{Rng, SeedableRng, seq::SliceRandom};
+    let env = Env::new().await;
+    let app = env.start(&[]).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    const ORDERS: usize = 150;
+    // Per order: 8 payments and 3 chargebacks with distinct times, sent in a
+    // shuffled order, plus duplicates of some of them.
+    let mut sends: Vec<(bool, serde_json::Value)> = Vec::new();
+    let mut latest_pay: HashMap<String, (i64, String)> = HashMap::new();
+    let mut latest_cb: HashMap<String, (i64, String)> = HashMap::new();
+    for o in 0..ORDERS {
+        let order = format!("ord_{o}");
+        let mut own = Vec::new();
+        for e in 0..8i64 {
+            let t = rng.random_range(0..100_000);
+            let id = format!("p_{o}_{e}");
+            let slot = latest_pay
+                .entry(order.clone())
+                .or_insert((-1, String::new()));
+            if t > slot.0 {
+                *slot = (t, id.clone());
+            }
+            own.push((
+                false,
+                payment(
+                    &id,
+                    &order,
+                    ["pending", "succeeded", "failed", "refunded"][e as usize % 4],
+                    &at(t),
+                ),
+            ));
+        }
+        for e in 0..3i64 {
+            let t = 1_000_000 + e * 1000 + rng.random_range(0..999);
+            let id = format!("c_{o}_{e}");
+            let slot = latest_cb
+                .entry(order.clone())
+                .or_insert((-1, String::new()));
+            if t > slot.0 {
+                *slot = (t, id.clone());
+            }
+            own.push((
+                true,
+                chargeback(&id, &order, ["opened", "won", "lost"][e as usize], &at(t)),
+            ));
+        }
+        own.shuffle(&mut rng);
+        let dups: Vec<_> = own
+            .iter()
+            .filter(|_| rng.random_bool(0.2))
+            .cloned()
+            .collect();
+        own.extend(dups);
+        sends.extend(own);
+    }
+    let total = sends.len();
+    let unique_pay = ORDERS * 8;
+    let unique_cb = ORDERS * 3;
+    // 16 at a time.
+    let app_ref = &app;
+    let chunks: Vec<Vec<(bool, serde_json::Value)>> = sends
+        .chunks(total.div_ceil(16))
+        .map(|c| c.to_vec())
+        .collect();
+    let started = Instant::now();
+    join_all(chunks.into_iter().map(|chunk| async move {
+        for (is_cb, body) in chunk {
+            if is_cb {
+                app_ref.chargeback(&body).await;
+            } else {
+                app_ref.payment(&body).await;
+            }
+        }
+    }))
+    .await;
+    env.wait_caught_up().await;
+    eprintln!(
+        "{total} webhooks posted and applied in {:?}",
+        started.elapsed()
+    );
+
+    assert_eq!(
+        env.count("SELECT count(*) FROM payment_events").await,
+        unique_pay as i64
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM chargeback_events").await,
+        unique_cb as i64
+    );
+    for (table, latest) in [("orders", &latest_pay), ("disputes", &latest_cb)] {
+        let rows = env
+            .db
+            .query(
+                &format!("SELECT order_id, last_provider_event_id FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ORDERS);
+        for r in rows {
+            let order: String = r.get(0);
+            let last: String = r.get(1);
+            assert_eq!(last, latest[&order].1, "{table} {order}");
+        }
+    }
+    let n = NonZeroU32::new(PARTITIONS).unwrap();
+    for table in ["payment_events", "chargeback_events"] {
+        for r in env
+            .db
+            .query(
+                &format!("SELECT order_id, kafka_partition FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            let order: String = r.get(0);
+            assert_eq!(r.get::<_, i32>(1), partition_for_key(order.as_bytes(), n));
+        }
+    }
+    app.stop().await;
+    env.cleanup().await;
+}
