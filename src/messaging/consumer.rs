@@ -145,6 +145,25 @@ struct Position {
     stored: Option<i64>,
 }
 
+impl Position {
+    /// The database now holds `next`.
+    fn committed(&mut self, next: i64) {
+        *self = Self {
+            next,
+            stored: Some(next),
+        };
+    }
+
+    /// Someone else moved the stored offset (a fenced write): trust the
+    /// database.
+    fn resume_from(&mut self, found: Option<i64>) {
+        self.stored = found;
+        if let Some(f) = found {
+            self.next = f;
+        }
+    }
+}
+
 impl PartitionConsumer {
     async fn run(self) {
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
@@ -256,7 +275,7 @@ impl PartitionConsumer {
                 };
                 match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source))
                 {
-                    Ok(ev) => chunk.push((r.offset, ev)),
+                    Ok(ev) => chunk.push(ev),
                     Err(source) => {
                         poison = Some(ProcessError::Decode {
                             offset: r.offset,
@@ -304,25 +323,13 @@ impl PartitionConsumer {
             {
                 Ok(stats) => {
                     debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
-                    *pos = Position {
-                        next,
-                        stored: Some(next),
-                    };
+                    pos.committed(next);
                     *failure = None;
                     i += n;
                 }
                 Err(ProcessError::Fenced { found, .. }) => {
                     warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
-                    *pos = match found {
-                        Some(f) => Position {
-                            next: f,
-                            stored: Some(f),
-                        },
-                        None => Position {
-                            next: pos.next,
-                            stored: None,
-                        },
-                    };
+                    pos.resume_from(found);
                     return Err(());
                 }
                 Err(e) => {
@@ -405,24 +412,12 @@ impl PartitionConsumer {
         .await
         {
             Ok(()) => {
-                *pos = Position {
-                    next: offset + 1,
-                    stored: Some(offset + 1),
-                };
+                pos.committed(offset + 1);
                 Ok(())
             }
             Err(ProcessError::Fenced { found, .. }) => {
                 warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
-                *pos = match found {
-                    Some(f) => Position {
-                        next: f,
-                        stored: Some(f),
-                    },
-                    None => Position {
-                        next: pos.next,
-                        stored: None,
-                    },
-                };
+                pos.resume_from(found);
                 Err(())
             }
             Err(e) => {
@@ -492,11 +487,11 @@ async fn apply(
     partition: i32,
     expected: Option<i64>,
     next: i64,
-    chunk: Vec<(i64, Event)>,
+    chunk: Vec<Event>,
 ) -> Result<crate::domain::orders::Outcome, ProcessError> {
     let mut payments: Vec<PaymentEvent> = Vec::new();
     let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
-    for (_, ev) in chunk {
+    for ev in chunk {
         match ev {
             Event::Payment(p) => payments.push(p),
             Event::Chargeback(c) => chargebacks.push(c),

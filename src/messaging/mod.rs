@@ -24,6 +24,7 @@ use rskafka::{
     BackoffConfig,
     client::{
         Client, ClientBuilder,
+        controller::ControllerClient,
         error::{Error as RsError, ProtocolError},
         partition::{PartitionClient, UnknownTopicHandling},
     },
@@ -133,14 +134,8 @@ impl Kafka {
         .await
     }
 
-    /// Creates `topic` with `partitions` partitions unless it exists.
-    /// Returns whether it was created.
-    pub async fn ensure_topic(
-        &self,
-        topic: &str,
-        partitions: NonZeroU32,
-        replication_factor: i16,
-    ) -> Result<bool, KafkaError> {
+    /// The controller client, and the broker-side timeout for admin calls.
+    fn controller(&self) -> Result<(ControllerClient, i32), KafkaError> {
         let controller = self
             .client
             .controller_client()
@@ -149,6 +144,18 @@ impl Kafka {
                 source,
             })?;
         let timeout_ms = i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        Ok((controller, timeout_ms))
+    }
+
+    /// Creates `topic` with `partitions` partitions unless it exists.
+    /// Returns whether it was created.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: NonZeroU32,
+        replication_factor: i16,
+    ) -> Result<bool, KafkaError> {
+        let (controller, timeout_ms) = self.controller()?;
         let partitions = i32::try_from(partitions.get()).unwrap_or(i32::MAX);
         match bounded(
             "creating a topic",
@@ -172,14 +179,7 @@ impl Kafka {
 
     /// Deletes a topic (tests and benches clean up after themselves).
     pub async fn delete_topic(&self, topic: &str) -> Result<(), KafkaError> {
-        let controller = self
-            .client
-            .controller_client()
-            .map_err(|source| KafkaError::Client {
-                what: "finding the controller",
-                source,
-            })?;
-        let timeout_ms = i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let (controller, timeout_ms) = self.controller()?;
         bounded(
             "deleting a topic",
             self.request_timeout,

@@ -541,38 +541,31 @@ async fn faults() {
     let total = webhooks_per_scenario();
     println!("\nfault injection, {total} webhooks per scenario");
     header();
-    broker_stopped_during_load(total).await;
-    database_stopped_during_consumption(total).await;
-    payhook_killed_mid_consumption(total).await;
-    payhook_terminated_under_load(total).await;
+    scenario("broker stopped", Fault::StopBroker, total).await;
+    scenario("postgres stopped", Fault::StopDatabase, total).await;
+    scenario("payhook SIGKILL", Fault::Kill, total).await;
+    scenario("payhook SIGTERM", Fault::Terminate, total).await;
     poison_records_interleaved(total).await;
 }
 
-/// Scenario 1: the broker is stopped for several seconds during load.
-async fn broker_stopped_during_load(total: usize) {
-    let stage = Stage::new("broker stopped").await;
-    let mut app = Payhook::new(&stage);
-    app.start(&stage).await;
-    let books = Arc::new(Books::default());
-    let started = Instant::now();
-    let load = tokio::spawn({
-        let b = books.clone();
-        let s = clone_stage(&stage);
-        async move { drive_load(&s, b, total, 32).await }
-    });
-    wait_progress(&books, total / 3).await;
-    services("down", Some("kafka"));
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    services("up", Some("kafka"));
-    load.await.unwrap();
-    audit(&stage, &books, total, started).await;
-    drop(app);
-    stage.cleanup().await;
+/// What breaks while the load runs.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Scenario 1: the broker is stopped for several seconds, then started.
+    StopBroker,
+    /// Scenario 2: Postgres is stopped during consumption, then started;
+    /// `/readyz` must say so meanwhile.
+    StopDatabase,
+    /// Scenario 3: payhook is killed with SIGKILL, then restarted.
+    Kill,
+    /// Scenario 4: payhook gets SIGTERM under load: it must exit 0 in time;
+    /// then it is restarted.
+    Terminate,
 }
 
-/// Scenario 2: Postgres is stopped during consumption; /readyz says so.
-async fn database_stopped_during_consumption(total: usize) {
-    let stage = Stage::new("postgres stopped").await;
+/// Runs the load, injects `fault` part-way through, and audits the books.
+async fn scenario(name: &'static str, fault: Fault, total: usize) {
+    let stage = Stage::new(name).await;
     let mut app = Payhook::new(&stage);
     app.start(&stage).await;
     let books = Arc::new(Books::default());
@@ -582,63 +575,41 @@ async fn database_stopped_during_consumption(total: usize) {
         let s = clone_stage(&stage);
         async move { drive_load(&s, b, total, 32).await }
     });
-    wait_progress(&books, total / 3).await;
-    services("down", Some("postgres"));
-    let r = reqwest::get(stage.url("/readyz")).await.unwrap();
-    assert_eq!(r.status(), 503);
-    let v: Value = r.json().await.unwrap();
-    assert!(v["down"]["database"].is_string(), "{v}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    services("up", Some("postgres"));
-    load.await.unwrap();
-    audit(&stage, &books, total, started).await;
-    drop(app);
-    stage.cleanup().await;
-}
-
-/// Scenario 3: payhook is killed with SIGKILL mid-consumption, then restarted.
-async fn payhook_killed_mid_consumption(total: usize) {
-    let stage = Stage::new("payhook SIGKILL").await;
-    let mut app = Payhook::new(&stage);
-    app.start(&stage).await;
-    let books = Arc::new(Books::default());
-    let started = Instant::now();
-    let load = tokio::spawn({
-        let b = books.clone();
-        let s = clone_stage(&stage);
-        async move { drive_load(&s, b, total, 32).await }
-    });
-    wait_progress(&books, total / 2).await;
-    app.signal("KILL");
-    app.wait(Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    app.start(&stage).await;
-    load.await.unwrap();
-    audit(&stage, &books, total, started).await;
-    drop(app);
-    stage.cleanup().await;
-}
-
-/// Scenario 4: payhook gets SIGTERM under load: exits 0 in time, then restarts.
-async fn payhook_terminated_under_load(total: usize) {
-    let stage = Stage::new("payhook SIGTERM").await;
-    let mut app = Payhook::new(&stage);
-    app.start(&stage).await;
-    let books = Arc::new(Books::default());
-    let started = Instant::now();
-    let load = tokio::spawn({
-        let b = books.clone();
-        let s = clone_stage(&stage);
-        async move { drive_load(&s, b, total, 32).await }
-    });
-    wait_progress(&books, total / 2).await;
-    app.signal("TERM");
-    let status = app.wait(Duration::from_secs(25)).await;
-    assert!(
-        status.success(),
-        "graceful shutdown must exit 0, got {status}"
-    );
-    app.start(&stage).await;
+    match fault {
+        Fault::StopBroker => {
+            wait_progress(&books, total / 3).await;
+            services("down", Some("kafka"));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            services("up", Some("kafka"));
+        }
+        Fault::StopDatabase => {
+            wait_progress(&books, total / 3).await;
+            services("down", Some("postgres"));
+            let r = reqwest::get(stage.url("/readyz")).await.unwrap();
+            assert_eq!(r.status(), 503);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["down"]["database"].is_string(), "{v}");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            services("up", Some("postgres"));
+        }
+        Fault::Kill => {
+            wait_progress(&books, total / 2).await;
+            app.signal("KILL");
+            app.wait(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            app.start(&stage).await;
+        }
+        Fault::Terminate => {
+            wait_progress(&books, total / 2).await;
+            app.signal("TERM");
+            let status = app.wait(Duration::from_secs(25)).await;
+            assert!(
+                status.success(),
+                "graceful shutdown must exit 0, got {status}"
+            );
+            app.start(&stage).await;
+        }
+    }
     load.await.unwrap();
     audit(&stage, &books, total, started).await;
     drop(app);
