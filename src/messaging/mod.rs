@@ -41,7 +41,7 @@ pub enum KafkaError {
         #[source]
         source: RsError,
     },
-    #[error("topic {topic} does not exist")]
+    #[error("topic {topic} does not exist (`payhook topics` creates it)")]
     UnknownTopic { topic: String },
 }
 
