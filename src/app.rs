@@ -22,6 +22,7 @@ use crate::{
         dlq::{self, DeadLetter},
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
     },
+    metrics::Metrics,
 };
 
 /// Why the service could not start.
@@ -102,6 +103,7 @@ impl Application {
             disputes_topic: cfg.disputes_topic.clone(),
             max_body_bytes: cfg.http_max_body_bytes,
             retry_after: cfg.http_retry_after,
+            metrics: Metrics::new(),
         });
         Ok(Self {
             cfg,
@@ -131,6 +133,7 @@ impl Application {
             pool,
             producer_tasks,
         } = self;
+        let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
         for (group, topic) in [
@@ -156,6 +159,7 @@ impl Application {
                 pool.clone(),
                 ccfg,
                 dead_letters,
+                metrics.clone(),
                 consumers.clone(),
             ));
         }

@@ -24,7 +24,8 @@
 //!   carry out the domain's decisions, and the stored consumer offsets.
 //! - [`error`]: the one place that classifies failures as transient or
 //!   permanent, and the one retry policy ([`error::Backoff`]).
-//! - [`app`]: wiring and shutdown: `serve`, `migrate`, `topics`.
+//! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
+//! - [`app`]: wiring and shutdown: `serve`, `migrate`, `topics`, `dlq`.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -34,3 +35,4 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod messaging;
+pub mod metrics;

@@ -16,6 +16,7 @@ use serde_json::{Value, json, value::RawValue};
 use tracing::{info, warn};
 
 use super::error::{ApiError, Body, json_response};
+use crate::metrics::{Metrics, WebhookLabels};
 use crate::{
     domain::{ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook},
     messaging::{
@@ -38,6 +39,7 @@ pub struct AppState {
     pub disputes_topic: String,
     pub max_body_bytes: usize,
     pub retry_after: Duration,
+    pub metrics: Metrics,
 }
 
 /// Routes one request. Never fails: every error becomes an answer.
@@ -48,10 +50,12 @@ where
 {
     let result = match (req.uri().path(), req.method()) {
         ("/webhooks/payments/orders", &Method::POST) => {
-            ingest(&state, req, EventType::OrderWebhook).await
+            let r = ingest(&state, req, EventType::OrderWebhook).await;
+            count(&state, "orders", r)
         }
         ("/webhooks/payments/chargebacks", &Method::POST) => {
-            ingest(&state, req, EventType::DisputeWebhook).await
+            let r = ingest(&state, req, EventType::DisputeWebhook).await;
+            count(&state, "chargebacks", r)
         }
         ("/webhooks/payments/orders" | "/webhooks/payments/chargebacks", _) => {
             Err(ApiError::MethodNotAllowed { allow: "POST" })
@@ -62,9 +66,39 @@ where
         ("/healthz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(&state).await),
         ("/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/metrics", &Method::GET | &Method::HEAD) => {
+            let mut resp = Response::new(Body::new(Bytes::from(state.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(resp)
+        }
+        ("/metrics", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Counts a webhook answer by endpoint and status.
+fn count(
+    state: &AppState,
+    endpoint: &'static str,
+    r: Result<Response<Body>, ApiError>,
+) -> Result<Response<Body>, ApiError> {
+    let status = match &r {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    };
+    state
+        .metrics
+        .webhooks
+        .get_or_create(&WebhookLabels {
+            endpoint,
+            status: status.as_u16(),
+        })
+        .inc();
+    r
 }
 
 /// How long each readiness check may take.
@@ -180,7 +214,13 @@ where
         .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
     let envelope = Envelope::new(kind, order_id.as_str(), raw);
     let event_id = envelope.event_id;
-    match state.producer.publish(topic, envelope.to_record()).await {
+    let started = std::time::Instant::now();
+    let published = state.producer.publish(topic, envelope.to_record()).await;
+    state
+        .metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match published {
         Ok(p) => {
             info!(%event_id, %order_id, r#type = kind.as_str(), partition = p.partition, offset = p.offset, "webhook accepted");
             Ok(json_response(

@@ -46,6 +46,7 @@ use crate::{
         orders::{OrderService, PaymentEvent, SourcePosition},
     },
     error::{Backoff, ErrorClass, ProcessError},
+    metrics::{Metrics, PartitionLabels, RecordLabels},
 };
 
 /// Settings for one topic's consumer.
@@ -70,6 +71,7 @@ pub async fn run(
     pool: Pool,
     cfg: ConsumerConfig,
     dead_letters: DeadLetters,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
@@ -93,6 +95,7 @@ pub async fn run(
             pool: pool.clone(),
             cfg: Arc::clone(&cfg),
             dead_letters: dead_letters.clone(),
+            metrics: metrics.clone(),
             partition,
             shutdown: shutdown.clone(),
         };
@@ -118,6 +121,7 @@ struct PartitionConsumer {
     pool: Pool,
     cfg: Arc<ConsumerConfig>,
     dead_letters: DeadLetters,
+    metrics: Metrics,
     partition: i32,
     shutdown: CancellationToken,
 }
@@ -195,8 +199,8 @@ impl PartitionConsumer {
                 r = bounded("fetching", fetch_deadline,
                         client.fetch_records(pos.next, 1..self.cfg.fetch_max_bytes, max_wait_ms)) => r,
             };
-            let records = match fetched {
-                Ok((records, _high_watermark)) => records,
+            let (records, high_watermark) = match fetched {
+                Ok(v) => v,
                 Err(KafkaError::Client {
                     source:
                         RsError::ServerError {
@@ -224,12 +228,17 @@ impl PartitionConsumer {
                     continue;
                 }
             };
-            if self
-                .process(&records, &mut pos, &mut failure)
-                .await
-                .is_err()
-                && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await
-            {
+            let outcome = self.process(&records, &mut pos, &mut failure).await;
+            let labels = self.partition_labels();
+            self.metrics
+                .next_offset
+                .get_or_create(&labels)
+                .set(pos.next);
+            self.metrics
+                .lag
+                .get_or_create(&labels)
+                .set((high_watermark - pos.next).max(0));
+            if outcome.is_err() && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
                 break;
             }
             if failure.is_none() {
@@ -322,6 +331,8 @@ impl PartitionConsumer {
             .await
             {
                 Ok(stats) => {
+                    self.count("applied", stats.stored);
+                    self.count("duplicate", stats.duplicates);
                     debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
                     pos.committed(next);
                     *failure = None;
@@ -333,6 +344,16 @@ impl PartitionConsumer {
                     return Err(());
                 }
                 Err(e) => {
+                    self.metrics
+                        .retries
+                        .get_or_create(&RecordLabels {
+                            topic: topic.clone(),
+                            outcome: match e.class() {
+                                ErrorClass::Transient => "transient",
+                                ErrorClass::Permanent => "permanent",
+                            },
+                        })
+                        .inc();
                     let f = match failure.take() {
                         Some(mut f) if f.offset == first => {
                             f.attempts += 1;
@@ -373,6 +394,25 @@ impl PartitionConsumer {
         Ok(())
     }
 
+    fn count(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.metrics
+                .records
+                .get_or_create(&RecordLabels {
+                    topic: self.cfg.topic.clone(),
+                    outcome,
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    fn partition_labels(&self) -> PartitionLabels {
+        PartitionLabels {
+            topic: self.cfg.topic.clone(),
+            partition: self.partition,
+        }
+    }
+
     fn over_limit(&self, attempts: u32) -> bool {
         self.cfg.max_attempts.is_some_and(|m| attempts >= m)
     }
@@ -389,8 +429,21 @@ impl PartitionConsumer {
         let topic = &self.cfg.topic;
         let partition = self.partition;
         let offset = record.offset;
-        error!(%topic, partition, offset, class = ?f.class, attempts = f.attempts, error = %f.message,
-               dlq = %self.dead_letters.topic, "record cannot be applied; sending it to the dead-letter topic");
+        let event_id = record
+            .record
+            .headers
+            .get(super::envelope::HEADER_EVENT_ID)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let order_id = record
+            .record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        error!(%topic, partition, offset, %event_id, %order_id, class = ?f.class, attempts = f.attempts,
+               error = %f.message, dlq = %self.dead_letters.topic,
+               "record cannot be applied; sending it to the dead-letter topic");
         let letter = dlq::dead_letter(&record.record, &f);
         if let Err(e) = self
             .dead_letters
@@ -413,6 +466,7 @@ impl PartitionConsumer {
         {
             Ok(()) => {
                 pos.committed(offset + 1);
+                self.count("dead_lettered", 1);
                 Ok(())
             }
             Err(ProcessError::Fenced { found, .. }) => {

@@ -87,6 +87,30 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
             .contains("refund.webhook")
     );
     assert!(by_offset[3].error_message().unwrap().contains("currency"));
+
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |outcome: &str| {
+        format!(
+            "payhook_consumer_records_total{{topic=\"{}\",outcome=\"{outcome}\"}}",
+            env.orders_topic
+        )
+    };
+    assert!(
+        metrics.contains(&format!("{} 4\n", line("dead_lettered"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 4\n", line("applied"))),
+        "{metrics}"
+    );
     app.stop().await;
     env.cleanup().await;
 }
@@ -185,9 +209,37 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_reports_both_dependencies() {
+async fn readyz_and_metrics_report_on_the_pipeline() {
     let env = Env::new().await;
     let app = env.start(&[]).await;
+    app.payment(&payment("m1", "ord_m", "pending", &at(0)))
+        .await;
+    let r = app
+        .post("/webhooks/payments/orders", &json!({"order_id": 1}))
+        .await;
+    assert_eq!(r.status(), 400);
+    env.wait_caught_up().await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        r#"payhook_webhooks_total{endpoint="orders",status="202"} 1"#,
+        r#"payhook_webhooks_total{endpoint="orders",status="400"} 1"#,
+        "payhook_publish_seconds_count 1",
+    ] {
+        assert!(metrics.contains(want), "{want} missing in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        "payhook_consumer_records_total{{topic=\"{}\",outcome=\"applied\"}} 1",
+        env.orders_topic
+    )));
+
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();

@@ -1,0 +1,152 @@
+//! Metrics in the Prometheus text format, served at `GET /metrics`.
+//!
+//! What an operator needs to trust the pipeline: how many webhooks were
+//! answered and how, how long the broker took to acknowledge, how far each
+//! partition's consumer is behind, and how many records were applied,
+//! repeated, retried or dead-lettered.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabels {
+    pub topic: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Every metric payhook keeps. Cheap to clone (all handles are shared).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Webhooks answered, by endpoint and HTTP status.
+    pub webhooks: Family<WebhookLabels, Counter>,
+    /// Seconds from handing a record to the producer to the broker's ack.
+    pub publish_seconds: Histogram,
+    /// Records handled by the consumer: `applied`, `duplicate`,
+    /// `dead_lettered`.
+    pub records: Family<RecordLabels, Counter>,
+    /// Failed attempts to apply records (each one retried).
+    pub retries: Family<RecordLabels, Counter>,
+    /// Next offset to apply, per partition.
+    pub next_offset: Family<PartitionLabels, Gauge>,
+    /// Records in the log not yet applied, per partition (high watermark
+    /// minus next offset, as of the last fetch).
+    pub lag: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("payhook");
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhooks answered, by endpoint and HTTP status",
+            webhooks.clone(),
+        );
+        let publish_seconds = Histogram::new(
+            [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "publish_seconds",
+            "Time from handing a record to the producer to the broker's acknowledgement",
+            publish_seconds.clone(),
+        );
+        let records = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "consumer_records",
+            "Records handled by the consumer, by outcome",
+            records.clone(),
+        );
+        let retries = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "consumer_retries",
+            "Failed attempts to apply records, by error class; each is retried",
+            retries.clone(),
+        );
+        let next_offset = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_next_offset",
+            "Next offset to apply, per partition",
+            next_offset.clone(),
+        );
+        let lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Records in the log not yet applied, per partition, as of the last fetch",
+            lag.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            webhooks,
+            publish_seconds,
+            records,
+            retries,
+            next_offset,
+            lag,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_counted() {
+        let m = Metrics::new();
+        m.webhooks
+            .get_or_create(&WebhookLabels {
+                endpoint: "orders",
+                status: 202,
+            })
+            .inc_by(3);
+        m.lag
+            .get_or_create(&PartitionLabels {
+                topic: "t".into(),
+                partition: 1,
+            })
+            .set(42);
+        let text = m.render();
+        assert!(
+            text.contains(r#"payhook_webhooks_total{endpoint="orders",status="202"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"payhook_consumer_lag{topic="t",partition="1"} 42"#),
+            "{text}"
+        );
+    }
+}
