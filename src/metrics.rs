@@ -66,12 +66,9 @@ impl Metrics {
             "Webhooks answered, by endpoint and HTTP status",
             webhooks.clone(),
         );
-        let publish_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]
-            .into_iter(),
-        );
+        let publish_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "publish_seconds",
             "Time from handing a record to the producer to the broker's acknowledgement",
