@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, WebhookAuth},
     db::{self, DbError},
-    http::{self, AppState},
+    http::{self, AppState, Endpoint, signature::Verifier},
     messaging::{
         Kafka, KafkaError,
         consumer::{self, ConsumerConfig},
@@ -36,6 +36,11 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "{var} is empty: an endpoint without a secret would accept forged webhooks. \
+         Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
+    )]
+    NoWebhookSecret { var: &'static str },
 }
 
 /// How long start-up waits for the database before giving up.
@@ -56,6 +61,9 @@ impl Application {
     /// Binds the listener, connects to Postgres and Kafka, applies
     /// migrations (unless disabled) and starts the producer.
     pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        // Checked first, before anything connects: an unverifiable endpoint
+        // must never serve.
+        let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
         let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
@@ -84,10 +92,17 @@ impl Application {
                     source,
                 })?;
         let state = Arc::new(AppState {
-            producer,
-            orders_topic: cfg.orders_topic.clone(),
-            disputes_topic: cfg.disputes_topic.clone(),
+            publisher: Arc::new(producer),
+            orders: Endpoint {
+                topic: cfg.orders_topic.clone(),
+                verifier: orders_verifier,
+            },
+            chargebacks: Endpoint {
+                topic: cfg.disputes_topic.clone(),
+                verifier: chargebacks_verifier,
+            },
             max_body_bytes: cfg.http_max_body_bytes,
+            request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
         });
         Ok(Self {
@@ -144,7 +159,11 @@ impl Application {
 
         let grace = cfg.shutdown_timeout;
         let stop = async {
-            http::serve(listener, state, shutdown.clone(), grace).await;
+            let limits = http::Limits {
+                header_timeout: cfg.http_header_timeout,
+                max_connections: cfg.http_max_connections,
+            };
+            http::serve(listener, state, limits, shutdown.clone(), grace).await;
             // Every handler is gone, and with them every producer handle: the
             // lanes send what is queued, answer it, and end.
             producer_tasks.drained().await;
@@ -166,6 +185,27 @@ impl Application {
     }
 }
 
+/// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
+/// (said loudly in the log).
+fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), StartError> {
+    if !cfg.webhook_verify {
+        warn!(
+            "WEBHOOK_VERIFY=off: webhook signatures are NOT checked; anyone who can reach \
+             this port can post forged payment events. For local use only, never in production"
+        );
+        return Ok((None, None));
+    }
+    let one = |auth: &WebhookAuth, var| {
+        Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhook_tolerance)
+            .map(Some)
+            .ok_or(StartError::NoWebhookSecret { var })
+    };
+    Ok((
+        one(&cfg.webhook_orders, "WEBHOOK_ORDERS_SECRETS")?,
+        one(&cfg.webhook_chargebacks, "WEBHOOK_CHARGEBACKS_SECRETS")?,
+    ))
+}
+
 /// `payhook migrate`.
 pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
     let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
@@ -184,4 +224,75 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
         out.push((topic.clone(), created));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_a_secret_refuses_to_start() {
+        // Nothing is reachable at this address: the refusal comes before any
+        // connection is tried.
+        let base = [("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
+        let e = Application::build(cfg(&base)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_ORDERS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        let mut only_orders = base.to_vec();
+        only_orders.push((
+            "WEBHOOK_ORDERS_SECRETS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ));
+        let e = Application::build(cfg(&only_orders)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_CHARGEBACKS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("WEBHOOK_VERIFY=off"), "{e}");
+    }
+
+    #[test]
+    fn verification_off_verifies_nothing() {
+        let (o, c) = verifiers(&cfg(&[("WEBHOOK_VERIFY", "off")])).unwrap();
+        assert!(o.is_none() && c.is_none());
+        let (o, c) = verifiers(&cfg(&[
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+            (
+                "WEBHOOK_CHARGEBACKS_SECRETS",
+                "whsec_stripe_test_secret_0123456789",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.unwrap().scheme(),
+            crate::http::signature::Scheme::Standard
+        );
+        assert_eq!(c.unwrap().scheme(), crate::http::signature::Scheme::Stripe);
+    }
 }

@@ -5,32 +5,60 @@
 //! | POST   | `/webhooks/payments/orders`      | 202 `{"event_id"}` once Kafka has the event |
 //! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
 //! | GET    | `/healthz`                       | 200 while the process runs |
+//!
+//! A webhook goes through the checks cheapest first, and nothing is published
+//! unless all pass: the path and method (404, 405), `Content-Type` (415), the
+//! body's size (413, refused from `Content-Length` before reading) and its
+//! arrival within the request timeout (408), the signature over the exact
+//! bytes received (401), and only then the JSON and its fields (400).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
-use serde_json::{Value, json, value::RawValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, header};
+use serde_json::{json, value::RawValue};
 use tracing::{info, warn};
 
-use super::error::{ApiError, Body, json_response};
+use super::{
+    error::{ApiError, Body, json_response},
+    signature::Verifier,
+};
 use crate::{
-    domain::{ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook},
+    domain::{
+        ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook,
+        types::parse_json_body,
+    },
     messaging::{
         envelope::{Envelope, EventType},
-        producer::Producer,
+        producer::Publish,
     },
 };
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub producer: Producer,
-    pub orders_topic: String,
-    pub disputes_topic: String,
+    /// The Kafka producer in the service; a recording fake in tests.
+    pub publisher: Arc<dyn Publish>,
+    /// `/webhooks/payments/orders`.
+    pub orders: Endpoint,
+    /// `/webhooks/payments/chargebacks`.
+    pub chargebacks: Endpoint,
     pub max_body_bytes: usize,
+    /// How long the body may take to arrive.
+    pub request_timeout: Duration,
     pub retry_after: Duration,
+}
+
+/// One webhook endpoint: where its events go and how they are signed.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub topic: String,
+    /// `None` only when verification is switched off (`WEBHOOK_VERIFY=off`).
+    pub verifier: Option<Verifier>,
 }
 
 /// Routes one request. Never fails: every error becomes an answer.
@@ -76,21 +104,29 @@ fn is_json(req: &Request<impl Sized>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // Refuse a declared oversize body before reading any of it.
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    // A slow client must not hold a connection (and a permit) forever.
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })
@@ -109,29 +145,42 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let endpoint = match kind {
+        EventType::OrderWebhook => &state.orders,
+        EventType::DisputeWebhook => &state.chargebacks,
+    };
     if !is_json(&req) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = read_body(req, state.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
-    let (order_id, topic) = match kind {
-        EventType::OrderWebhook => (
-            PaymentWebhook::from_json(&value)?.order_id,
-            &state.orders_topic,
-        ),
-        EventType::DisputeWebhook => (
-            ChargebackWebhook::from_json(&value)?.order_id,
-            &state.disputes_topic,
-        ),
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.max_body_bytes,
+        state.request_timeout,
+    )
+    .await?;
+    // The signature covers the bytes as received: check it before anything
+    // looks inside them.
+    if let Some(verifier) = &endpoint.verifier {
+        if let Err(reason) = verifier.verify(&parts.headers, &body, unix_now()) {
+            warn!(r#type = kind.as_str(), scheme = verifier.scheme().as_str(), %reason, "webhook signature refused");
+            return Err(ApiError::Unauthorized(reason));
+        }
+    }
+    let value = parse_json_body(&body)?;
+    let order_id = match kind {
+        EventType::OrderWebhook => PaymentWebhook::from_json(&value)?.order_id,
+        EventType::DisputeWebhook => ChargebackWebhook::from_json(&value)?.order_id,
     };
+    let topic = &endpoint.topic;
     drop(value);
     // The payload travels byte for byte as the provider sent it.
     let raw: Box<RawValue> = serde_json::from_slice(&body)
         .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
     let envelope = Envelope::new(kind, order_id.as_str(), raw);
     let event_id = envelope.event_id;
-    match state.producer.publish(topic, envelope.to_record()).await {
+    match state.publisher.publish(topic, envelope.to_record()).await {
         Ok(p) => {
             info!(%event_id, %order_id, r#type = kind.as_str(), partition = p.partition, offset = p.offset, "webhook accepted");
             Ok(json_response(
@@ -147,4 +196,11 @@ where
             })
         }
     }
+}
+
+/// The local clock in Unix seconds, for signature timestamps.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -104,6 +104,8 @@ impl Env {
             ("KAFKA_FETCH_MAX_WAIT", "100ms"),
             ("RETRY_BACKOFF_MAX", "1s"),
             ("SHUTDOWN_TIMEOUT", "10s"),
+            // Tests that are about signatures switch it on with their secrets.
+            ("WEBHOOK_VERIFY", "off"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
