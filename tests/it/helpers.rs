@@ -223,6 +223,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Posts raw bytes with extra headers (content type included).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req.send().await.unwrap()
+    }
+
     /// Posts a payment webhook; panics unless it is answered 202.
     pub async fn payment(&self, body: &Value) -> Uuid {
         let r = self.post("/webhooks/payments/orders", body).await;
@@ -269,4 +283,53 @@ pub fn at(secs: i64) -> String {
     (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
         + chrono::Duration::seconds(secs))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A Standard Webhooks signature entry, `v1,<base64>`, computed here with
+/// the HMAC primitives directly rather than through payhook's verifier.
+pub fn sign_standard(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&key).unwrap();
+    hmac::Mac::update(&mut mac, format!("{id}.{ts}.").as_bytes());
+    hmac::Mac::update(&mut mac, body);
+    let tag = hmac::Mac::finalize(mac).into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
+}
+
+/// A Stripe `v1` signature (hex) over `"{ts}.{body}"`.
+pub fn sign_stripe(secret: &str, ts: i64, body: &[u8]) -> String {
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    hmac::Mac::update(&mut mac, format!("{ts}.").as_bytes());
+    hmac::Mac::update(&mut mac, body);
+    hex::encode(hmac::Mac::finalize(mac).into_bytes())
+}
+
+/// The three Standard Webhooks headers.
+pub fn standard_headers(id: &str, ts: i64, signature: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("webhook-id", id.into()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", signature.into()),
+    ]
+}
+
+/// The `Stripe-Signature` header.
+pub fn stripe_headers(value: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("stripe-signature", value),
+    ]
 }
