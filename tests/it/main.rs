@@ -6,6 +6,7 @@
 //! `PAYHOOK_TEST_KAFKA_BROKERS` pointing elsewhere).
 
 mod helpers;
+mod hostile;
 mod http_edge;
 mod pipeline;
 mod signatures;
