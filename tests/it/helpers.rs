@@ -7,7 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use payhook::{app::Application, config::Config, messaging::Kafka};
+use std::sync::Arc;
+
+use payhook::{
+    app::Application,
+    config::Config,
+    http::{
+        AppState, Endpoint,
+        signature::{Scheme, SigningKey, Verifier},
+    },
+    messaging::{
+        Kafka,
+        producer::{Publish, PublishError, Published},
+    },
+};
 use rskafka::client::partition::OffsetAt;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -332,4 +345,71 @@ pub fn stripe_headers(value: String) -> Vec<(&'static str, String)> {
         ("content-type", "application/json".into()),
         ("stripe-signature", value),
     ]
+}
+
+// ---- in-process: the router with a fake publisher, no broker ----
+
+/// The secrets of [`fake_state`]: Standard Webhooks on the payment endpoint,
+/// Stripe on the chargeback endpoint.
+pub const ORDERS_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const STRIPE_SECRET: &str = "whsec_stripe_test_secret_0123456789";
+/// [`fake_state`]'s body limit.
+pub const MAX_BODY: usize = 4096;
+
+/// Remembers every record it is handed and acknowledges it, or (`fail`)
+/// answers as a broker that never acknowledges.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub records: std::sync::Mutex<Vec<(String, rskafka::record::Record)>>,
+    fail: bool,
+}
+
+impl Publish for Recorder {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        record: rskafka::record::Record,
+    ) -> futures::future::BoxFuture<'a, Result<Published, PublishError>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err(PublishError::Timeout(Duration::from_secs(5)));
+            }
+            let mut records = self.records.lock().unwrap();
+            records.push((topic.to_owned(), record));
+            Ok(Published {
+                partition: 0,
+                offset: records.len() as i64 - 1,
+            })
+        })
+    }
+}
+
+/// An [`AppState`] whose publisher is a [`Recorder`].
+pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder {
+        records: Default::default(),
+        fail,
+    });
+    let verifier = |scheme, secret| {
+        Verifier::new(
+            scheme,
+            vec![SigningKey::parse(scheme, secret).unwrap()],
+            Duration::from_secs(300),
+        )
+    };
+    let state = AppState {
+        publisher: recorder.clone(),
+        orders: Endpoint {
+            topic: "orders".into(),
+            verifier: verifier(Scheme::Standard, ORDERS_SECRET),
+        },
+        chargebacks: Endpoint {
+            topic: "disputes".into(),
+            verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
+        },
+        max_body_bytes: MAX_BODY,
+        request_timeout: Duration::from_secs(5),
+        retry_after: Duration::from_secs(5),
+    };
+    (state, recorder)
 }

@@ -10,84 +10,24 @@
 //! `cargo test --test it hostile -- --nocapture` prints each property's
 //! count, time and the answers it saw.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, header::HeaderValue};
-use payhook::{
-    http::{
-        AppState, Endpoint,
-        routes::handle,
-        signature::{Scheme, SigningKey, Verifier},
-    },
-    messaging::producer::{Publish, PublishError, Published},
-};
+use payhook::http::routes::handle;
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
 };
-use rskafka::record::Record;
 use serde_json::{Value, json};
 
-use crate::helpers::{sign_standard, sign_stripe, unix_now};
+use crate::helpers::{
+    MAX_BODY, ORDERS_SECRET, STRIPE_SECRET, fake_state, sign_standard, sign_stripe, unix_now,
+};
 
-const ORDERS_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const STRIPE_SECRET: &str = "whsec_stripe_test_secret_0123456789";
 const ORDERS: &str = "/webhooks/payments/orders";
 const CHARGEBACKS: &str = "/webhooks/payments/chargebacks";
-const MAX_BODY: usize = 4096;
-
-/// Remembers every record it is handed and acknowledges it.
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(String, Record)>>);
-
-impl Publish for Recorder {
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        record: Record,
-    ) -> BoxFuture<'a, Result<Published, PublishError>> {
-        Box::pin(async move {
-            let mut records = self.0.lock().unwrap();
-            records.push((topic.to_owned(), record));
-            Ok(Published {
-                partition: 0,
-                offset: records.len() as i64 - 1,
-            })
-        })
-    }
-}
-
-fn state() -> (Arc<AppState>, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let verifier = |scheme, secret| {
-        Verifier::new(
-            scheme,
-            vec![SigningKey::parse(scheme, secret).unwrap()],
-            Duration::from_secs(300),
-        )
-    };
-    let state = AppState {
-        publisher: recorder.clone(),
-        orders: Endpoint {
-            topic: "orders".into(),
-            verifier: verifier(Scheme::Standard, ORDERS_SECRET),
-        },
-        chargebacks: Endpoint {
-            topic: "disputes".into(),
-            verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
-        },
-        max_body_bytes: MAX_BODY,
-        request_timeout: Duration::from_secs(5),
-        retry_after: Duration::from_secs(5),
-    };
-    (Arc::new(state), recorder)
-}
 
 /// A request as the properties describe it; turned into a hyper request only
 /// when run, so a failing case prints readably.
@@ -126,7 +66,8 @@ fn run(rt: &tokio::runtime::Runtime, req: &Req) -> Result<Outcome, TestCaseError
             request.headers_mut().append(k, v);
         }
     }
-    let (state, recorder) = state();
+    let (state, recorder) = fake_state(false);
+    let state = Arc::new(state);
     let resp = rt.block_on(handle(state, request));
     let status = resp.status().as_u16();
     let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
@@ -142,7 +83,7 @@ fn run(rt: &tokio::runtime::Runtime, req: &Req) -> Result<Outcome, TestCaseError
         );
     }
     STATUSES.with(|m| *m.borrow_mut().entry(status).or_default() += 1);
-    let published = recorder.0.lock().unwrap().len();
+    let published = recorder.records.lock().unwrap().len();
     prop_assert_eq!(published, usize::from(status == 202), "{} {}", status, body);
     Ok(Outcome {
         status,

@@ -8,5 +8,6 @@
 mod helpers;
 mod hostile;
 mod http_edge;
+mod openapi;
 mod pipeline;
 mod signatures;
