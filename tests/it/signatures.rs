@@ -9,6 +9,9 @@ use crate::helpers::{
     stripe_headers, unix_now,
 };
 
+/// What a refused request is, its headers and its body.
+type Case = (&'static str, Vec<(&'static str, String)>, Vec<u8>);
+
 /// Rotation in progress on the payment endpoint: old and new both active.
 const ORDERS_OLD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ORDERS_NEW: &str = "whsec_cGF5aG9vayByb3RhdGlvbiBrZXkgMjAyNi0xMQ==";
@@ -54,7 +57,7 @@ async fn only_correctly_signed_webhooks_are_accepted() {
 
     // Standard Webhooks endpoint.
     let good = sign_standard(ORDERS_NEW, "msg_1", now, pay);
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "forged with an unknown secret",
             standard_headers("msg_1", now, &sign_standard(FORGED, "msg_1", now, pay)),
@@ -120,7 +123,7 @@ async fn only_correctly_signed_webhooks_are_accepted() {
 
     // Stripe endpoint.
     let good_cb = sign_stripe(STRIPE, now, cb);
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "forged",
             stripe_headers(format!(
