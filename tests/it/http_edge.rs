@@ -104,12 +104,14 @@ async fn no_acknowledgement_in_time_is_a_503_with_retry_after() {
     env.cleanup().await;
 }
 
-/// Writes `head` (and nothing more unless told) on a raw connection and
-/// returns what the server answers before closing or `wait` passes.
+/// Writes `head` (and nothing more) on a raw connection and returns what the
+/// server answers, and when: at the end of the first JSON answer, or (with
+/// `until_close`) when the server closes, or when `wait` passes.
 async fn raw_exchange(
     addr: std::net::SocketAddr,
     head: &[u8],
     wait: std::time::Duration,
+    until_close: bool,
 ) -> (String, std::time::Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let started = std::time::Instant::now();
@@ -124,7 +126,7 @@ async fn raw_exchange(
                 Ok(n) => {
                     out.extend_from_slice(&buf[..n]);
                     // One whole JSON answer is enough.
-                    if out.ends_with(b"}") {
+                    if !until_close && out.ends_with(b"}") {
                         break;
                     }
                 }
@@ -156,6 +158,7 @@ async fn oversize_slow_and_deep_requests_are_refused_cleanly() {
         b"POST /webhooks/payments/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
           content-length: 100000000\r\n\r\n{\"a\":",
         Duration::from_secs(5),
+        false,
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
@@ -171,6 +174,7 @@ async fn oversize_slow_and_deep_requests_are_refused_cleanly() {
         b"POST /webhooks/payments/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
           content-length: 100\r\n\r\n{\"a\":",
         Duration::from_secs(5),
+        false,
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -187,8 +191,25 @@ async fn oversize_slow_and_deep_requests_are_refused_cleanly() {
         app.addr,
         b"POST /webhooks/payments/orders HTTP/1.1\r\nhost: x\r\n",
         Duration::from_secs(5),
+        true,
     )
     .await;
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Nor may a connection that sends nothing at all, or that goes idle
+    // after a request, hold its slot.
+    let (_, took) = raw_exchange(app.addr, b"", Duration::from_secs(5), true).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "silent connection held {took:?}"
+    );
+    let (answer, took) = raw_exchange(
+        app.addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+        true,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
 
     // Nesting far deeper than any parser's limit: a clean 400, no crash.
