@@ -58,8 +58,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listener, connects to Postgres and Kafka, applies
-    /// migrations (unless disabled) and starts the producer.
+    /// Checks that every endpoint can verify signatures (unless
+    /// `WEBHOOK_VERIFY=off`), binds the listener, connects to Postgres and
+    /// Kafka, applies migrations (unless disabled) and starts the producer.
     pub async fn build(cfg: Config) -> Result<Self, StartError> {
         // Checked first, before anything connects: an unverifiable endpoint
         // must never serve.
