@@ -187,11 +187,12 @@ impl OccurredAt {
 
 /// Deepest nesting of arrays and objects accepted in a webhook body.
 ///
-/// serde_json stops at 128 levels on its own, but the body is later wrapped
-/// in an envelope (one level more) and parsed again by the consumer: a body
-/// accepted at 128 could then never be decoded and would stop its partition.
-/// Real webhooks nest a few levels; 32 leaves room and keeps every later
-/// parse far from any limit.
+/// serde_json alone would stop at 128 levels, an implementation detail that
+/// could change under us. The payload is parsed again downstream (by the
+/// consumer, by Postgres as `jsonb`, by any tool reading the topic), where a
+/// body that cannot be parsed stops its partition; a stated, tested limit
+/// far below any parser's keeps every later parse safe. Real webhooks nest a
+/// few levels; 32 leaves ample room.
 pub const MAX_JSON_DEPTH: usize = 32;
 
 /// Parses a webhook body: valid JSON nested at most [`MAX_JSON_DEPTH`]
