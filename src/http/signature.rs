@@ -255,7 +255,8 @@ fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Sig
 }
 
 /// Unix seconds: 1 to 12 ASCII digits, nothing else (no sign, no spaces, no
-/// fraction), so the signed text has exactly one spelling.
+/// fraction). The HMAC covers the text as sent, so the value checked against
+/// the clock is exactly the one the provider signed.
 fn unix_seconds(s: &str, header: &'static str) -> Result<i64, SignatureError> {
     let malformed = SignatureError::Malformed {
         header,
