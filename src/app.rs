@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, WebhookAuth},
     db::{self, DbError},
-    http::{self, AppState},
+    http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
         Kafka, KafkaError,
         consumer::{self, ConsumerConfig, DeadLetters},
@@ -38,6 +38,11 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "{var} is empty: an endpoint without a secret would accept forged webhooks. \
+         Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
+    )]
+    NoWebhookSecret { var: &'static str },
 }
 
 /// How a run ended.
@@ -61,13 +66,19 @@ pub struct Application {
     state: Arc<AppState>,
     kafka: Kafka,
     pool: Pool,
+    /// For dead letters (the HTTP side holds its own handle).
+    producer: Producer,
     producer_tasks: ProducerTasks,
 }
 
 impl Application {
-    /// Binds the listener, connects to Postgres and Kafka, applies
-    /// migrations (unless disabled) and starts the producer.
+    /// Checks that every endpoint can verify signatures (unless
+    /// `WEBHOOK_VERIFY=off`), binds the listener, connects to Postgres and
+    /// Kafka, applies migrations (unless disabled) and starts the producer.
     pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        // Checked first, before anything connects: an unverifiable endpoint
+        // must never serve.
+        let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
         let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
@@ -96,12 +107,22 @@ impl Application {
                     source,
                 })?;
         let state = Arc::new(AppState {
-            producer,
-            kafka: kafka.clone(),
-            pool: pool.clone(),
-            orders_topic: cfg.orders_topic.clone(),
-            disputes_topic: cfg.disputes_topic.clone(),
+            publisher: Arc::new(producer.clone()),
+            readiness: Arc::new(ServiceProbe {
+                kafka: kafka.clone(),
+                pool: pool.clone(),
+                topic: cfg.orders_topic.clone(),
+            }),
+            orders: Endpoint {
+                topic: cfg.orders_topic.clone(),
+                verifier: orders_verifier,
+            },
+            chargebacks: Endpoint {
+                topic: cfg.disputes_topic.clone(),
+                verifier: chargebacks_verifier,
+            },
             max_body_bytes: cfg.http_max_body_bytes,
+            request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
             metrics: Metrics::new(),
         });
@@ -111,6 +132,7 @@ impl Application {
             state,
             kafka,
             pool,
+            producer,
             producer_tasks,
         })
     }
@@ -131,6 +153,7 @@ impl Application {
             state,
             kafka,
             pool,
+            producer,
             producer_tasks,
         } = self;
         let metrics = state.metrics.clone();
@@ -151,7 +174,7 @@ impl Application {
                 max_attempts: cfg.consumer_max_attempts,
             };
             let dead_letters = DeadLetters {
-                producer: state.producer.clone(),
+                producer: producer.clone(),
                 topic: cfg.dlq_topic.clone(),
             };
             consumer_tasks.spawn(consumer::run(
@@ -163,12 +186,19 @@ impl Application {
                 consumers.clone(),
             ));
         }
+        // The consumers hold their own handles; this one must go, or the
+        // producer would never drain at shutdown.
+        drop(producer);
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "payhook serving");
 
         let grace = cfg.shutdown_timeout;
         let stop = async {
             // In-flight requests finish and get their true answer.
-            http::serve(listener, state, shutdown.clone(), grace).await;
+            let limits = http::Limits {
+                header_timeout: cfg.http_header_timeout,
+                max_connections: cfg.http_max_connections,
+            };
+            http::serve(listener, state, limits, shutdown.clone(), grace).await;
             // Each partition finishes its current transaction (or dead
             // letter) and stops.
             consumers.cancel();
@@ -196,6 +226,27 @@ impl Application {
             }
         }
     }
+}
+
+/// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
+/// (said loudly in the log).
+fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), StartError> {
+    if !cfg.webhook_verify {
+        warn!(
+            "WEBHOOK_VERIFY=off: webhook signatures are NOT checked; anyone who can reach \
+             this port can post forged payment events. For local use only, never in production"
+        );
+        return Ok((None, None));
+    }
+    let one = |auth: &WebhookAuth, var| {
+        Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhook_tolerance)
+            .map(Some)
+            .ok_or(StartError::NoWebhookSecret { var })
+    };
+    Ok((
+        one(&cfg.webhook_orders, "WEBHOOK_ORDERS_SECRETS")?,
+        one(&cfg.webhook_chargebacks, "WEBHOOK_CHARGEBACKS_SECRETS")?,
+    ))
 }
 
 /// `payhook migrate`.
@@ -335,4 +386,75 @@ pub enum ReplayError {
     Kafka(#[from] KafkaError),
     #[error("publishing: {0}")]
     Publish(#[from] PublishError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_a_secret_refuses_to_start() {
+        // Nothing is reachable at this address: the refusal comes before any
+        // connection is tried.
+        let base = [("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
+        let e = Application::build(cfg(&base)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_ORDERS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        let mut only_orders = base.to_vec();
+        only_orders.push((
+            "WEBHOOK_ORDERS_SECRETS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ));
+        let e = Application::build(cfg(&only_orders)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_CHARGEBACKS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("WEBHOOK_VERIFY=off"), "{e}");
+    }
+
+    #[test]
+    fn verification_off_verifies_nothing() {
+        let (o, c) = verifiers(&cfg(&[("WEBHOOK_VERIFY", "off")])).unwrap();
+        assert!(o.is_none() && c.is_none());
+        let (o, c) = verifiers(&cfg(&[
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+            (
+                "WEBHOOK_CHARGEBACKS_SECRETS",
+                "whsec_stripe_test_secret_0123456789",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.unwrap().scheme(),
+            crate::http::signature::Scheme::Standard
+        );
+        assert_eq!(c.unwrap().scheme(), crate::http::signature::Scheme::Stripe);
+    }
 }

@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
 
+use crate::http::signature::{Scheme, SigningKey};
+
 /// Everything payhook reads from its environment.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -16,6 +18,28 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// Value of `Retry-After` on a 503 (`HTTP_RETRY_AFTER`).
     pub http_retry_after: Duration,
+    /// How long a client may take to send its request headers
+    /// (`HTTP_HEADER_TIMEOUT`); then the connection is closed.
+    pub http_header_timeout: Duration,
+    /// How long a client may take to send its request body
+    /// (`HTTP_REQUEST_TIMEOUT`); then it is answered 408.
+    pub http_request_timeout: Duration,
+    /// Connections served at once (`HTTP_MAX_CONNECTIONS`); beyond it new
+    /// connections wait in the kernel's backlog.
+    pub http_max_connections: usize,
+
+    /// Check webhook signatures (`WEBHOOK_VERIFY`, `on` unless set to
+    /// `off`). Off is for local use only.
+    pub webhook_verify: bool,
+    /// How far a signature's timestamp may be from the local clock, either
+    /// way (`WEBHOOK_TOLERANCE`).
+    pub webhook_tolerance: Duration,
+    /// Signature scheme and active secrets of the payment endpoint
+    /// (`WEBHOOK_ORDERS_SCHEME`, `WEBHOOK_ORDERS_SECRETS`).
+    pub webhook_orders: WebhookAuth,
+    /// Signature scheme and active secrets of the chargeback endpoint
+    /// (`WEBHOOK_CHARGEBACKS_SCHEME`, `WEBHOOK_CHARGEBACKS_SECRETS`).
+    pub webhook_chargebacks: WebhookAuth,
 
     /// Postgres connection string (`DATABASE_URL`).
     pub database_url: String,
@@ -77,6 +101,16 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// How one endpoint's webhooks are signed.
+#[derive(Clone, Debug)]
+pub struct WebhookAuth {
+    pub scheme: Scheme,
+    /// Every secret currently active; more than one during a rotation. Empty
+    /// when none is configured (then `serve` refuses to start unless
+    /// `WEBHOOK_VERIFY=off`).
+    pub secrets: Vec<SigningKey>,
+}
+
 /// One variable that could not be used, and what was expected instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VarError {
@@ -133,6 +167,32 @@ impl Config {
                 },
             ),
             http_retry_after: r.duration("HTTP_RETRY_AFTER", "5s"),
+            http_header_timeout: r.duration("HTTP_HEADER_TIMEOUT", "10s"),
+            http_request_timeout: r.duration("HTTP_REQUEST_TIMEOUT", "30s"),
+            http_max_connections: r.parse_with(
+                "HTTP_MAX_CONNECTIONS",
+                "1024",
+                "a whole number between 1 and 100000",
+                |s| {
+                    s.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                },
+            ),
+            webhook_verify: r.parse_with("WEBHOOK_VERIFY", "on", "on or off", parse_bool),
+            webhook_tolerance: r.parse_with(
+                "WEBHOOK_TOLERANCE",
+                "5m",
+                "a duration between 1s and 1h, like 5m",
+                |s| {
+                    humantime::parse_duration(s).ok().filter(|d| {
+                        (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d)
+                    })
+                },
+            ),
+            webhook_orders: r.webhook_auth("WEBHOOK_ORDERS_SCHEME", "WEBHOOK_ORDERS_SECRETS"),
+            webhook_chargebacks: r
+                .webhook_auth("WEBHOOK_CHARGEBACKS_SCHEME", "WEBHOOK_CHARGEBACKS_SECRETS"),
             database_url: r.parse_with(
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/payhook",
@@ -341,6 +401,32 @@ impl Reader<'_> {
         )
     }
 
+    /// A scheme and its secrets. A refused secret list is reported without
+    /// its value: it would put the secrets in the log.
+    fn webhook_auth(&mut self, scheme_var: &'static str, secrets_var: &'static str) -> WebhookAuth {
+        let scheme = self.parse_with(scheme_var, "standard", "standard or stripe", Scheme::parse);
+        let raw = (self.get)(secrets_var).unwrap_or_default();
+        let secrets = match SigningKey::parse_list(scheme, &raw) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.errors.push(VarError {
+                    var: secrets_var,
+                    value: format!("<redacted: {e}>"),
+                    expected: match scheme {
+                        Scheme::Standard => {
+                            "comma-separated whsec_<base64> secrets, each of at least 16 bytes, none empty"
+                        }
+                        Scheme::Stripe => {
+                            "comma-separated secrets, each of at least 16 characters, none empty"
+                        }
+                    },
+                });
+                Vec::new()
+            }
+        };
+        WebhookAuth { scheme, secrets }
+    }
+
     fn name(&mut self, var: &'static str, default: &str) -> String {
         self.parse_with(
             var,
@@ -431,6 +517,101 @@ mod tests {
     fn same_topic_twice_is_refused() {
         let err = cfg(&[("KAFKA_DISPUTES_TOPIC", "payments.orders")]).unwrap_err();
         assert_eq!(err.0[0].var, "KAFKA_DISPUTES_TOPIC");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_bounds() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_max_connections, 1024);
+        let c = cfg(&[
+            ("HTTP_REQUEST_TIMEOUT", "2s"),
+            ("HTTP_MAX_CONNECTIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(c.http_request_timeout, Duration::from_secs(2));
+        assert_eq!(c.http_max_connections, 8);
+        let err = cfg(&[
+            ("HTTP_HEADER_TIMEOUT", "0s"),
+            ("HTTP_REQUEST_TIMEOUT", "soon"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "HTTP_HEADER_TIMEOUT",
+                "HTTP_REQUEST_TIMEOUT",
+                "HTTP_MAX_CONNECTIONS"
+            ]
+        );
+    }
+
+    #[test]
+    fn webhook_verification_is_on_by_default_with_standard_scheme() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.webhook_verify);
+        assert_eq!(c.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(c.webhook_orders.scheme, Scheme::Standard);
+        assert_eq!(c.webhook_chargebacks.scheme, Scheme::Standard);
+        assert!(c.webhook_orders.secrets.is_empty());
+        let c = cfg(&[
+            ("WEBHOOK_VERIFY", "off"),
+            ("WEBHOOK_TOLERANCE", "90s"),
+            ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_cGF5aG9vayByb3RhdGlvbiBrZXkgMjAyNi0xMQ==",
+            ),
+            ("WEBHOOK_CHARGEBACKS_SECRETS", "whsec_stripe_test_secret_0123456789"),
+        ])
+        .unwrap();
+        assert!(!c.webhook_verify);
+        assert_eq!(c.webhook_tolerance, Duration::from_secs(90));
+        assert_eq!(c.webhook_orders.secrets.len(), 2);
+        assert_eq!(c.webhook_chargebacks.scheme, Scheme::Stripe);
+        assert_eq!(c.webhook_chargebacks.secrets.len(), 1);
+    }
+
+    #[test]
+    fn bad_webhook_settings_are_named_and_secrets_never_echoed() {
+        let err = cfg(&[
+            ("WEBHOOK_VERIFY", "maybe"),
+            ("WEBHOOK_TOLERANCE", "2h"),
+            ("WEBHOOK_ORDERS_SCHEME", "hmac"),
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,",
+            ),
+            ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+            ("WEBHOOK_CHARGEBACKS_SECRETS", "tooshort-secret"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "WEBHOOK_VERIFY",
+                "WEBHOOK_TOLERANCE",
+                "WEBHOOK_ORDERS_SCHEME",
+                "WEBHOOK_ORDERS_SECRETS",
+                "WEBHOOK_CHARGEBACKS_SECRETS",
+            ]
+        );
+        let text = err.to_string();
+        assert!(!text.contains("MfKQ9r8G"), "{text}");
+        assert!(!text.contains("tooshort"), "{text}");
+        assert!(
+            text.contains("WEBHOOK_ORDERS_SECRETS=\"<redacted: a secret is empty>\""),
+            "{text}"
+        );
+        // A standard secret without its prefix is refused.
+        let err =
+            cfg(&[("WEBHOOK_ORDERS_SECRETS", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap_err();
+        assert_eq!(err.0[0].var, "WEBHOOK_ORDERS_SECRETS");
+        assert!(err.0[0].expected.contains("whsec_"));
     }
 
     #[test]

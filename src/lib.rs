@@ -12,8 +12,9 @@
 //!
 //! - [`config`]: one [`config::Config`], read from the environment once and
 //!   validated once.
-//! - [`http`]: the transport. A bare hyper 1 server; routes, body limits and
-//!   the single place that maps errors to HTTP answers ([`http::error`]).
+//! - [`http`]: the transport. A bare hyper 1 server; routes, limits and
+//!   timeouts, webhook signature verification ([`http::signature`]) and the
+//!   single place that maps errors to HTTP answers ([`http::error`]).
 //! - [`messaging`]: the Kafka side. The [`messaging::envelope`] wrapped around
 //!   every webhook, the Java-compatible [`messaging::partitioner`], the
 //!   batching [`messaging::producer`] and the hand-rolled

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rskafka=warn".into()),
+                .unwrap_or_else(|_| "info,rskafka=warn,tokio_postgres=warn".into()),
         )
         .init();
     let cfg = match Config::from_env() {

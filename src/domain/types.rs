@@ -185,6 +185,58 @@ impl OccurredAt {
     }
 }
 
+/// Deepest nesting of arrays and objects accepted in a webhook body.
+///
+/// serde_json alone would stop at 128 levels, an implementation detail that
+/// could change under us. The payload is parsed again downstream (by the
+/// consumer, by Postgres as `jsonb`, by any tool reading the topic), where a
+/// body that cannot be parsed stops its partition; a stated, tested limit
+/// far below any parser's keeps every later parse safe. Real webhooks nest a
+/// few levels; 32 leaves ample room.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Parses a webhook body: valid JSON nested at most [`MAX_JSON_DEPTH`]
+/// levels. The depth is checked first, by a scan that uses no recursion, so
+/// no input can make the parser recurse deeply.
+pub fn parse_json_body(body: &[u8]) -> Result<Value, ValidationError> {
+    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(ValidationError::invalid_json(format!(
+            "the body is nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))
+}
+
+/// Whether `[` / `{` nest deeper than `max` outside strings. Exact for valid
+/// JSON; for invalid JSON the parser that runs next reports the error.
+fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Field access over a parsed JSON object, with errors that name the field.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields<'a>(&'a Map<String, Value>);
@@ -304,6 +356,25 @@ mod tests {
         ] {
             assert!(OccurredAt::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn json_bodies_are_bounded_in_depth() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_json_body(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let e = parse_json_body(nested(MAX_JSON_DEPTH + 1).as_bytes()).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        assert!(e.detail.contains("nested deeper than 32"), "{}", e.detail);
+        // Far beyond serde_json's own limit and any stack: a clean refusal.
+        let e = parse_json_body("[".repeat(1 << 20).as_bytes()).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_json_body(r#"{"a":"#.repeat(100_000).as_bytes()).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        // Brackets inside strings, escaped quotes included, do not count.
+        let deep_string = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(100));
+        assert!(parse_json_body(deep_string.as_bytes()).is_ok());
+        let e = parse_json_body(b"{not json").unwrap_err();
+        assert!(e.detail.contains("not valid JSON"), "{}", e.detail);
     }
 
     #[test]

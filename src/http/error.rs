@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 use serde_json::json;
 
+use super::signature::SignatureError;
 use crate::{domain::ValidationError, messaging::producer::PublishError};
 
 /// What went wrong with a request.
@@ -18,6 +19,12 @@ use crate::{domain::ValidationError, messaging::producer::PublishError};
 pub enum ApiError {
     #[error("{0}")]
     Invalid(#[from] ValidationError),
+    /// The reason is for the log; the client is told nothing about which
+    /// part failed, so a forger learns nothing from trying.
+    #[error("invalid or missing signature")]
+    Unauthorized(#[source] SignatureError),
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+    RequestTimeout(Duration),
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("content type must be application/json")]
@@ -53,6 +60,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -66,6 +75,8 @@ impl ApiError {
         match self {
             Self::Invalid(v) => v.code,
             Self::BadBody(_) => "bad_body",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::NotFound => "not_found",
@@ -79,6 +90,8 @@ impl ApiError {
             // The cause is logged by the handler; the client learns only
             // that it should retry.
             Self::Unavailable { .. } => "the event was not accepted; retry later".to_owned(),
+            // Fixed text, never the reason: see `Unauthorized`.
+            Self::Unauthorized(_) => "invalid or missing signature".to_owned(),
             other => other.to_string(),
         };
         let mut body = json!({ "error": self.code(), "detail": detail });
@@ -95,6 +108,14 @@ impl ApiError {
                 let secs = retry_after.as_secs().max(1);
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            }
+            // The rest of a slow body may still be on its way; the
+            // connection cannot be reused.
+            Self::RequestTimeout(_) => {
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
             }
             _ => {}
         }
@@ -120,8 +141,26 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
 
+        let r = ApiError::RequestTimeout(Duration::from_secs(30)).into_response();
+        assert_eq!(r.status(), 408);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+
         let r = ApiError::PayloadTooLarge { limit: 10 }.into_response();
         assert_eq!(r.status(), 413);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn a_refused_signature_says_nothing_about_why() {
+        let r = ApiError::Unauthorized(SignatureError::NoMatch { signatures: 2 }).into_response();
+        assert_eq!(r.status(), 401);
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(r.into_body()))
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": "unauthorized", "detail": "invalid or missing signature"})
+        );
     }
 }

@@ -1,14 +1,17 @@
 //! The HTTP transport: a bare hyper 1 server.
 //!
-//! - [`server`]: accepts connections, applies timeouts, shuts down
-//!   gracefully.
+//! - [`server`]: accepts connections, applies timeouts and the connection
+//!   cap, shuts down gracefully.
 //! - [`routes`]: the endpoints; a webhook is parsed and validated, wrapped in
 //!   an envelope, published, and answered 202 only once the broker has it.
+//! - [`signature`]: webhook signature verification (Standard Webhooks and
+//!   Stripe), on the raw body, before anything parses it.
 //! - [`error`]: the one place that turns errors into HTTP answers.
 
 pub mod error;
 pub mod routes;
 pub mod server;
+pub mod signature;
 
-pub use routes::AppState;
-pub use server::serve;
+pub use routes::{AppState, Endpoint};
+pub use server::{Limits, serve};

@@ -6,40 +6,68 @@
 //! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
 //! | GET    | `/healthz`                       | 200 while the process runs (liveness) |
 //! | GET    | `/readyz`                        | 200 when the broker and the database answer, else 503 naming what is down |
+//! | GET    | `/metrics`                       | Prometheus text |
+//!
+//! A webhook goes through the checks cheapest first, and nothing is published
+//! unless all pass: the path and method (404, 405), `Content-Type` (415), the
+//! body's size (413, refused from `Content-Length` before reading) and its
+//! arrival within the request timeout (408), the signature over the exact
+//! bytes received (401), and only then the JSON and its fields (400).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
-use serde_json::{Value, json, value::RawValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, header};
+use serde_json::{json, value::RawValue};
 use tracing::{info, warn};
 
-use super::error::{ApiError, Body, json_response};
+use super::{
+    error::{ApiError, Body, json_response},
+    signature::Verifier,
+};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::{
-    domain::{ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook},
+    domain::{
+        ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook,
+        types::parse_json_body,
+    },
     messaging::{
         Kafka,
         envelope::{Envelope, EventType},
-        producer::Producer,
+        producer::Publish,
     },
 };
 use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub producer: Producer,
-    /// For `/readyz`.
-    pub kafka: Kafka,
-    /// For `/readyz`.
-    pub pool: Pool,
-    pub orders_topic: String,
-    pub disputes_topic: String,
+    /// The Kafka producer in the service; a recording fake in tests.
+    pub publisher: Arc<dyn Publish>,
+    /// `/webhooks/payments/orders`.
+    pub orders: Endpoint,
+    /// `/webhooks/payments/chargebacks`.
+    pub chargebacks: Endpoint,
+    /// What `/readyz` asks.
+    pub readiness: Arc<dyn Readiness>,
     pub max_body_bytes: usize,
+    /// How long the body may take to arrive.
+    pub request_timeout: Duration,
     pub retry_after: Duration,
     pub metrics: Metrics,
+}
+
+/// One webhook endpoint: where its events go and how they are signed.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub topic: String,
+    /// `None` only when verification is switched off (`WEBHOOK_VERIFY=off`).
+    pub verifier: Option<Verifier>,
 }
 
 /// Routes one request. Never fails: every error becomes an answer.
@@ -104,41 +132,69 @@ fn count(
 /// How long each readiness check may take.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Readiness: the broker answers a metadata request and the database a
-/// query, each within [`READY_CHECK_TIMEOUT`]. A status report rather than
-/// an error, so it is answered here and not through `ApiError`.
+/// What `/readyz` asks: each dependency that does not answer, with why.
+/// The service's probe asks the broker and the database; tests use a fake.
+pub trait Readiness: Send + Sync + std::fmt::Debug {
+    fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>>;
+}
+
+/// The real probe: the broker answers a metadata request and the database a
+/// query, each within [`READY_CHECK_TIMEOUT`].
+#[derive(Clone, Debug)]
+pub struct ServiceProbe {
+    pub kafka: Kafka,
+    pub pool: Pool,
+    /// A topic whose metadata is asked for.
+    pub topic: String,
+}
+
+impl Readiness for ServiceProbe {
+    fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>> {
+        Box::pin(async move {
+            let (kafka, db) = tokio::join!(
+                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)),
+                tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)),
+            );
+            let late = || format!("no answer within {READY_CHECK_TIMEOUT:?}");
+            let mut down = Vec::new();
+            match kafka {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => down.push(("kafka", e.to_string())),
+                Err(_) => down.push(("kafka", late())),
+            }
+            match db {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => down.push(("database", e.to_string())),
+                Err(_) => down.push(("database", late())),
+            }
+            down
+        })
+    }
+}
+
+/// Readiness as a status report rather than an error, so it is answered
+/// here and not through `ApiError`.
 async fn readyz(state: &AppState) -> Response<Body> {
-    let (kafka, db) = tokio::join!(
-        tokio::time::timeout(
-            READY_CHECK_TIMEOUT,
-            state.kafka.partitions(&state.orders_topic)
-        ),
-        tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&state.pool)),
-    );
-    let describe = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => Some(format!("no answer within {READY_CHECK_TIMEOUT:?}")),
-    };
-    let kafka = describe(kafka.map(|r| r.map(|_| ()).map_err(|e| e.to_string())));
-    let database = describe(db.map(|r| r.map_err(|e| e.to_string())));
-    let mut down = serde_json::Map::new();
-    if let Some(e) = kafka {
-        warn!(error = %e, "readiness: kafka is down");
-        down.insert("kafka".into(), json!(e));
-    }
-    if let Some(e) = database {
-        warn!(error = %e, "readiness: database is down");
-        down.insert("database".into(), json!(e));
-    }
+    let down = state.readiness.down().await;
     if down.is_empty() {
-        json_response(StatusCode::OK, &json!({"status": "ready"}))
-    } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "unavailable", "down": down}),
-        )
+        return json_response(StatusCode::OK, &json!({"status": "ready"}));
     }
+    let mut map = serde_json::Map::new();
+    for (what, why) in &down {
+        warn!(error = %why, "readiness: {what} is down");
+        map.insert((*what).into(), json!(why));
+    }
+    let names: Vec<&str> = down.iter().map(|(w, _)| *w).collect();
+    // The same `error`/`detail` shape as every other refusal.
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({
+            "status": "unavailable",
+            "error": "not_ready",
+            "detail": format!("not ready: {}", names.join(", ")),
+            "down": map,
+        }),
+    )
 }
 
 /// The type hyper hands us.
@@ -159,21 +215,29 @@ fn is_json(req: &Request<impl Sized>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // Refuse a declared oversize body before reading any of it.
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    // A slow client must not hold a connection (and a permit) forever.
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })
@@ -192,22 +256,35 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let endpoint = match kind {
+        EventType::OrderWebhook => &state.orders,
+        EventType::DisputeWebhook => &state.chargebacks,
+    };
     if !is_json(&req) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = read_body(req, state.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
-    let (order_id, topic) = match kind {
-        EventType::OrderWebhook => (
-            PaymentWebhook::from_json(&value)?.order_id,
-            &state.orders_topic,
-        ),
-        EventType::DisputeWebhook => (
-            ChargebackWebhook::from_json(&value)?.order_id,
-            &state.disputes_topic,
-        ),
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.max_body_bytes,
+        state.request_timeout,
+    )
+    .await?;
+    // The signature covers the bytes as received: check it before anything
+    // looks inside them.
+    if let Some(verifier) = &endpoint.verifier {
+        if let Err(reason) = verifier.verify(&parts.headers, &body, unix_now()) {
+            warn!(r#type = kind.as_str(), scheme = verifier.scheme().as_str(), %reason, "webhook signature refused");
+            return Err(ApiError::Unauthorized(reason));
+        }
+    }
+    let value = parse_json_body(&body)?;
+    let order_id = match kind {
+        EventType::OrderWebhook => PaymentWebhook::from_json(&value)?.order_id,
+        EventType::DisputeWebhook => ChargebackWebhook::from_json(&value)?.order_id,
     };
+    let topic = &endpoint.topic;
     drop(value);
     // The payload travels byte for byte as the provider sent it.
     let raw: Box<RawValue> = serde_json::from_slice(&body)
@@ -215,7 +292,7 @@ where
     let envelope = Envelope::new(kind, order_id.as_str(), raw);
     let event_id = envelope.event_id;
     let started = std::time::Instant::now();
-    let published = state.producer.publish(topic, envelope.to_record()).await;
+    let published = state.publisher.publish(topic, envelope.to_record()).await;
     state
         .metrics
         .publish_seconds
@@ -236,4 +313,11 @@ where
             })
         }
     }
+}
+
+/// The local clock in Unix seconds, for signature timestamps.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -4,6 +4,14 @@
 //! cancellation token. On cancellation the listener is dropped, open
 //! connections finish their in-flight requests — each gets its true answer —
 //! and `serve` returns once they are done or the grace period is over.
+//!
+//! Slow or numerous clients cannot exhaust the server: a client has
+//! [`Limits::header_timeout`] to send its headers (then hyper closes the
+//! connection) and the request timeout to send its body (then 408, see
+//! [`super::routes`]); at most [`Limits::max_connections`] connections are
+//! served at once. Over the cap the server stops accepting until one closes,
+//! so further clients wait in the kernel's listen backlog instead of costing
+//! memory and tasks here.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -12,20 +20,27 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::routes::{AppState, handle};
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection-level limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
 
 /// Serves until `shutdown` is cancelled, then drains connections for at most
 /// `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -33,9 +48,15 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // A permit first, then a connection: at the cap nothing is accepted.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -59,6 +80,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

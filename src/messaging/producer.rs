@@ -17,6 +17,7 @@
 
 use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
 use rskafka::{
     client::partition::{Compression, PartitionClient},
     record::Record,
@@ -62,6 +63,31 @@ pub struct ProducerConfig {
     pub linger: Duration,
     pub queue_per_partition: usize,
     pub publish_timeout: Duration,
+}
+
+/// Where webhooks are published: what the HTTP layer needs from a producer.
+///
+/// [`Producer`] is the real one. The trait exists so the HTTP layer can be
+/// driven in-process by property tests with a fake that records what it was
+/// given, and so those tests can prove that a refused request published
+/// nothing.
+pub trait Publish: Send + Sync + std::fmt::Debug {
+    /// Publishes `record` to `topic` and resolves once it is acknowledged.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        record: Record,
+    ) -> BoxFuture<'a, Result<Published, PublishError>>;
+}
+
+impl Publish for Producer {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        record: Record,
+    ) -> BoxFuture<'a, Result<Published, PublishError>> {
+        Box::pin(Producer::publish(self, topic, record))
+    }
 }
 
 struct Pending {

@@ -589,6 +589,7 @@ async fn scenario(name: &'static str, fault: Fault, total: usize) {
             assert_eq!(r.status(), 503);
             let v: Value = r.json().await.unwrap();
             assert!(v["down"]["database"].is_string(), "{v}");
+            assert_eq!(v["error"], "not_ready", "{v}");
             tokio::time::sleep(Duration::from_secs(5)).await;
             services("up", Some("postgres"));
         }

@@ -7,7 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use payhook::{app::Application, config::Config, messaging::Kafka};
+use std::sync::Arc;
+
+use payhook::{
+    app::Application,
+    config::Config,
+    http::{
+        AppState, Endpoint,
+        signature::{Scheme, SigningKey, Verifier},
+    },
+    messaging::{
+        Kafka,
+        producer::{Publish, PublishError, Published},
+    },
+};
 use rskafka::client::partition::OffsetAt;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -108,6 +121,8 @@ impl Env {
             ("KAFKA_FETCH_MAX_WAIT", "100ms"),
             ("RETRY_BACKOFF_MAX", "1s"),
             ("SHUTDOWN_TIMEOUT", "10s"),
+            // Tests that are about signatures switch it on with their secrets.
+            ("WEBHOOK_VERIFY", "off"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -253,6 +268,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Posts raw bytes with extra headers (content type included).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req.send().await.unwrap()
+    }
+
     /// Posts a payment webhook; panics unless it is answered 202.
     pub async fn payment(&self, body: &Value) -> Uuid {
         let r = self.post("/webhooks/payments/orders", body).await;
@@ -299,4 +328,132 @@ pub fn at(secs: i64) -> String {
     (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
         + chrono::Duration::seconds(secs))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A Standard Webhooks signature entry, `v1,<base64>`, computed here with
+/// the HMAC primitives directly rather than through payhook's verifier.
+pub fn sign_standard(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&key).unwrap();
+    hmac::Mac::update(&mut mac, format!("{id}.{ts}.").as_bytes());
+    hmac::Mac::update(&mut mac, body);
+    let tag = hmac::Mac::finalize(mac).into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
+}
+
+/// A Stripe `v1` signature (hex) over `"{ts}.{body}"`.
+pub fn sign_stripe(secret: &str, ts: i64, body: &[u8]) -> String {
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    hmac::Mac::update(&mut mac, format!("{ts}.").as_bytes());
+    hmac::Mac::update(&mut mac, body);
+    hex::encode(hmac::Mac::finalize(mac).into_bytes())
+}
+
+/// The three Standard Webhooks headers.
+pub fn standard_headers(id: &str, ts: i64, signature: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("webhook-id", id.into()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", signature.into()),
+    ]
+}
+
+/// The `Stripe-Signature` header.
+pub fn stripe_headers(value: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("stripe-signature", value),
+    ]
+}
+
+// ---- in-process: the router with a fake publisher, no broker ----
+
+/// The secrets of [`fake_state`]: Standard Webhooks on the payment endpoint,
+/// Stripe on the chargeback endpoint.
+pub const ORDERS_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const STRIPE_SECRET: &str = "whsec_stripe_test_secret_0123456789";
+/// [`fake_state`]'s body limit.
+pub const MAX_BODY: usize = 4096;
+
+/// Remembers every record it is handed and acknowledges it, or (`fail`)
+/// answers as a broker that never acknowledges.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub records: std::sync::Mutex<Vec<(String, rskafka::record::Record)>>,
+    fail: bool,
+}
+
+impl Publish for Recorder {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        record: rskafka::record::Record,
+    ) -> futures::future::BoxFuture<'a, Result<Published, PublishError>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err(PublishError::Timeout(Duration::from_secs(5)));
+            }
+            let mut records = self.records.lock().unwrap();
+            records.push((topic.to_owned(), record));
+            Ok(Published {
+                partition: 0,
+                offset: records.len() as i64 - 1,
+            })
+        })
+    }
+}
+
+/// A readiness probe for in-process tests: nothing is ever down.
+#[derive(Debug)]
+pub struct AlwaysReady;
+
+impl payhook::http::routes::Readiness for AlwaysReady {
+    fn down(&self) -> futures::future::BoxFuture<'_, Vec<(&'static str, String)>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// An [`AppState`] whose publisher is a [`Recorder`].
+pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder {
+        records: Default::default(),
+        fail,
+    });
+    let verifier = |scheme, secret| {
+        Verifier::new(
+            scheme,
+            vec![SigningKey::parse(scheme, secret).unwrap()],
+            Duration::from_secs(300),
+        )
+    };
+    let state = AppState {
+        publisher: recorder.clone(),
+        orders: Endpoint {
+            topic: "orders".into(),
+            verifier: verifier(Scheme::Standard, ORDERS_SECRET),
+        },
+        chargebacks: Endpoint {
+            topic: "disputes".into(),
+            verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
+        },
+        max_body_bytes: MAX_BODY,
+        request_timeout: Duration::from_secs(5),
+        retry_after: Duration::from_secs(5),
+        readiness: Arc::new(AlwaysReady),
+        metrics: payhook::metrics::Metrics::new(),
+    };
+    (state, recorder)
 }

@@ -7,5 +7,8 @@
 
 mod dead_letters;
 mod helpers;
+mod hostile;
 mod http_edge;
+mod openapi;
 mod pipeline;
+mod signatures;
