@@ -254,7 +254,7 @@ impl Config {
             publish_timeout: r.duration("KAFKA_PUBLISH_TIMEOUT", "5s"),
             linger: r.parse_with(
                 "KAFKA_LINGER",
-                "1ms",
+                "0ms",
                 "a duration of at most 1s, like 0ms, 2ms",
                 |s| {
                     humantime::parse_duration(s)
@@ -458,7 +458,7 @@ mod tests {
         assert_eq!(c.orders_topic, "payments.orders");
         assert_eq!(c.disputes_topic, "payments.disputes");
         assert_eq!(c.publish_timeout, Duration::from_secs(5));
-        assert_eq!(c.linger, Duration::from_millis(1));
+        assert_eq!(c.linger, Duration::ZERO);
         assert!(c.run_migrations);
     }
 

@@ -1,10 +1,12 @@
 //! The domain's storage traits over one Postgres transaction.
 //!
 //! Each call is one set-based statement over arrays (`unnest`), so a batch of
-//! a thousand events costs a handful of round trips, not a thousand.
+//! a thousand events costs a handful of round trips, not a thousand. The
+//! statements are prepared once per pooled connection (`prepare_cached`), not
+//! parsed and planned again for every batch.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::DbError;
@@ -14,7 +16,8 @@ use crate::domain::{
     types::ProviderEventId,
 };
 
-/// Storage over an open transaction; the caller commits.
+/// Storage over an open transaction on a pooled connection; the caller
+/// commits.
 pub struct PgStore<'a, 't> {
     tx: &'a Transaction<'t>,
 }
@@ -96,18 +99,35 @@ ON CONFLICT (order_id) DO UPDATE
        updated_at = now()
  WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
 
-/// Columns shared by both kinds of event, gathered as arrays.
+/// Columns shared by both kinds of event, gathered as arrays. Text columns
+/// borrow from the events: nothing is copied before it is encoded.
 #[derive(Default)]
-struct Columns {
-    provider_event_id: Vec<String>,
+struct Columns<'e> {
+    provider_event_id: Vec<&'e str>,
     event_id: Vec<Uuid>,
-    order_id: Vec<String>,
+    order_id: Vec<&'e str>,
     status: Vec<&'static str>,
     amount: Vec<i64>,
-    currency: Vec<String>,
+    currency: Vec<&'e str>,
     occurred_at: Vec<DateTime<Utc>>,
-    payload: Vec<String>,
+    payload: Vec<&'e str>,
     offset: Vec<i64>,
+}
+
+impl Columns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            provider_event_id: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            order_id: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            amount: Vec::with_capacity(n),
+            currency: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            offset: Vec::with_capacity(n),
+        }
+    }
 }
 
 impl PaymentStore for PgStore<'_, '_> {
@@ -120,26 +140,26 @@ impl PaymentStore for PgStore<'_, '_> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
-        let mut c = Columns::default();
+        let mut c = Columns::with_capacity(events.len());
         let mut user_id = Vec::with_capacity(events.len());
         for e in events {
             let w = &e.webhook;
-            c.provider_event_id
-                .push(w.provider_event_id.as_str().to_owned());
+            c.provider_event_id.push(w.provider_event_id.as_str());
             c.event_id.push(e.event_id);
-            c.order_id.push(w.order_id.as_str().to_owned());
-            user_id.push(w.user_id.as_str().to_owned());
+            c.order_id.push(w.order_id.as_str());
+            user_id.push(w.user_id.as_str());
             c.status.push(w.status.as_str());
             c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str().to_owned());
+            c.currency.push(w.currency.as_str());
             c.occurred_at.push(w.occurred_at.as_datetime());
-            c.payload.push(e.payload.clone());
+            c.payload.push(&e.payload);
             c.offset.push(e.source.offset);
         }
+        let stmt = self.tx.prepare_cached(INSERT_PAYMENTS).await?;
         let rows = self
             .tx
             .query(
-                INSERT_PAYMENTS,
+                &stmt,
                 &[
                     &c.provider_event_id,
                     &c.event_id,
@@ -160,23 +180,23 @@ impl PaymentStore for PgStore<'_, '_> {
     }
 
     async fn advance_orders(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
-        let mut c = Columns::default();
+        let mut c = Columns::with_capacity(latest.len());
         let mut user_id = Vec::with_capacity(latest.len());
         for e in latest {
             let w = &e.webhook;
-            c.order_id.push(w.order_id.as_str().to_owned());
-            user_id.push(w.user_id.as_str().to_owned());
+            c.order_id.push(w.order_id.as_str());
+            user_id.push(w.user_id.as_str());
             c.status.push(w.status.as_str());
             c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str().to_owned());
+            c.currency.push(w.currency.as_str());
             c.occurred_at.push(w.occurred_at.as_datetime());
-            c.provider_event_id
-                .push(w.provider_event_id.as_str().to_owned());
+            c.provider_event_id.push(w.provider_event_id.as_str());
         }
+        let stmt = self.tx.prepare_cached(ADVANCE_ORDERS).await?;
         Ok(self
             .tx
             .execute(
-                ADVANCE_ORDERS,
+                &stmt,
                 &[
                     &c.order_id,
                     &user_id,
@@ -201,26 +221,26 @@ impl ChargebackStore for PgStore<'_, '_> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
-        let mut c = Columns::default();
-        let mut reason: Vec<Option<String>> = Vec::with_capacity(events.len());
+        let mut c = Columns::with_capacity(events.len());
+        let mut reason: Vec<Option<&str>> = Vec::with_capacity(events.len());
         for e in events {
             let w = &e.webhook;
-            c.provider_event_id
-                .push(w.provider_event_id.as_str().to_owned());
+            c.provider_event_id.push(w.provider_event_id.as_str());
             c.event_id.push(e.event_id);
-            c.order_id.push(w.order_id.as_str().to_owned());
+            c.order_id.push(w.order_id.as_str());
             c.status.push(w.status.as_str());
-            reason.push(w.reason.as_ref().map(|r| r.as_str().to_owned()));
+            reason.push(w.reason.as_ref().map(|r| r.as_str()));
             c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str().to_owned());
+            c.currency.push(w.currency.as_str());
             c.occurred_at.push(w.occurred_at.as_datetime());
-            c.payload.push(e.payload.clone());
+            c.payload.push(&e.payload);
             c.offset.push(e.source.offset);
         }
+        let stmt = self.tx.prepare_cached(INSERT_CHARGEBACKS).await?;
         let rows = self
             .tx
             .query(
-                INSERT_CHARGEBACKS,
+                &stmt,
                 &[
                     &c.provider_event_id,
                     &c.event_id,
@@ -241,23 +261,23 @@ impl ChargebackStore for PgStore<'_, '_> {
     }
 
     async fn advance_disputes(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
-        let mut c = Columns::default();
-        let mut reason: Vec<Option<String>> = Vec::with_capacity(latest.len());
+        let mut c = Columns::with_capacity(latest.len());
+        let mut reason: Vec<Option<&str>> = Vec::with_capacity(latest.len());
         for e in latest {
             let w = &e.webhook;
-            c.order_id.push(w.order_id.as_str().to_owned());
+            c.order_id.push(w.order_id.as_str());
             c.status.push(w.status.as_str());
-            reason.push(w.reason.as_ref().map(|r| r.as_str().to_owned()));
+            reason.push(w.reason.as_ref().map(|r| r.as_str()));
             c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str().to_owned());
+            c.currency.push(w.currency.as_str());
             c.occurred_at.push(w.occurred_at.as_datetime());
-            c.provider_event_id
-                .push(w.provider_event_id.as_str().to_owned());
+            c.provider_event_id.push(w.provider_event_id.as_str());
         }
+        let stmt = self.tx.prepare_cached(ADVANCE_DISPUTES).await?;
         Ok(self
             .tx
             .execute(
-                ADVANCE_DISPUTES,
+                &stmt,
                 &[
                     &c.order_id,
                     &c.status,

@@ -1,0 +1,100 @@
+//! Consume: a topic pre-filled with `n` envelopes, drained by payhook's
+//! consumer into Postgres (offsets stored in the same transaction as the
+//! rows, as always). The clock runs from the consumer's start until every
+//! partition's stored offset has reached the end of the log.
+
+use std::time::Duration;
+
+use payhook::{
+    messaging::{
+        consumer::{self, ConsumerConfig, DeadLetters},
+        producer::{Producer, ProducerConfig},
+    },
+    metrics::Metrics,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Profile,
+    ceilings::produce_all,
+    env::{BenchEnv, run_tag},
+    report::Row,
+};
+
+pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
+    let env = BenchEnv::new("consume").await;
+    let n = profile.consume_n;
+    let run = run_tag();
+    let topic = env.orders_topic.clone();
+    produce_all(&env, &topic, &run, n).await;
+    let cfg = env.config(&profile.payhook_overrides());
+    let pool = env.pool(cfg.database_pool_size);
+    let db = env.client().await;
+    let group = cfg.orders_consumer_group.clone();
+    let ccfg = ConsumerConfig {
+        group: group.clone(),
+        topic: topic.clone(),
+        max_batch: cfg.consumer_max_batch,
+        fetch_max_bytes: cfg.fetch_max_bytes,
+        fetch_max_wait: cfg.fetch_max_wait,
+        backoff_min: cfg.retry_backoff_min,
+        backoff_max: cfg.retry_backoff_max,
+        max_attempts: cfg.consumer_max_attempts,
+    };
+    let (dead_letter_producer, dead_letter_lanes) = Producer::start(
+        &env.kafka,
+        &[&env.dlq_topic],
+        ProducerConfig {
+            linger: cfg.linger,
+            queue_per_partition: cfg.producer_queue,
+            publish_timeout: cfg.publish_timeout,
+        },
+    )
+    .await
+    .expect("start the dead-letter producer");
+    let shutdown = CancellationToken::new();
+    let t0 = Instant::now();
+    let task = tokio::spawn(consumer::run(
+        env.kafka.clone(),
+        pool,
+        ccfg,
+        DeadLetters {
+            producer: dead_letter_producer.clone(),
+            topic: env.dlq_topic.clone(),
+        },
+        Metrics::new(),
+        shutdown.clone(),
+    ));
+    let deadline = t0 + Duration::from_secs(600);
+    loop {
+        if env.stored_total(&db, &group).await as u64 >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumer did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed();
+    shutdown.cancel();
+    let _ = task.await;
+    drop(dead_letter_producer);
+    dead_letter_lanes.drained().await;
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM payment_events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored as u64, n, "every event stored once");
+    drop(db);
+    env.cleanup().await;
+    vec![
+        Row::throughput(format!("n={n}"), n as f64 / took.as_secs_f64())
+            .ratio_to(ceiling)
+            .note(format!(
+                "{:.1} s, CONSUMER_MAX_BATCH={}, {} partitions",
+                took.as_secs_f64(),
+                cfg.consumer_max_batch,
+                crate::env::PARTITIONS
+            )),
+    ]
+}

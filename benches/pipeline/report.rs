@@ -1,0 +1,158 @@
+//! Results: the table printed to the terminal and the JSON files under
+//! `target/bench/`.
+
+use std::path::PathBuf;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// One measured setting.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The setting, e.g. `in_flight=64` or `rate=2000/s`.
+    pub name: String,
+    pub events_per_s: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub ratio_to_ceiling: Option<f64>,
+    /// Anything else worth printing (errors, memory); kept out of the
+    /// fixed JSON fields but written as `"note"`.
+    pub note: String,
+}
+
+impl Row {
+    pub fn throughput(name: impl Into<String>, events_per_s: f64) -> Self {
+        Self {
+            name: name.into(),
+            events_per_s: Some(events_per_s),
+            p50_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            ratio_to_ceiling: None,
+            note: String::new(),
+        }
+    }
+
+    /// A row that only carries a note.
+    pub fn info(name: impl Into<String>) -> Self {
+        Self {
+            events_per_s: None,
+            ..Self::throughput(name, 0.0)
+        }
+    }
+
+    /// Percentiles from a histogram of microseconds.
+    pub fn with_latency(mut self, h: &Histogram<u64>) -> Self {
+        if !h.is_empty() {
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            self.p50_ms = Some(ms(0.50));
+            self.p99_ms = Some(ms(0.99));
+            self.p999_ms = Some(ms(0.999));
+        }
+        self
+    }
+
+    pub fn ratio_to(mut self, ceiling: Option<f64>) -> Self {
+        self.ratio_to_ceiling = match (self.events_per_s, ceiling) {
+            (Some(v), Some(c)) if c > 0.0 => Some(v / c),
+            _ => None,
+        };
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    json!({
+        "cores": cores,
+        "memory": mem_kib.map(|k| format!("{:.1} GiB", k as f64 / (1024.0 * 1024.0))),
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// Prints the table and writes `target/bench/<bench>.json`.
+pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
+    println!();
+    println!("{bench} ({profile} profile)");
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>8}  note",
+        "name", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>12} {:>9} {:>9} {:>9} {:>8}  {}",
+            r.name,
+            opt(r.events_per_s, 0),
+            opt(r.p50_ms, 2),
+            opt(r.p99_ms, 2),
+            opt(r.p999_ms, 2),
+            opt(r.ratio_to_ceiling, 2),
+            r.note
+        );
+    }
+    let doc = json!({
+        "bench": bench,
+        "profile": profile,
+        "when": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": machine(),
+        "results": rows.iter().map(|r| json!({
+            "name": r.name,
+            "events_per_s": r.events_per_s,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "p999_ms": r.p999_ms,
+            "ratio_to_ceiling": r.ratio_to_ceiling,
+            "note": if r.note.is_empty() { Value::Null } else { json!(r.note) },
+        })).collect::<Vec<_>>(),
+    });
+    let dir = target_dir().join("bench");
+    let path = dir.join(format!("{bench}.json"));
+    match std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json")))
+    {
+        Ok(()) => println!("written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
+
+/// `target/` of this workspace (or `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+/// Resident memory of this process, in MiB: (current, peak).
+pub fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
