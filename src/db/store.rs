@@ -11,9 +11,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::domain::{
-    disputes::{ChargebackEvent, ChargebackStore},
-    orders::{PaymentEvent, PaymentStore},
-    types::ProviderEventId,
+    apply::EventStore, disputes::ChargebackEvent, orders::PaymentEvent, types::ProviderEventId,
 };
 
 /// Storage over an open transaction on a pooled connection; the caller
@@ -130,10 +128,10 @@ impl Columns<'_> {
     }
 }
 
-impl PaymentStore for PgStore<'_, '_> {
+impl EventStore<PaymentEvent> for PgStore<'_, '_> {
     type Error = DbError;
 
-    async fn insert_new_payment_events(
+    async fn insert_new(
         &mut self,
         events: &[&PaymentEvent],
     ) -> Result<Vec<ProviderEventId>, DbError> {
@@ -179,7 +177,7 @@ impl PaymentStore for PgStore<'_, '_> {
         ids(rows)
     }
 
-    async fn advance_orders(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
+    async fn advance(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
         let mut c = Columns::with_capacity(latest.len());
         let mut user_id = Vec::with_capacity(latest.len());
         for e in latest {
@@ -211,10 +209,10 @@ impl PaymentStore for PgStore<'_, '_> {
     }
 }
 
-impl ChargebackStore for PgStore<'_, '_> {
+impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
     type Error = DbError;
 
-    async fn insert_new_chargeback_events(
+    async fn insert_new(
         &mut self,
         events: &[&ChargebackEvent],
     ) -> Result<Vec<ProviderEventId>, DbError> {
@@ -260,7 +258,7 @@ impl ChargebackStore for PgStore<'_, '_> {
         ids(rows)
     }
 
-    async fn advance_disputes(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
+    async fn advance(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
         let mut c = Columns::with_capacity(latest.len());
         let mut reason: Vec<Option<&str>> = Vec::with_capacity(latest.len());
         for e in latest {

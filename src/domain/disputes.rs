@@ -4,12 +4,11 @@
 //! recorded, and only one at least as recent as the applied one changes the
 //! dispute's status.
 
-use std::future::Future;
-
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::orders::{Outcome, SourcePosition, first_of_each, latest_per_key};
+use super::apply::{EventStore, Keyed, Outcome, apply_batch};
+use super::orders::SourcePosition;
 use super::types::{
     Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, Reason, ValidationError,
 };
@@ -79,20 +78,24 @@ pub struct ChargebackEvent {
     pub source: SourcePosition,
 }
 
-/// Storage the dispute service needs; see [`super::orders::PaymentStore`].
-pub trait ChargebackStore {
-    type Error;
+impl Keyed for ChargebackEvent {
+    fn provider_event_id(&self) -> &str {
+        self.webhook.provider_event_id.as_str()
+    }
 
-    fn insert_new_chargeback_events(
-        &mut self,
-        events: &[&ChargebackEvent],
-    ) -> impl Future<Output = Result<Vec<ProviderEventId>, Self::Error>> + Send;
+    fn order_id(&self) -> &str {
+        self.webhook.order_id.as_str()
+    }
 
-    fn advance_disputes(
-        &mut self,
-        latest: &[&ChargebackEvent],
-    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    fn occurred_at(&self) -> OccurredAt {
+        self.webhook.occurred_at
+    }
 }
+
+/// Storage the dispute service needs: `insert_new` records chargeback
+/// events, `advance` moves disputes.
+pub trait ChargebackStore: EventStore<ChargebackEvent> {}
+impl<S: EventStore<ChargebackEvent>> ChargebackStore for S {}
 
 /// Applies chargebacks to disputes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,26 +108,7 @@ impl DisputeService {
         store: &mut S,
         events: &[ChargebackEvent],
     ) -> Result<Outcome, S::Error> {
-        let unique = first_of_each(events, |e| e.webhook.provider_event_id.as_str());
-        let new_ids = store.insert_new_chargeback_events(&unique).await?;
-        let new: std::collections::HashSet<&str> = new_ids.iter().map(|i| i.as_str()).collect();
-        let fresh: Vec<&ChargebackEvent> = unique
-            .into_iter()
-            .filter(|e| new.contains(e.webhook.provider_event_id.as_str()))
-            .collect();
-        let latest = latest_per_key(&fresh, |e| {
-            (e.webhook.order_id.as_str(), e.webhook.occurred_at)
-        });
-        let changed = if latest.is_empty() {
-            0
-        } else {
-            store.advance_disputes(&latest).await?
-        };
-        Ok(Outcome {
-            stored: fresh.len(),
-            duplicates: events.len() - fresh.len(),
-            changed,
-        })
+        apply_batch(store, events).await
     }
 
     /// Convenience for a single chargeback.

@@ -4,11 +4,14 @@
 //! events in order, so every event is recorded, but only an event at least as
 //! recent (by `occurred_at`) as the one already applied changes the order.
 
-use std::{collections::HashMap, future::Future};
+#[cfg(test)]
+use std::collections::HashMap;
 
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use super::apply::Outcome;
+use super::apply::{EventStore, Keyed, apply_batch};
 use super::types::{
     Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, UserId, ValidationError,
 };
@@ -88,37 +91,24 @@ pub struct PaymentEvent {
     pub source: SourcePosition,
 }
 
-/// Storage the order service needs. Both calls run inside the caller's
-/// transaction, which also records the consumer offset.
-pub trait PaymentStore {
-    type Error;
+impl Keyed for PaymentEvent {
+    fn provider_event_id(&self) -> &str {
+        self.webhook.provider_event_id.as_str()
+    }
 
-    /// Records each event whose `provider_event_id` is not stored yet, and
-    /// returns the ids that were new. Events already stored are left alone:
-    /// a duplicate is a success that changes nothing.
-    fn insert_new_payment_events(
-        &mut self,
-        events: &[&PaymentEvent],
-    ) -> impl Future<Output = Result<Vec<ProviderEventId>, Self::Error>> + Send;
+    fn order_id(&self) -> &str {
+        self.webhook.order_id.as_str()
+    }
 
-    /// Sets each order's state from the given event unless the order already
-    /// holds a state that occurred later. At most one event per order.
-    fn advance_orders(
-        &mut self,
-        latest: &[&PaymentEvent],
-    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    fn occurred_at(&self) -> OccurredAt {
+        self.webhook.occurred_at
+    }
 }
 
-/// What a batch did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
-    /// Events stored for the first time.
-    pub stored: usize,
-    /// Events that were already stored (or repeated within the batch).
-    pub duplicates: usize,
-    /// Rows whose state changed.
-    pub changed: u64,
-}
+/// Storage the order service needs: `insert_new` records payment events,
+/// `advance` moves orders.
+pub trait PaymentStore: EventStore<PaymentEvent> {}
+impl<S: EventStore<PaymentEvent>> PaymentStore for S {}
 
 /// Applies payment webhooks to orders.
 #[derive(Clone, Copy, Debug, Default)]
@@ -131,26 +121,7 @@ impl OrderService {
         store: &mut S,
         events: &[PaymentEvent],
     ) -> Result<Outcome, S::Error> {
-        let unique = first_of_each(events, |e| e.webhook.provider_event_id.as_str());
-        let new_ids = store.insert_new_payment_events(&unique).await?;
-        let new: std::collections::HashSet<&str> = new_ids.iter().map(|i| i.as_str()).collect();
-        let fresh: Vec<&PaymentEvent> = unique
-            .into_iter()
-            .filter(|e| new.contains(e.webhook.provider_event_id.as_str()))
-            .collect();
-        let latest = latest_per_key(&fresh, |e| {
-            (e.webhook.order_id.as_str(), e.webhook.occurred_at)
-        });
-        let changed = if latest.is_empty() {
-            0
-        } else {
-            store.advance_orders(&latest).await?
-        };
-        Ok(Outcome {
-            stored: fresh.len(),
-            duplicates: events.len() - fresh.len(),
-            changed,
-        })
+        apply_batch(store, events).await
     }
 
     /// Convenience for a single webhook.
@@ -162,37 +133,6 @@ impl OrderService {
         self.process_payment_webhooks(store, std::slice::from_ref(&event))
             .await
     }
-}
-
-/// Keeps the first event for each id, in order.
-pub(crate) fn first_of_each<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<&T> {
-    let mut seen = std::collections::HashSet::with_capacity(items.len());
-    items.iter().filter(|t| seen.insert(id(t))).collect()
-}
-
-/// For each key, the item with the latest time; on a tie the later item wins,
-/// because it was accepted later. Result in order of each key's first item.
-pub(crate) fn latest_per_key<'a, T, K: Ord + Copy>(
-    items: &[&'a T],
-    key_and_time: impl Fn(&T) -> (&str, K),
-) -> Vec<&'a T> {
-    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(items.len());
-    let mut out: Vec<&'a T> = Vec::new();
-    for &item in items {
-        let (key, time) = key_and_time(item);
-        match slot.get(key) {
-            Some(&i) => {
-                if time >= key_and_time(out[i]).1 {
-                    out[i] = item;
-                }
-            }
-            None => {
-                slot.insert(key, out.len());
-                out.push(item);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -251,10 +191,10 @@ mod tests {
         orders: HashMap<String, (PaymentStatus, OccurredAt)>,
     }
 
-    impl PaymentStore for FakeStore {
+    impl EventStore<PaymentEvent> for FakeStore {
         type Error = std::convert::Infallible;
 
-        async fn insert_new_payment_events(
+        async fn insert_new(
             &mut self,
             events: &[&PaymentEvent],
         ) -> Result<Vec<ProviderEventId>, Self::Error> {
@@ -269,7 +209,7 @@ mod tests {
             Ok(new)
         }
 
-        async fn advance_orders(&mut self, latest: &[&PaymentEvent]) -> Result<u64, Self::Error> {
+        async fn advance(&mut self, latest: &[&PaymentEvent]) -> Result<u64, Self::Error> {
             let mut n = 0;
             for e in latest {
                 let w = &e.webhook;
@@ -334,15 +274,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((out.stored, out.duplicates, out.changed), (0, 4, 0));
-    }
-
-    #[test]
-    fn latest_per_key_prefers_later_items_on_ties() {
-        let items = [("a", 1), ("b", 5), ("a", 3), ("a", 3), ("b", 4)];
-        let refs: Vec<&(&str, i32)> = items.iter().collect();
-        let out = latest_per_key(&refs, |&(k, t)| (k, t));
-        assert_eq!(out.len(), 2);
-        assert!(std::ptr::eq(out[0], &items[3]));
-        assert!(std::ptr::eq(out[1], &items[1]));
     }
 }
