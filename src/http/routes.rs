@@ -21,7 +21,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, header};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::{json, value::RawValue};
 use tracing::{info, warn};
 
@@ -196,9 +196,6 @@ async fn readyz(state: &AppState) -> Response<Body> {
         }),
     )
 }
-
-/// The type hyper hands us.
-pub type IncomingRequest = Request<Incoming>;
 
 fn is_json(req: &Request<impl Sized>) -> bool {
     let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {

@@ -167,11 +167,6 @@ impl Producer {
         ))
     }
 
-    /// How many partitions `topic` has, as the producer sees it.
-    pub fn partitions(&self, topic: &str) -> Option<usize> {
-        self.topics.get(topic).map(Vec::len)
-    }
-
     /// Publishes one record to the partition its key hashes to, and waits for
     /// the broker's acknowledgement (at most `publish_timeout`).
     pub async fn publish(&self, topic: &str, record: Record) -> Result<Published, PublishError> {
