@@ -209,6 +209,44 @@ impl Stage {
         }
     }
 
+    /// Records in the orders topic not yet applied: log end minus stored
+    /// offsets.
+    async fn backlog(&self) -> i64 {
+        let kafka = kafka().await;
+        let db = self.db().await;
+        let mut end = 0;
+        for p in 0..PARTITIONS as i32 {
+            let c = kafka.partition_client(&self.orders_topic, p).await.unwrap();
+            end += c.get_offset(OffsetAt::Latest).await.unwrap();
+        }
+        let stored: i64 = db
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets WHERE topic = $1",
+                &[&self.orders_topic],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        end - stored
+    }
+
+    /// Waits until at least `at_least` records wait to be applied.
+    async fn wait_backlog(&self, at_least: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let b = self.backlog().await;
+            if b >= at_least {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] the consumer never fell behind (backlog {b})",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn cleanup(&self) {
         let kafka = kafka().await;
         for t in [&self.orders_topic, &self.disputes_topic, &self.dlq_topic] {
@@ -567,6 +605,11 @@ enum Fault {
 async fn scenario(name: &'static str, fault: Fault, total: usize) {
     let stage = Stage::new(name).await;
     let mut app = Payhook::new(&stage);
+    if matches!(fault, Fault::Kill | Fault::Terminate) {
+        // A slow consumer (a transaction per record), so that there is a
+        // backlog to be interrupted.
+        app.env.push(("CONSUMER_MAX_BATCH", "1".into()));
+    }
     app.start(&stage).await;
     let books = Arc::new(Books::default());
     let started = Instant::now();
@@ -595,6 +638,10 @@ async fn scenario(name: &'static str, fault: Fault, total: usize) {
         }
         Fault::Kill => {
             wait_progress(&books, total / 2).await;
+            // Kill only while the consumer is behind, so the kill lands in
+            // the middle of consuming (one record per transaction here).
+            let backlog = stage.wait_backlog(20).await;
+            println!("[{name}] SIGKILL with {backlog} records not yet applied");
             app.signal("KILL");
             app.wait(Duration::from_secs(10)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -602,6 +649,8 @@ async fn scenario(name: &'static str, fault: Fault, total: usize) {
         }
         Fault::Terminate => {
             wait_progress(&books, total / 2).await;
+            let backlog = stage.wait_backlog(20).await;
+            println!("[{name}] SIGTERM with {backlog} records not yet applied");
             app.signal("TERM");
             let status = app.wait(Duration::from_secs(25)).await;
             assert!(
