@@ -64,6 +64,22 @@ pub struct ConsumerConfig {
     pub max_attempts: Option<u32>,
 }
 
+impl ConsumerConfig {
+    /// The service's settings for consuming `topic` as `group`.
+    pub fn from_config(cfg: &crate::config::Config, group: &str, topic: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            max_batch: cfg.consumer_max_batch,
+            fetch_max_bytes: cfg.fetch_max_bytes,
+            fetch_max_wait: cfg.fetch_max_wait,
+            backoff_min: cfg.retry_backoff_min,
+            backoff_max: cfg.retry_backoff_max,
+            max_attempts: cfg.consumer_max_attempts,
+        }
+    }
+}
+
 /// Consumes every partition of `cfg.topic` until `shutdown` is cancelled.
 /// Each partition stops after finishing its current transaction.
 pub async fn run(
@@ -454,17 +470,18 @@ impl PartitionConsumer {
             warn!(%topic, partition, offset, error = %e, "dead letter not acknowledged; partition stays on the record");
             return Err(());
         }
-        match skip(
+        match apply(
             &self.pool,
             &self.cfg.group,
             topic,
             partition,
             pos.stored,
             offset + 1,
+            Vec::new(),
         )
         .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 pos.committed(offset + 1);
                 self.count("dead_lettered", 1);
                 Ok(())
@@ -533,7 +550,8 @@ impl PartitionConsumer {
 }
 
 /// Applies `chunk` (in order) and moves the stored offset from `expected` to
-/// `next`, in one transaction.
+/// `next`, in one transaction. With an empty chunk it only moves the offset:
+/// that is how a dead-lettered record is stepped over.
 async fn apply(
     pool: &Pool,
     group: &str,
@@ -579,23 +597,4 @@ async fn apply(
         duplicates: a.duplicates + b.duplicates,
         changed: a.changed + b.changed,
     })
-}
-
-/// Moves the stored offset past a dead-lettered record, in a transaction of
-/// its own.
-async fn skip(
-    pool: &Pool,
-    group: &str,
-    topic: &str,
-    partition: i32,
-    expected: Option<i64>,
-    next: i64,
-) -> Result<(), ProcessError> {
-    let mut conn = pool.get().await.map_err(DbError::from)?;
-    let tx = conn.transaction().await.map_err(DbError::from)?;
-    if let Err(found) = offsets::advance(&*tx, group, topic, partition, expected, next).await? {
-        return Err(ProcessError::Fenced { expected, found });
-    }
-    tx.commit().await.map_err(DbError::from)?;
-    Ok(())
 }
