@@ -92,11 +92,7 @@ impl Application {
         let (producer, producer_tasks) = Producer::start(
             &kafka,
             &[&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic],
-            ProducerConfig {
-                linger: cfg.linger,
-                queue_per_partition: cfg.producer_queue,
-                publish_timeout: cfg.publish_timeout,
-            },
+            ProducerConfig::from_config(&cfg),
         )
         .await?;
         let listener =
@@ -163,16 +159,7 @@ impl Application {
             (&cfg.orders_consumer_group, &cfg.orders_topic),
             (&cfg.disputes_consumer_group, &cfg.disputes_topic),
         ] {
-            let ccfg = ConsumerConfig {
-                group: group.clone(),
-                topic: topic.clone(),
-                max_batch: cfg.consumer_max_batch,
-                fetch_max_bytes: cfg.fetch_max_bytes,
-                fetch_max_wait: cfg.fetch_max_wait,
-                backoff_min: cfg.retry_backoff_min,
-                backoff_max: cfg.retry_backoff_max,
-                max_attempts: cfg.consumer_max_attempts,
-            };
+            let ccfg = ConsumerConfig::from_config(&cfg, group, topic);
             let dead_letters = DeadLetters {
                 producer: producer.clone(),
                 topic: cfg.dlq_topic.clone(),

@@ -32,24 +32,11 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let pool = env.pool(cfg.database_pool_size);
     let db = env.client().await;
     let group = cfg.orders_consumer_group.clone();
-    let ccfg = ConsumerConfig {
-        group: group.clone(),
-        topic: topic.clone(),
-        max_batch: cfg.consumer_max_batch,
-        fetch_max_bytes: cfg.fetch_max_bytes,
-        fetch_max_wait: cfg.fetch_max_wait,
-        backoff_min: cfg.retry_backoff_min,
-        backoff_max: cfg.retry_backoff_max,
-        max_attempts: cfg.consumer_max_attempts,
-    };
+    let ccfg = ConsumerConfig::from_config(&cfg, &group, &topic);
     let (dead_letter_producer, dead_letter_lanes) = Producer::start(
         &env.kafka,
         &[&env.dlq_topic],
-        ProducerConfig {
-            linger: cfg.linger,
-            queue_per_partition: cfg.producer_queue,
-            publish_timeout: cfg.publish_timeout,
-        },
+        ProducerConfig::from_config(&cfg),
     )
     .await
     .expect("start the dead-letter producer");

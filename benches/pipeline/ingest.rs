@@ -33,11 +33,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
     let (producer, producer_tasks) = Producer::start(
         &env.kafka,
         &[&cfg.orders_topic, &cfg.disputes_topic],
-        ProducerConfig {
-            linger: cfg.linger,
-            queue_per_partition: cfg.producer_queue,
-            publish_timeout: cfg.publish_timeout,
-        },
+        ProducerConfig::from_config(&cfg),
     )
     .await
     .expect("start the producer");

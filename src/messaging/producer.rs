@@ -68,6 +68,18 @@ pub struct ProducerConfig {
     pub publish_timeout: Duration,
 }
 
+impl ProducerConfig {
+    /// The service's settings (`KAFKA_LINGER`, `KAFKA_PRODUCER_QUEUE`,
+    /// `KAFKA_PUBLISH_TIMEOUT`).
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            linger: cfg.linger,
+            queue_per_partition: cfg.producer_queue,
+            publish_timeout: cfg.publish_timeout,
+        }
+    }
+}
+
 /// Where webhooks are published: what the HTTP layer needs from a producer.
 ///
 /// [`Producer`] is the real one. The trait exists so the HTTP layer can be
