@@ -97,9 +97,55 @@ ON CONFLICT (order_id) DO UPDATE
        updated_at = now()
  WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
 
-/// Columns shared by both kinds of event, gathered as arrays. Text columns
-/// borrow from the events: nothing is copied before it is encoded.
-#[derive(Default)]
+/// The columns both kinds of event have, borrowed from one event.
+struct Common<'e> {
+    provider_event_id: &'e str,
+    event_id: Uuid,
+    order_id: &'e str,
+    status: &'static str,
+    amount: i64,
+    currency: &'e str,
+    occurred_at: DateTime<Utc>,
+    payload: &'e str,
+    offset: i64,
+}
+
+impl<'e> From<&'e PaymentEvent> for Common<'e> {
+    fn from(e: &'e PaymentEvent) -> Self {
+        let w = &e.webhook;
+        Self {
+            provider_event_id: w.provider_event_id.as_str(),
+            event_id: e.event_id,
+            order_id: w.order_id.as_str(),
+            status: w.status.as_str(),
+            amount: w.amount.minor_units(),
+            currency: w.currency.as_str(),
+            occurred_at: w.occurred_at.as_datetime(),
+            payload: &e.payload,
+            offset: e.source.offset,
+        }
+    }
+}
+
+impl<'e> From<&'e ChargebackEvent> for Common<'e> {
+    fn from(e: &'e ChargebackEvent) -> Self {
+        let w = &e.webhook;
+        Self {
+            provider_event_id: w.provider_event_id.as_str(),
+            event_id: e.event_id,
+            order_id: w.order_id.as_str(),
+            status: w.status.as_str(),
+            amount: w.amount.minor_units(),
+            currency: w.currency.as_str(),
+            occurred_at: w.occurred_at.as_datetime(),
+            payload: &e.payload,
+            offset: e.source.offset,
+        }
+    }
+}
+
+/// [`Common`] columns of a batch, gathered as arrays. Text columns borrow
+/// from the events: nothing is copied before it is encoded.
 struct Columns<'e> {
     provider_event_id: Vec<&'e str>,
     event_id: Vec<Uuid>,
@@ -112,9 +158,13 @@ struct Columns<'e> {
     offset: Vec<i64>,
 }
 
-impl Columns<'_> {
-    fn with_capacity(n: usize) -> Self {
-        Self {
+impl<'e> Columns<'e> {
+    fn of<E>(events: &[&'e E]) -> Self
+    where
+        &'e E: Into<Common<'e>>,
+    {
+        let n = events.len();
+        let mut c = Self {
             provider_event_id: Vec::with_capacity(n),
             event_id: Vec::with_capacity(n),
             order_id: Vec::with_capacity(n),
@@ -124,7 +174,20 @@ impl Columns<'_> {
             occurred_at: Vec::with_capacity(n),
             payload: Vec::with_capacity(n),
             offset: Vec::with_capacity(n),
+        };
+        for &e in events {
+            let r: Common<'e> = e.into();
+            c.provider_event_id.push(r.provider_event_id);
+            c.event_id.push(r.event_id);
+            c.order_id.push(r.order_id);
+            c.status.push(r.status);
+            c.amount.push(r.amount);
+            c.currency.push(r.currency);
+            c.occurred_at.push(r.occurred_at);
+            c.payload.push(r.payload);
+            c.offset.push(r.offset);
         }
+        c
     }
 }
 
@@ -138,21 +201,8 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
-        let mut c = Columns::with_capacity(events.len());
-        let mut user_id = Vec::with_capacity(events.len());
-        for e in events {
-            let w = &e.webhook;
-            c.provider_event_id.push(w.provider_event_id.as_str());
-            c.event_id.push(e.event_id);
-            c.order_id.push(w.order_id.as_str());
-            user_id.push(w.user_id.as_str());
-            c.status.push(w.status.as_str());
-            c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str());
-            c.occurred_at.push(w.occurred_at.as_datetime());
-            c.payload.push(&e.payload);
-            c.offset.push(e.source.offset);
-        }
+        let c = Columns::of(events);
+        let user_id: Vec<&str> = events.iter().map(|e| e.webhook.user_id.as_str()).collect();
         let stmt = self.tx.prepare_cached(INSERT_PAYMENTS).await?;
         let rows = self
             .tx
@@ -178,18 +228,8 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
     }
 
     async fn advance(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
-        let mut c = Columns::with_capacity(latest.len());
-        let mut user_id = Vec::with_capacity(latest.len());
-        for e in latest {
-            let w = &e.webhook;
-            c.order_id.push(w.order_id.as_str());
-            user_id.push(w.user_id.as_str());
-            c.status.push(w.status.as_str());
-            c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str());
-            c.occurred_at.push(w.occurred_at.as_datetime());
-            c.provider_event_id.push(w.provider_event_id.as_str());
-        }
+        let c = Columns::of(latest);
+        let user_id: Vec<&str> = latest.iter().map(|e| e.webhook.user_id.as_str()).collect();
         let stmt = self.tx.prepare_cached(ADVANCE_ORDERS).await?;
         Ok(self
             .tx
@@ -209,6 +249,10 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
     }
 }
 
+fn reason_of(e: &ChargebackEvent) -> Option<&str> {
+    e.webhook.reason.as_ref().map(|r| r.as_str())
+}
+
 impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
     type Error = DbError;
 
@@ -219,21 +263,8 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
-        let mut c = Columns::with_capacity(events.len());
-        let mut reason: Vec<Option<&str>> = Vec::with_capacity(events.len());
-        for e in events {
-            let w = &e.webhook;
-            c.provider_event_id.push(w.provider_event_id.as_str());
-            c.event_id.push(e.event_id);
-            c.order_id.push(w.order_id.as_str());
-            c.status.push(w.status.as_str());
-            reason.push(w.reason.as_ref().map(|r| r.as_str()));
-            c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str());
-            c.occurred_at.push(w.occurred_at.as_datetime());
-            c.payload.push(&e.payload);
-            c.offset.push(e.source.offset);
-        }
+        let c = Columns::of(events);
+        let reason: Vec<Option<&str>> = events.iter().map(|e| reason_of(e)).collect();
         let stmt = self.tx.prepare_cached(INSERT_CHARGEBACKS).await?;
         let rows = self
             .tx
@@ -259,18 +290,8 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
     }
 
     async fn advance(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
-        let mut c = Columns::with_capacity(latest.len());
-        let mut reason: Vec<Option<&str>> = Vec::with_capacity(latest.len());
-        for e in latest {
-            let w = &e.webhook;
-            c.order_id.push(w.order_id.as_str());
-            c.status.push(w.status.as_str());
-            reason.push(w.reason.as_ref().map(|r| r.as_str()));
-            c.amount.push(w.amount.minor_units());
-            c.currency.push(w.currency.as_str());
-            c.occurred_at.push(w.occurred_at.as_datetime());
-            c.provider_event_id.push(w.provider_event_id.as_str());
-        }
+        let c = Columns::of(latest);
+        let reason: Vec<Option<&str>> = latest.iter().map(|e| reason_of(e)).collect();
         let stmt = self.tx.prepare_cached(ADVANCE_DISPUTES).await?;
         Ok(self
             .tx
