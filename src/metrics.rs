@@ -49,6 +49,12 @@ pub struct Metrics {
     /// Records in the log not yet applied, per partition (high watermark
     /// minus next offset, as of the last fetch).
     pub lag: Family<PartitionLabels, Gauge>,
+    /// 1 while a partition is stalled: it has lag and its position has not
+    /// moved for `CONSUMER_STALL_AFTER`, or it is stopped (below).
+    pub stalled: Family<PartitionLabels, Gauge>,
+    /// 1 while a partition is stopped and waits for an operator (its offset
+    /// fell out of the log, or a batch is in a codec payhook cannot read).
+    pub stopped: Family<PartitionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -98,6 +104,18 @@ impl Metrics {
             "Records in the log not yet applied, per partition, as of the last fetch",
             lag.clone(),
         );
+        let stalled = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_stalled",
+            "1 while a partition has lag and has not advanced for CONSUMER_STALL_AFTER, or is stopped",
+            stalled.clone(),
+        );
+        let stopped = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_stopped",
+            "1 while a partition is stopped waiting for an operator (offset out of range, unreadable codec)",
+            stopped.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             webhooks,
@@ -106,6 +124,8 @@ impl Metrics {
             retries,
             next_offset,
             lag,
+            stalled,
+            stopped,
         }
     }
 
