@@ -19,8 +19,8 @@ use crate::{
     messaging::{
         Kafka, KafkaError,
         consumer::{self, ConsumerConfig, DeadLetters},
-        health::ConsumerHealth,
         dlq::{self, DeadLetter},
+        health::ConsumerHealth,
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
     },
     metrics::Metrics,

@@ -462,7 +462,10 @@ impl PartitionConsumer {
                     *failure = None;
                     // The failure, if any, is after this run.
                     *suspect = suspect.and_then(|s| {
-                        let rest = Suspect { from: next, to: s.to };
+                        let rest = Suspect {
+                            from: next,
+                            to: s.to,
+                        };
                         (rest.from < rest.to).then_some(rest)
                     });
                     i += n;
@@ -677,8 +680,16 @@ impl PartitionConsumer {
     async fn out_of_range(&self, client: &PartitionClient, pos: Position) -> String {
         let t = self.shared.kafka.request_timeout();
         let (earliest, latest) = tokio::join!(
-            bounded("reading the earliest offset", t, client.get_offset(OffsetAt::Earliest)),
-            bounded("reading the latest offset", t, client.get_offset(OffsetAt::Latest)),
+            bounded(
+                "reading the earliest offset",
+                t,
+                client.get_offset(OffsetAt::Earliest)
+            ),
+            bounded(
+                "reading the latest offset",
+                t,
+                client.get_offset(OffsetAt::Latest)
+            ),
         );
         let reset = format!(
             "`payhook offsets reset --topic {} --partition {} --to earliest|latest|OFFSET` moves it on",
@@ -852,7 +863,10 @@ mod tests {
             txs += 1;
             if bad.iter().any(|b| (first..next).contains(b)) {
                 if limit > 1 {
-                    suspect = Some(Suspect { from: first, to: next });
+                    suspect = Some(Suspect {
+                        from: first,
+                        to: next,
+                    });
                     continue;
                 }
                 suspect = None;
@@ -860,7 +874,10 @@ mod tests {
                 txs += 1; // the dead letter's offset commit
             } else {
                 suspect = suspect.and_then(|s: Suspect| {
-                    (next < s.to).then_some(Suspect { from: next, to: s.to })
+                    (next < s.to).then_some(Suspect {
+                        from: next,
+                        to: s.to,
+                    })
                 });
             }
             i += limit;

@@ -229,6 +229,9 @@ mod tests {
         h.resumed("t", 1, 7);
         h.refresh_metrics();
         assert!(h.unhealthy().is_empty());
-        assert!(m.render().contains(r#"payhook_consumer_stopped{topic="t",partition="1"} 0"#));
+        assert!(
+            m.render()
+                .contains(r#"payhook_consumer_stopped{topic="t",partition="1"} 0"#)
+        );
     }
 }
