@@ -18,6 +18,7 @@ use crate::{
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
         Kafka, KafkaError,
+        assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
         health::ConsumerHealth,
@@ -73,6 +74,8 @@ pub struct Application {
     producer: Producer,
     producer_tasks: ProducerTasks,
     health: ConsumerHealth,
+    /// This process in the consumer fleet (`consumer_members`).
+    member: uuid::Uuid,
 }
 
 impl Application {
@@ -138,7 +141,13 @@ impl Application {
             producer,
             producer_tasks,
             health,
+            member: uuid::Uuid::new_v4(),
         })
+    }
+
+    /// This process's member id in the consumer fleet.
+    pub fn member_id(&self) -> uuid::Uuid {
+        self.member
     }
 
     /// The address actually bound (port 0 becomes a real port).
@@ -160,27 +169,35 @@ impl Application {
             producer,
             producer_tasks,
             health,
+            member,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
-        for (group, topic) in [
+        let consumer_configs = [
             (&cfg.orders_consumer_group, &cfg.orders_topic),
             (&cfg.disputes_consumer_group, &cfg.disputes_topic),
-        ] {
-            let ccfg = ConsumerConfig::from_config(&cfg, group, topic);
-            let shared = consumer::Shared {
-                kafka: kafka.clone(),
-                pool: pool.clone(),
-                dead_letters: DeadLetters {
-                    producer: producer.clone(),
-                    topic: cfg.dlq_topic.clone(),
-                },
-                metrics: metrics.clone(),
-                health: health.clone(),
-            };
-            consumer_tasks.spawn(consumer::run(shared, ccfg, consumers.clone()));
-        }
+        ]
+        .map(|(group, topic)| ConsumerConfig::from_config(&cfg, group, topic))
+        .to_vec();
+        let shared = consumer::Shared {
+            member,
+            kafka: kafka.clone(),
+            pool: pool.clone(),
+            dead_letters: DeadLetters {
+                producer: producer.clone(),
+                topic: cfg.dlq_topic.clone(),
+            },
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        consumer_tasks.spawn(assignment::run(
+            shared,
+            consumer_configs,
+            member_name(),
+            cfg.consumer_lease_ttl,
+            consumers.clone(),
+        ));
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({
             let (health, stop) = (health.clone(), consumers.clone());
@@ -231,6 +248,17 @@ impl Application {
             }
         }
     }
+}
+
+/// How this process is named in `payhook status`: host and pid.
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "payhook".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`

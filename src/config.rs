@@ -95,6 +95,10 @@ pub struct Config {
     /// How long a partition with lag may go without moving before it is
     /// reported stalled (`CONSUMER_STALL_AFTER`).
     pub consumer_stall_after: Duration,
+    /// How long a partition lease lasts without renewal
+    /// (`CONSUMER_LEASE_TTL`): a process that dies or hangs loses its
+    /// partitions after this long. Leases are renewed every quarter of it.
+    pub consumer_lease_ttl: Duration,
     /// First pause after a failure (`RETRY_BACKOFF_MIN`).
     pub retry_backoff_min: Duration,
     /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
@@ -304,6 +308,7 @@ impl Config {
                 |s| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
             ),
             consumer_stall_after: r.duration("CONSUMER_STALL_AFTER", "1m"),
+            consumer_lease_ttl: r.duration("CONSUMER_LEASE_TTL", "10s"),
             retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
             retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),

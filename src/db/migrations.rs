@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "event_order",
         include_str!("../../sql/0002_event_order.sql"),
     ),
+    (
+        3,
+        "partition_leases",
+        include_str!("../../sql/0003_partition_leases.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

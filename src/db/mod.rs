@@ -4,8 +4,11 @@
 //! - [`store`]: [`store::PgStore`], the domain's storage traits over one
 //!   transaction, with set-based SQL (one statement per table per batch).
 //! - [`offsets`]: consumer positions, written in the same transaction as the
-//!   effects they acknowledge.
+//!   effects they acknowledge, fenced by the partition's lease.
+//! - [`leases`]: which process owns which partition, with epochs (fencing
+//!   tokens), heartbeats and expiry.
 
+pub mod leases;
 pub mod migrations;
 pub mod offsets;
 pub mod store;

@@ -12,6 +12,7 @@
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
 //! here is wrapped in [`bounded`].
 
+pub mod assignment;
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
