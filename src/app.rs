@@ -17,8 +17,7 @@ use crate::{
     db::{self, DbError},
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
-        Kafka, KafkaError,
-        assignment,
+        Kafka, KafkaError, assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
         health::ConsumerHealth,
@@ -76,6 +75,8 @@ pub struct Application {
     health: ConsumerHealth,
     /// This process in the consumer fleet (`consumer_members`).
     member: uuid::Uuid,
+    /// `ADMIN_ADDR`, when set.
+    admin_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -109,6 +110,15 @@ impl Application {
                     addr: cfg.http_addr,
                     source,
                 })?;
+        let admin_listener = match cfg.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let member = uuid::Uuid::new_v4();
         let metrics = Metrics::new();
         let health = ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone());
         let state = Arc::new(AppState {
@@ -118,6 +128,7 @@ impl Application {
                 pool: pool.clone(),
                 topic: cfg.orders_topic.clone(),
                 health: health.clone(),
+                member,
             }),
             orders: Endpoint {
                 topic: cfg.orders_topic.clone(),
@@ -131,6 +142,7 @@ impl Application {
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
             metrics,
+            ops_on_public: admin_listener.is_none(),
         });
         Ok(Self {
             cfg,
@@ -141,13 +153,21 @@ impl Application {
             producer,
             producer_tasks,
             health,
-            member: uuid::Uuid::new_v4(),
+            member,
+            admin_listener,
         })
     }
 
     /// This process's member id in the consumer fleet.
     pub fn member_id(&self) -> uuid::Uuid {
         self.member
+    }
+
+    /// The admin listener's address, when `ADMIN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (port 0 becomes a real port).
@@ -170,6 +190,7 @@ impl Application {
             producer_tasks,
             health,
             member,
+            admin_listener,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
@@ -220,7 +241,28 @@ impl Application {
                 header_timeout: cfg.http_header_timeout,
                 max_connections: cfg.http_max_connections,
             };
-            http::serve(listener, state, limits, shutdown.clone(), grace).await;
+            let admin = admin_listener.map(|l| {
+                tokio::spawn(http::serve(
+                    l,
+                    Arc::clone(&state),
+                    limits,
+                    shutdown.clone(),
+                    grace,
+                    http::Surface::Admin,
+                ))
+            });
+            http::serve(
+                listener,
+                state,
+                limits,
+                shutdown.clone(),
+                grace,
+                http::Surface::Public,
+            )
+            .await;
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
             // Each partition finishes its current transaction (or dead
             // letter) and stops.
             consumers.cancel();

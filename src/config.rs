@@ -14,6 +14,9 @@ use crate::http::signature::{Scheme, SigningKey};
 pub struct Config {
     /// Where the HTTP server listens (`HTTP_ADDR`).
     pub http_addr: SocketAddr,
+    /// A separate listener for `/metrics`, `/status` and the probes
+    /// (`ADMIN_ADDR`); `None` serves them with the webhooks.
+    pub admin_addr: Option<SocketAddr>,
     /// Largest webhook body accepted, in bytes (`HTTP_MAX_BODY_BYTES`).
     pub http_max_body_bytes: usize,
     /// Value of `Retry-After` on a 503 (`HTTP_RETRY_AFTER`).
@@ -162,6 +165,18 @@ impl Config {
                 "HTTP_ADDR",
                 "127.0.0.1:8080",
                 "an address like 127.0.0.1:8080",
+            ),
+            admin_addr: r.parse_with(
+                "ADMIN_ADDR",
+                "",
+                "an address like 127.0.0.1:9090, or empty for none",
+                |s| {
+                    if s.is_empty() {
+                        Some(None)
+                    } else {
+                        s.parse().ok().map(Some)
+                    }
+                },
             ),
             http_max_body_bytes: r.parse_with(
                 "HTTP_MAX_BODY_BYTES",

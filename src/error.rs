@@ -81,10 +81,9 @@ impl ProcessError {
             },
             // Broker trouble passes; a fenced write means our position is
             // stale, and re-reading it fixes that.
-            Self::Kafka(_)
-            | Self::Fenced { .. }
-            | Self::LeaseLost { .. }
-            | Self::DeadLetter(_) => ErrorClass::Transient,
+            Self::Kafka(_) | Self::Fenced { .. } | Self::LeaseLost { .. } | Self::DeadLetter(_) => {
+                ErrorClass::Transient
+            }
         }
     }
 }

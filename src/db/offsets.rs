@@ -65,7 +65,15 @@ pub async fn advance(
                       WHERE consumer_group = $1 AND topic = $2 AND partition = $3
                         AND next_offset = $7 AND {OWNED}"
                 ),
-                &[group, topic, &partition, &next, &member, &lease.epoch, &expected],
+                &[
+                    group,
+                    topic,
+                    &partition,
+                    &next,
+                    &member,
+                    &lease.epoch,
+                    &expected,
+                ],
             )
             .await?
         }
@@ -97,7 +105,9 @@ pub async fn advance(
     if !still_ours {
         return Ok(Err(Fenced::Lease));
     }
-    Ok(Err(Fenced::Offset(load(tx, group, topic, partition).await?)))
+    Ok(Err(Fenced::Offset(
+        load(tx, group, topic, partition).await?,
+    )))
 }
 
 /// Sets the position to `next` whatever it was (an operator's decision:

@@ -52,7 +52,6 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 
 use deadpool_postgres::{Pool, Transaction};
-use uuid::Uuid;
 use rskafka::client::{
     error::{Error as RsError, ProtocolError, RequestError},
     partition::{OffsetAt, PartitionClient},
@@ -60,6 +59,7 @@ use rskafka::client::{
 use rskafka::record::RecordAndOffset;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use uuid::Uuid;
 
 use super::{
     Kafka, KafkaError, bounded,
