@@ -452,6 +452,7 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         max_body_bytes: MAX_BODY,
         request_timeout: Duration::from_secs(5),
         retry_after: Duration::from_secs(5),
+        occurred_at_max_future: payhook::domain::types::DEFAULT_OCCURRED_AT_MAX_FUTURE,
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
     };
