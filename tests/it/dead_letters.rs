@@ -39,8 +39,16 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
         (key, serde_json::to_vec(&bad_payload).unwrap()),
         (key, good(3)),
     ];
-    env.produce_raw(&env.orders_topic, records).await;
+    // Written three days ago (as by a producer catching up): the dead
+    // letters must still be stamped when they are written, or a topic's
+    // retention could delete them at once.
+    let written = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() - chrono::Duration::days(3)).timestamp_millis(),
+    )
+    .unwrap();
+    env.produce_raw_at(&env.orders_topic, records, written).await;
 
+    let started = chrono::Utc::now();
     let app = env.start(&[]).await;
     env.wait_caught_up().await;
 
@@ -79,6 +87,14 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
         assert_eq!(d.error_class(), Some("permanent"));
         assert_eq!(d.attempts(), Some(1));
         assert!(d.first_failure().is_some());
+        // As the broker stored them: the dead letter's own time is when it
+        // was written, the original's is in its header.
+        assert!(
+            d.record.timestamp >= started - chrono::Duration::seconds(1),
+            "dead letter stamped {} (original {written})",
+            d.record.timestamp
+        );
+        assert_eq!(d.original_timestamp(), Some(written));
     }
     assert!(
         by_offset[2]
@@ -181,8 +197,18 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
         event_ids: vec![cursed],
         ..Default::default()
     };
+    let replayed_at = chrono::Utc::now();
     let done = app::dlq_replay(&cfg, &sel, false).await.unwrap();
     assert_eq!(done.len(), 1);
+    // The replayed record is new in its topic: stamped at the replay.
+    let p = done[0].published.unwrap();
+    let back = env.record_at(&env.orders_topic, p.partition, p.offset).await;
+    assert!(
+        back.timestamp >= replayed_at - chrono::Duration::seconds(1),
+        "replayed record stamped {}",
+        back.timestamp
+    );
+    assert_eq!(back.value, letters[0].record.value);
     env.wait_caught_up().await;
     assert_eq!(
         env.count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'cursed'")

@@ -148,6 +148,16 @@ impl Env {
 
     /// Writes raw records straight to `topic` (no HTTP, no validation).
     pub async fn produce_raw(&self, topic: &str, records: Vec<(Option<&str>, Vec<u8>)>) {
+        self.produce_raw_at(topic, records, chrono::Utc::now()).await;
+    }
+
+    /// [`Self::produce_raw`], with every record stamped `timestamp`.
+    pub async fn produce_raw_at(
+        &self,
+        topic: &str,
+        records: Vec<(Option<&str>, Vec<u8>)>,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) {
         let (producer, lanes) = payhook::messaging::producer::Producer::start(
             &self.kafka,
             &[topic],
@@ -165,12 +175,28 @@ impl Env {
                 key: key.map(|k| k.as_bytes().to_vec()),
                 value: Some(value),
                 headers: Default::default(),
-                timestamp: chrono::Utc::now(),
+                timestamp,
             };
             producer.publish(topic, record).await.unwrap();
         }
         drop(producer);
         lanes.drained().await;
+    }
+
+    /// The record at `offset` of `topic`'s `partition`.
+    pub async fn record_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> rskafka::record::Record {
+        let c = self.kafka.partition_client(topic, partition).await.unwrap();
+        let (records, _) = c.fetch_records(offset, 1..1_000_000, 1_000).await.unwrap();
+        records
+            .into_iter()
+            .find(|r| r.offset == offset)
+            .unwrap_or_else(|| panic!("no record at {topic}/{partition}/{offset}"))
+            .record
     }
 
     /// Latest offset of every partition of `topic`.
