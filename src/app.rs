@@ -243,8 +243,14 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
     Ok(db::migrations::run(&pool).await?)
 }
 
-/// `payhook topics`: creates the three topics unless they exist; returns each
-/// topic with whether it was created now.
+/// How long `payhook topics` waits for the topics it created to show in the
+/// broker's metadata.
+const TOPICS_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// `payhook topics`: creates the three topics unless they exist, and returns
+/// once the broker's metadata lists each with its partitions (so a `serve`
+/// started right after finds them); returns each topic with whether it was
+/// created now.
 pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
     let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
     let mut out = Vec::new();
@@ -253,6 +259,17 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
             .ensure_topic(topic, cfg.partitions, cfg.replication_factor)
             .await?;
         out.push((topic.clone(), created));
+    }
+    for (topic, created) in &out {
+        // A topic that existed already keeps the partitions it has.
+        let expected = if *created {
+            cfg.partitions.get() as usize
+        } else {
+            1
+        };
+        kafka
+            .wait_for_topic(topic, expected, TOPICS_VISIBLE_WITHIN)
+            .await?;
     }
     Ok(out)
 }

@@ -117,6 +117,10 @@ impl Batch {
     }
 }
 
+/// How long [`Producer::start`] waits for a topic to appear in the broker's
+/// metadata before failing with "topic ... does not exist".
+pub const TOPIC_WAIT: Duration = Duration::from_secs(10);
+
 /// Where an acknowledged record landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -225,7 +229,8 @@ impl Producer {
         let mut tasks = JoinSet::new();
         let mut map = HashMap::new();
         for &topic in topics {
-            let partitions = kafka.partitions(topic).await?;
+            // A topic created a moment ago may not be in the metadata yet.
+            let partitions = kafka.wait_for_topic(topic, 1, TOPIC_WAIT).await?;
             // The partitioner maps keys onto 0..n; a topic whose partitions
             // are not exactly that would send records nowhere.
             if partitions.iter().enumerate().any(|(i, p)| *p as usize != i) {

@@ -12,3 +12,4 @@ mod http_edge;
 mod openapi;
 mod pipeline;
 mod signatures;
+mod startup;
