@@ -413,7 +413,10 @@ fn scan_number(body: &[u8], start: usize) -> Result<usize, String> {
     let int_start = i;
     let mut int_digits = digits(&mut i);
     // Leading zeros carry no weight (JSON allows one, before a point).
-    int_digits -= body[int_start..i].iter().take_while(|&&b| b == b'0').count() as i64;
+    int_digits -= body[int_start..i]
+        .iter()
+        .take_while(|&&b| b == b'0')
+        .count() as i64;
     let mut frac_digits = 0;
     if body.get(i) == Some(&b'.') {
         i += 1;
@@ -632,8 +635,14 @@ mod tests {
             (r#"{"a":1e-99999999999999999999999}"#.into(), "exponent"),
             (format!(r#"{{"a":0.{}1}}"#, zeros(16383)), "16383 digits"),
             (format!(r#"{{"a":1.{}}}"#, zeros(16384)), "16383 digits"),
-            (format!(r#"{{"a":-0.{}e-1000}}"#, zeros(15384)), "16383 digits"),
-            (format!(r#"{{"a":1{}}}"#, zeros(131_072)), "before the decimal point"),
+            (
+                format!(r#"{{"a":-0.{}e-1000}}"#, zeros(15384)),
+                "16383 digits",
+            ),
+            (
+                format!(r#"{{"a":1{}}}"#, zeros(131_072)),
+                "before the decimal point",
+            ),
         ];
         for (body, why) in &cases {
             let e = parse_json_body(body.as_bytes()).unwrap_err();
@@ -681,8 +690,16 @@ mod tests {
             .to_utc();
         let day = DEFAULT_OCCURRED_AT_MAX_FUTURE;
         let at = |s: &str| OccurredAt::parse(s).unwrap();
-        assert!(at("2026-11-27T10:00:00Z").check_not_after(accepted, day).is_ok());
-        assert!(at("1999-01-01T00:00:00Z").check_not_after(accepted, day).is_ok());
+        assert!(
+            at("2026-11-27T10:00:00Z")
+                .check_not_after(accepted, day)
+                .is_ok()
+        );
+        assert!(
+            at("1999-01-01T00:00:00Z")
+                .check_not_after(accepted, day)
+                .is_ok()
+        );
         let e = at("2026-11-27T10:00:00.001Z")
             .check_not_after(accepted, day)
             .unwrap_err();
@@ -695,10 +712,16 @@ mod tests {
         assert!(e.detail.contains("1day"), "{}", e.detail);
         // The bound is the setting's, and never overflows.
         let hour = std::time::Duration::from_secs(3600);
-        assert!(at("2026-11-26T11:00:01Z").check_not_after(accepted, hour).is_err());
-        assert!(at("9999-12-31T23:59:59Z")
-            .check_not_after(accepted, std::time::Duration::MAX)
-            .is_ok());
+        assert!(
+            at("2026-11-26T11:00:01Z")
+                .check_not_after(accepted, hour)
+                .is_err()
+        );
+        assert!(
+            at("9999-12-31T23:59:59Z")
+                .check_not_after(accepted, std::time::Duration::MAX)
+                .is_ok()
+        );
     }
 
     #[test]

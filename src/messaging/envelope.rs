@@ -288,7 +288,10 @@ mod tests {
             "ord_42",
             RawValue::from_string(deep).unwrap(),
         );
-        assert!(matches!(env.into_event(src()), Err(DecodeError::Payload(_))));
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::Payload(_))
+        ));
     }
 
     /// The future bound is checked against the envelope's own timestamp, so

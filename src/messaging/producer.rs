@@ -450,7 +450,10 @@ mod tests {
         let per_record = record_bytes(&pending(0).record);
         // Exactly full: three records of 100 bytes fit a limit made for them.
         let limit = BATCH_OVERHEAD + 3 * (per_record + 100);
-        assert_eq!(batches(&[100; 7], limit), [vec![100; 3], vec![100; 3], vec![100]]);
+        assert_eq!(
+            batches(&[100; 7], limit),
+            [vec![100; 3], vec![100; 3], vec![100]]
+        );
         // One byte less and only two fit.
         assert_eq!(batches(&[100; 4], limit - 1), [vec![100; 2], vec![100; 2]]);
         // A record larger than the limit goes alone, in its place.

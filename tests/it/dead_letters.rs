@@ -46,7 +46,8 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
         (chrono::Utc::now() - chrono::Duration::days(3)).timestamp_millis(),
     )
     .unwrap();
-    env.produce_raw_at(&env.orders_topic, records, written).await;
+    env.produce_raw_at(&env.orders_topic, records, written)
+        .await;
 
     let started = chrono::Utc::now();
     let app = env.start(&[]).await;
@@ -202,7 +203,9 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
     assert_eq!(done.len(), 1);
     // The replayed record is new in its topic: stamped at the replay.
     let p = done[0].published.unwrap();
-    let back = env.record_at(&env.orders_topic, p.partition, p.offset).await;
+    let back = env
+        .record_at(&env.orders_topic, p.partition, p.offset)
+        .await;
     assert!(
         back.timestamp >= replayed_at - chrono::Duration::seconds(1),
         "replayed record stamped {}",

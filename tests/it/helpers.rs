@@ -148,7 +148,8 @@ impl Env {
 
     /// Writes raw records straight to `topic` (no HTTP, no validation).
     pub async fn produce_raw(&self, topic: &str, records: Vec<(Option<&str>, Vec<u8>)>) {
-        self.produce_raw_at(topic, records, chrono::Utc::now()).await;
+        self.produce_raw_at(topic, records, chrono::Utc::now())
+            .await;
     }
 
     /// [`Self::produce_raw`], with every record stamped `timestamp`.

@@ -13,3 +13,4 @@ mod openapi;
 mod pipeline;
 mod signatures;
 mod startup;
+mod storable;

@@ -46,8 +46,13 @@ async fn serve_starts_right_after_topics_creates_them() {
         assert_eq!(env.kafka.partitions(t).await.unwrap(), [0, 1, 2, 3]);
     }
     let app = env.start(&settings).await;
-    app.payment(&payment("fresh_1", "ord_f", "succeeded", "2026-11-26T10:00:00Z"))
-        .await;
+    app.payment(&payment(
+        "fresh_1",
+        "ord_f",
+        "succeeded",
+        "2026-11-26T10:00:00Z",
+    ))
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while env
         .count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'fresh_1'")
