@@ -39,6 +39,11 @@ pub enum StartError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error(
+        "the database's encoding is {encoding}, not UTF8: Postgres would refuse webhooks \
+         whose text that encoding cannot hold. Create the database with ENCODING 'UTF8'"
+    )]
+    DatabaseEncoding { encoding: String },
+    #[error(
         "{var} is empty: an endpoint without a secret would accept forged webhooks. \
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
     )]
@@ -80,6 +85,12 @@ impl Application {
         // must never serve.
         let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
         let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
+        // Everything the edge accepts must be storable, which it only is in
+        // a UTF8 database.
+        let encoding = db::server_encoding(&pool).await?;
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StartError::DatabaseEncoding { encoding });
+        }
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
             if !applied.is_empty() {

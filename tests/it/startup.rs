@@ -119,3 +119,35 @@ async fn the_producer_waits_a_bounded_time_for_a_topic_to_appear() {
     let _ = env.kafka.delete_topic(&late).await;
     env.cleanup().await;
 }
+
+/// In a database that is not UTF8, Postgres would refuse webhooks the edge
+/// accepts (text outside the encoding): serve refuses to start instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_database_that_is_not_utf8() {
+    let env = Env::new().await;
+    let name = format!("payhook_latin1_{}", Uuid::new_v4().simple());
+    env.db
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0 \
+             LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .await
+        .unwrap();
+    let url = match env.db_url.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{name}"),
+        None => unreachable!(),
+    };
+    let e = app::Application::build(env.config(&[("DATABASE_URL", &url)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, app::StartError::DatabaseEncoding { encoding } if encoding == "LATIN1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("UTF8"), "{e}");
+    env.db
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    env.cleanup().await;
+}
