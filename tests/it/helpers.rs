@@ -350,9 +350,10 @@ pub fn chargeback(id: &str, order: &str, status: &str, at: &str) -> Value {
            "amount": 1999, "currency": "USD", "occurred_at": at})
 }
 
-/// `2026-11-26T10:00:00Z` plus `secs` seconds.
+/// `2026-01-01T10:00:00Z` plus `secs` seconds: a base well in the past, so
+/// that offsets of weeks stay within `OCCURRED_AT_MAX_FUTURE` of today.
 pub fn at(secs: i64) -> String {
-    (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
+    (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap()
         + chrono::Duration::seconds(secs))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
