@@ -20,6 +20,7 @@ use crate::{
         Kafka, KafkaError,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
+        health::ConsumerHealth,
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
     },
     metrics::Metrics,
@@ -48,6 +49,8 @@ pub enum StartError {
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
     )]
     NoWebhookSecret { var: &'static str },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How a run ended.
@@ -74,6 +77,7 @@ pub struct Application {
     /// For dead letters (the HTTP side holds its own handle).
     producer: Producer,
     producer_tasks: ProducerTasks,
+    health: ConsumerHealth,
 }
 
 impl Application {
@@ -113,12 +117,15 @@ impl Application {
                     addr: cfg.http_addr,
                     source,
                 })?;
+        let metrics = Metrics::new();
+        let health = ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone());
         let state = Arc::new(AppState {
             publisher: Arc::new(producer.clone()),
             readiness: Arc::new(ServiceProbe {
                 kafka: kafka.clone(),
                 pool: pool.clone(),
                 topic: cfg.orders_topic.clone(),
+                health: health.clone(),
             }),
             orders: Endpoint {
                 topic: cfg.orders_topic.clone(),
@@ -132,7 +139,7 @@ impl Application {
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
             occurred_at_max_future: cfg.occurred_at_max_future,
-            metrics: Metrics::new(),
+            metrics,
         });
         Ok(Self {
             cfg,
@@ -142,6 +149,7 @@ impl Application {
             pool,
             producer,
             producer_tasks,
+            health,
         })
     }
 
@@ -163,6 +171,7 @@ impl Application {
             pool,
             producer,
             producer_tasks,
+            health,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
@@ -172,19 +181,28 @@ impl Application {
             (&cfg.disputes_consumer_group, &cfg.disputes_topic),
         ] {
             let ccfg = ConsumerConfig::from_config(&cfg, group, topic);
-            let dead_letters = DeadLetters {
-                producer: producer.clone(),
-                topic: cfg.dlq_topic.clone(),
+            let shared = consumer::Shared {
+                kafka: kafka.clone(),
+                pool: pool.clone(),
+                dead_letters: DeadLetters {
+                    producer: producer.clone(),
+                    topic: cfg.dlq_topic.clone(),
+                },
+                metrics: metrics.clone(),
+                health: health.clone(),
             };
-            consumer_tasks.spawn(consumer::run(
-                kafka.clone(),
-                pool.clone(),
-                ccfg,
-                dead_letters,
-                metrics.clone(),
-                consumers.clone(),
-            ));
+            consumer_tasks.spawn(consumer::run(shared, ccfg, consumers.clone()));
         }
+        // The partition gauges follow the consumers' health every second.
+        consumer_tasks.spawn({
+            let (health, stop) = (health.clone(), consumers.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+                    health.refresh_metrics();
+                }
+            }
+        });
         // The consumers hold their own handles; this one must go, or the
         // producer would never drain at shutdown.
         drop(producer);
@@ -283,6 +301,124 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
             .await?;
     }
     Ok(out)
+}
+
+/// Where `payhook offsets reset` moves a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first record still in the log.
+    Earliest,
+    /// The log end: everything in the log now is skipped.
+    Latest,
+    /// An offset between the two (inclusive).
+    Offset(i64),
+}
+
+impl std::str::FromStr for ResetTo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            n => n
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .map(Self::Offset)
+                .ok_or_else(|| format!("expected earliest, latest or an offset, got {n:?}")),
+        }
+    }
+}
+
+/// What `payhook offsets reset` did (or, on a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetReset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The stored offset before.
+    pub before: Option<i64>,
+    /// The stored offset after.
+    pub after: i64,
+    /// The log's bounds when it was decided.
+    pub earliest: i64,
+    pub latest: i64,
+    /// `false` on a dry run.
+    pub applied: bool,
+}
+
+/// `payhook offsets reset`: sets the stored offset of one partition, an
+/// operator's deliberate decision for a partition that stopped (its offset
+/// fell out of the log, or a batch cannot be read). The consumer group is
+/// the one configured for the topic. A running consumer resumes from the
+/// new offset within seconds.
+pub async fn offsets_reset(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    to: ResetTo,
+    dry_run: bool,
+) -> Result<OffsetReset, StartError> {
+    let group = if topic == cfg.orders_topic {
+        &cfg.orders_consumer_group
+    } else if topic == cfg.disputes_topic {
+        &cfg.disputes_consumer_group
+    } else {
+        return Err(StartError::Invalid(format!(
+            "{topic} is neither KAFKA_ORDERS_TOPIC ({}) nor KAFKA_DISPUTES_TOPIC ({})",
+            cfg.orders_topic, cfg.disputes_topic
+        )));
+    };
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let partitions = kafka.partitions(topic).await?;
+    if !partitions.contains(&partition) {
+        return Err(StartError::Invalid(format!(
+            "{topic} has no partition {partition} (it has {})",
+            partitions.len()
+        )));
+    }
+    let client = kafka.partition_client(topic, partition).await?;
+    let t = kafka.request_timeout();
+    let earliest = crate::messaging::bounded(
+        "reading the earliest offset",
+        t,
+        client.get_offset(rskafka::client::partition::OffsetAt::Earliest),
+    )
+    .await?;
+    let latest = crate::messaging::bounded(
+        "reading the latest offset",
+        t,
+        client.get_offset(rskafka::client::partition::OffsetAt::Latest),
+    )
+    .await?;
+    let after = match to {
+        ResetTo::Earliest => earliest,
+        ResetTo::Latest => latest,
+        ResetTo::Offset(o) if (earliest..=latest).contains(&o) => o,
+        ResetTo::Offset(o) => {
+            return Err(StartError::Invalid(format!(
+                "offset {o} is outside the log of {topic}/{partition} ({earliest}..={latest})"
+            )));
+        }
+    };
+    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let conn = pool.get().await.map_err(DbError::from)?;
+    let before = if dry_run {
+        db::offsets::load(&**conn, group, topic, partition).await?
+    } else {
+        db::offsets::reset(&**conn, group, topic, partition, after).await?
+    };
+    Ok(OffsetReset {
+        group: group.clone(),
+        topic: topic.to_owned(),
+        partition,
+        before,
+        after,
+        earliest,
+        latest,
+        applied: !dry_run,
+    })
 }
 
 /// `payhook dlq list`: every dead letter, in topic order.

@@ -97,6 +97,9 @@ pub struct Config {
     /// permanent and the record is dead-lettered (`CONSUMER_MAX_ATTEMPTS`);
     /// `None` (the default, `0`) retries without limit.
     pub consumer_max_attempts: Option<u32>,
+    /// How long a partition with lag may go without moving before it is
+    /// reported stalled (`CONSUMER_STALL_AFTER`).
+    pub consumer_stall_after: Duration,
     /// First pause after a failure (`RETRY_BACKOFF_MIN`).
     pub retry_backoff_min: Duration,
     /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
@@ -315,6 +318,7 @@ impl Config {
                 "a whole number of attempts (0 = retry without limit)",
                 |s| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
             ),
+            consumer_stall_after: r.duration("CONSUMER_STALL_AFTER", "1m"),
             retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
             retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub records: Family<RecordLabels, Counter>,
     /// Failed attempts to apply records (each one retried).
     pub retries: Family<RecordLabels, Counter>,
+    /// Consumer transactions, by `outcome` (`commit` or `rollback`).
+    pub transactions: Family<RecordLabels, Counter>,
     /// Next offset to apply, per partition.
     pub next_offset: Family<PartitionLabels, Gauge>,
     /// Records in the log not yet applied, per partition (high watermark
@@ -92,6 +94,12 @@ impl Metrics {
             "Failed attempts to apply records, by error class; each is retried",
             retries.clone(),
         );
+        let transactions = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "consumer_transactions",
+            "Consumer transactions, by outcome (commit or rollback)",
+            transactions.clone(),
+        );
         let next_offset = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "consumer_next_offset",
@@ -122,6 +130,7 @@ impl Metrics {
             publish_seconds,
             records,
             retries,
+            transactions,
             next_offset,
             lag,
             stalled,

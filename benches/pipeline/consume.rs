@@ -8,6 +8,7 @@ use std::time::Duration;
 use payhook::{
     messaging::{
         consumer::{self, ConsumerConfig, DeadLetters},
+        health::ConsumerHealth,
         producer::{Producer, ProducerConfig},
     },
     metrics::Metrics,
@@ -42,17 +43,18 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     .expect("start the dead-letter producer");
     let shutdown = CancellationToken::new();
     let t0 = Instant::now();
-    let task = tokio::spawn(consumer::run(
-        env.kafka.clone(),
+    let metrics = Metrics::new();
+    let shared = consumer::Shared {
+        kafka: env.kafka.clone(),
         pool,
-        ccfg,
-        DeadLetters {
+        dead_letters: DeadLetters {
             producer: dead_letter_producer.clone(),
             topic: env.dlq_topic.clone(),
         },
-        Metrics::new(),
-        shutdown.clone(),
-    ));
+        health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
+        metrics,
+    };
+    let task = tokio::spawn(consumer::run(shared, ccfg, shutdown.clone()));
     let deadline = t0 + Duration::from_secs(600);
     loop {
         if env.stored_total(&db, &group).await as u64 >= n {

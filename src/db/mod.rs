@@ -26,6 +26,19 @@ pub enum DbError {
     Build(String),
 }
 
+impl DbError {
+    /// The server's SQLSTATE, when the server refused a statement (not for
+    /// pool timeouts, lost connections or I/O errors).
+    pub fn sqlstate(&self) -> Option<&str> {
+        let pg = match self {
+            Self::Postgres(e) => e,
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            _ => return None,
+        };
+        pg.as_db_error().map(|d| d.code().code())
+    }
+}
+
 /// tokio-postgres prints a server error as just "db error"; say what the
 /// server said, with its SQLSTATE.
 fn describe(e: &tokio_postgres::Error) -> String {

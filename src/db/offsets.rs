@@ -64,3 +64,26 @@ pub async fn advance(
         Ok(Err(load(tx, group, topic, partition).await?))
     }
 }
+
+/// Sets the position to `next` whatever it was (an operator's decision:
+/// `payhook offsets reset`). Returns the position it replaced. A running
+/// consumer notices within seconds: the next fenced write finds a position
+/// it did not expect, and a stopped partition polls for exactly this.
+pub async fn reset(
+    db: &impl GenericClient,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<Option<i64>, DbError> {
+    let before = load(db, group, topic, partition).await?;
+    db.execute(
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (consumer_group, topic, partition)
+         DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+        &[&group, &topic, &partition, &next],
+    )
+    .await?;
+    Ok(before)
+}

@@ -49,6 +49,7 @@ use crate::{
     messaging::{
         Kafka,
         envelope::{Envelope, EventType},
+        health::{ConsumerHealth, PartitionReport},
         producer::Publish,
     },
 };
@@ -230,6 +231,11 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The service's probe asks the broker and the database; tests use a fake.
 pub trait Readiness: Send + Sync + std::fmt::Debug {
     fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>>;
+
+    /// Partitions that are stalled or stopped (none by default).
+    fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
+        Vec::new()
+    }
 }
 
 /// The real probe: the broker answers a metadata request and the database a
@@ -240,6 +246,8 @@ pub struct ServiceProbe {
     pub pool: Pool,
     /// A topic whose metadata is asked for.
     pub topic: String,
+    /// What the partition consumers report.
+    pub health: ConsumerHealth,
 }
 
 impl Readiness for ServiceProbe {
@@ -264,14 +272,35 @@ impl Readiness for ServiceProbe {
             down
         })
     }
+
+    fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
+        self.health.unhealthy()
+    }
 }
 
 /// Readiness as a status report rather than an error, so it is answered
 /// here and not through `ApiError`.
+///
+/// Stalled or stopped partitions do not make the service unready: taking
+/// webhooks needs only the broker, and refusing them would not move a stuck
+/// partition. They turn `status` into `degraded` and are listed under
+/// `partitions`, with the offset each is stuck on and why; the
+/// `payhook_consumer_stalled` / `_stopped` gauges carry the same.
 async fn readyz(state: &AppState) -> Response<Body> {
     let down = state.readiness.down().await;
+    let stuck = state.readiness.unhealthy_partitions();
     if down.is_empty() {
-        return json_response(StatusCode::OK, &json!({"status": "ready"}));
+        if stuck.is_empty() {
+            return json_response(StatusCode::OK, &json!({"status": "ready"}));
+        }
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "status": "degraded",
+                "detail": format!("{} partition(s) stalled or stopped", stuck.len()),
+                "partitions": stuck,
+            }),
+        );
     }
     let mut map = serde_json::Map::new();
     for (what, why) in &down {
@@ -287,6 +316,7 @@ async fn readyz(state: &AppState) -> Response<Body> {
             "error": "not_ready",
             "detail": format!("not ready: {}", names.join(", ")),
             "down": map,
+            "partitions": stuck,
         }),
     )
 }

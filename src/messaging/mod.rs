@@ -15,6 +15,7 @@
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
+pub mod health;
 pub mod partitioner;
 pub mod producer;
 

@@ -12,5 +12,6 @@ mod http_edge;
 mod openapi;
 mod pipeline;
 mod signatures;
+mod stalls;
 mod startup;
 mod storable;
