@@ -31,6 +31,11 @@ pub struct Config {
     /// connections wait in the kernel's backlog.
     pub http_max_connections: usize,
 
+    /// How far after its acceptance a webhook's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`); later ones are refused with a 400, and the
+    /// consumer dead-letters a record whose payload breaks it.
+    pub occurred_at_max_future: Duration,
+
     /// Check webhook signatures (`WEBHOOK_VERIFY`, `on` unless set to
     /// `off`). Off is for local use only.
     pub webhook_verify: bool,
@@ -199,6 +204,16 @@ impl Config {
                     s.parse::<usize>()
                         .ok()
                         .filter(|n| (1..=100_000).contains(n))
+                },
+            ),
+            occurred_at_max_future: r.parse_with(
+                "OCCURRED_AT_MAX_FUTURE",
+                "1d",
+                "a duration between 1m and 365d, like 1d",
+                |s| {
+                    humantime::parse_duration(s).ok().filter(|d| {
+                        (Duration::from_secs(60)..=Duration::from_secs(365 * 86_400)).contains(d)
+                    })
                 },
             ),
             webhook_verify: r.parse_with("WEBHOOK_VERIFY", "on", "on or off", parse_bool),
@@ -495,6 +510,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.publish_timeout, Duration::from_millis(250));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn occurred_at_max_future_defaults_to_a_day_and_is_bounded() {
+        assert_eq!(
+            cfg(&[]).unwrap().occurred_at_max_future,
+            Duration::from_secs(86_400)
+        );
+        let c = cfg(&[("OCCURRED_AT_MAX_FUTURE", "2h")]).unwrap();
+        assert_eq!(c.occurred_at_max_future, Duration::from_secs(7200));
+        for bad in ["0s", "30s", "400d", "soon"] {
+            let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
+            assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
+        }
     }
 
     #[test]

@@ -148,6 +148,17 @@ impl Env {
 
     /// Writes raw records straight to `topic` (no HTTP, no validation).
     pub async fn produce_raw(&self, topic: &str, records: Vec<(Option<&str>, Vec<u8>)>) {
+        self.produce_raw_at(topic, records, chrono::Utc::now())
+            .await;
+    }
+
+    /// [`Self::produce_raw`], with every record stamped `timestamp`.
+    pub async fn produce_raw_at(
+        &self,
+        topic: &str,
+        records: Vec<(Option<&str>, Vec<u8>)>,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) {
         let (producer, lanes) = payhook::messaging::producer::Producer::start(
             &self.kafka,
             &[topic],
@@ -165,12 +176,28 @@ impl Env {
                 key: key.map(|k| k.as_bytes().to_vec()),
                 value: Some(value),
                 headers: Default::default(),
-                timestamp: chrono::Utc::now(),
+                timestamp,
             };
             producer.publish(topic, record).await.unwrap();
         }
         drop(producer);
         lanes.drained().await;
+    }
+
+    /// The record at `offset` of `topic`'s `partition`.
+    pub async fn record_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> rskafka::record::Record {
+        let c = self.kafka.partition_client(topic, partition).await.unwrap();
+        let (records, _) = c.fetch_records(offset, 1..1_000_000, 1_000).await.unwrap();
+        records
+            .into_iter()
+            .find(|r| r.offset == offset)
+            .unwrap_or_else(|| panic!("no record at {topic}/{partition}/{offset}"))
+            .record
     }
 
     /// Latest offset of every partition of `topic`.
@@ -323,9 +350,10 @@ pub fn chargeback(id: &str, order: &str, status: &str, at: &str) -> Value {
            "amount": 1999, "currency": "USD", "occurred_at": at})
 }
 
-/// `2026-11-26T10:00:00Z` plus `secs` seconds.
+/// `2026-01-01T10:00:00Z` plus `secs` seconds: a base well in the past, so
+/// that offsets of weeks stay within `OCCURRED_AT_MAX_FUTURE` of today.
 pub fn at(secs: i64) -> String {
-    (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
+    (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap()
         + chrono::Duration::seconds(secs))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -452,6 +480,7 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         max_body_bytes: MAX_BODY,
         request_timeout: Duration::from_secs(5),
         retry_after: Duration::from_secs(5),
+        occurred_at_max_future: payhook::domain::types::DEFAULT_OCCURRED_AT_MAX_FUTURE,
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
         ops_on_public: true,

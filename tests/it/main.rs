@@ -13,3 +13,5 @@ mod openapi;
 mod pipeline;
 mod signatures;
 mod stalls;
+mod startup;
+mod storable;

@@ -91,7 +91,7 @@ struct Answer {
 
 async fn send<B>(req: Request<B>, fail_publish: bool, request_timeout: Duration) -> Answer
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut state, recorder) = fake_state(fail_publish);
