@@ -50,6 +50,8 @@ fn init_logs() {
 
 /// A database and two topics of one test's own.
 pub struct Env {
+    /// Partitions per topic.
+    pub partitions: u32,
     pub db_name: String,
     pub db_url: String,
     pub orders_topic: String,
@@ -61,6 +63,11 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Self {
+        Self::with_partitions(PARTITIONS).await
+    }
+
+    /// As [`Env::new`], with `partitions` partitions per topic.
+    pub async fn with_partitions(partitions: u32) -> Self {
         init_logs();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("payhook_test_{id}");
@@ -83,7 +90,7 @@ impl Env {
         let orders_topic = format!("it-{id}-orders");
         let disputes_topic = format!("it-{id}-disputes");
         let dlq_topic = format!("it-{id}-dlq");
-        let n = std::num::NonZeroU32::new(PARTITIONS).unwrap();
+        let n = std::num::NonZeroU32::new(partitions).unwrap();
         for t in [&orders_topic, &disputes_topic, &dlq_topic] {
             assert!(kafka.ensure_topic(t, n, 1).await.unwrap());
         }
@@ -98,6 +105,7 @@ impl Env {
         let (db, conn) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
         tokio::spawn(conn);
         Self {
+            partitions,
             db_name,
             db_url,
             orders_topic,
@@ -136,10 +144,12 @@ impl Env {
     pub async fn start(&self, extra: &[(&str, &str)]) -> TestApp {
         let app = Application::build(self.config(extra)).await.unwrap();
         let addr = app.local_addr();
+        let admin = app.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
             addr,
+            admin,
             shutdown,
             task: Some(task),
             http: reqwest::Client::new(),
@@ -203,7 +213,7 @@ impl Env {
     /// Latest offset of every partition of `topic`.
     pub async fn end_offsets(&self, topic: &str) -> Vec<i64> {
         let mut out = Vec::new();
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..self.partitions as i32 {
             let c = self.kafka.partition_client(topic, p).await.unwrap();
             out.push(c.get_offset(OffsetAt::Latest).await.unwrap());
         }
@@ -212,7 +222,7 @@ impl Env {
 
     /// Stored offsets of `topic` for `group`, per partition (0 if none).
     pub async fn stored_offsets(&self, group: &str, topic: &str) -> Vec<i64> {
-        let mut out = vec![0; PARTITIONS as usize];
+        let mut out = vec![0; self.partitions as usize];
         for r in self
             .db
             .query(
@@ -275,6 +285,8 @@ impl Env {
 /// A running payhook.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `ADMIN_ADDR`'s bound address, when set.
+    pub admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<payhook::app::Stopped>>,
     pub http: reqwest::Client,
