@@ -373,6 +373,44 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
     Ok(out)
 }
 
+/// What `payhook status` prints: the fleet as Postgres knows it, with each
+/// partition's log end from the broker.
+#[derive(Debug)]
+pub struct FleetStatus {
+    pub members: Vec<db::leases::MemberRow>,
+    /// Each partition with its log end (`None` if the broker did not say).
+    pub partitions: Vec<(db::leases::PartitionRow, Option<i64>)>,
+}
+
+/// `payhook status`.
+pub async fn fleet_status(cfg: &Config) -> Result<FleetStatus, StartError> {
+    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let conn = pool.get().await.map_err(DbError::from)?;
+    let (members, rows) = db::leases::fleet(&**conn).await?;
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await;
+    let mut partitions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let end = match &kafka {
+            Ok(k) => match k.partition_client(&row.topic, row.partition).await {
+                Ok(c) => crate::messaging::bounded(
+                    "reading the latest offset",
+                    k.request_timeout(),
+                    c.get_offset(rskafka::client::partition::OffsetAt::Latest),
+                )
+                .await
+                .ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        partitions.push((row, end));
+    }
+    Ok(FleetStatus {
+        members,
+        partitions,
+    })
+}
+
 /// Where `payhook offsets reset` moves a partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetTo {

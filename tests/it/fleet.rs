@@ -79,6 +79,19 @@ async fn three_instances_share_sixteen_partitions_and_hand_over_on_exit() {
     let c = env.start(&settings).await;
     let took = wait_balanced(&env, &[&a, &b, &c], Duration::from_secs(10)).await;
     println!("3 instances, 16 partitions per topic: balanced {took:?} after start");
+    // `payhook status` sees the same from Postgres.
+    let fleet = payhook::app::fleet_status(&env.config(&[])).await.unwrap();
+    assert_eq!(fleet.members.iter().filter(|m| m.alive).count(), 3);
+    assert_eq!(fleet.partitions.len(), 32);
+    for m in &fleet.members {
+        let owns = fleet
+            .partitions
+            .iter()
+            .filter(|(p, _)| p.lease_valid && p.owner == Some(m.member_id))
+            .count();
+        assert!((10..=11).contains(&owns), "{owns}");
+    }
+    assert!(fleet.partitions.iter().all(|(_, end)| *end == Some(0)));
 
     // Work spread over all three, every event applied once.
     for (i, app) in [&a, &b, &c].iter().enumerate() {
