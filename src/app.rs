@@ -617,6 +617,7 @@ pub async fn dlq_replay(
             linger: Duration::ZERO,
             queue_per_partition: 64,
             publish_timeout: cfg.publish_timeout,
+            metadata_refresh: Duration::from_secs(30),
         },
     )
     .await?;

@@ -84,6 +84,9 @@ pub struct Config {
     /// Records that may wait per partition for the producer
     /// (`KAFKA_PRODUCER_QUEUE`); beyond it requests wait, then get a 503.
     pub producer_queue: usize,
+    /// How often the producer looks for partitions added to its topics
+    /// (`KAFKA_METADATA_REFRESH`); consumers look on every lease renewal.
+    pub kafka_metadata_refresh: Duration,
     /// Upper bound for any single broker call (`KAFKA_REQUEST_TIMEOUT`).
     /// rskafka 0.6 has no request timeout of its own and retries forever.
     pub kafka_request_timeout: Duration,
@@ -321,6 +324,7 @@ impl Config {
                 },
             ),
             fetch_max_wait: r.duration("KAFKA_FETCH_MAX_WAIT", "250ms"),
+            kafka_metadata_refresh: r.duration("KAFKA_METADATA_REFRESH", "30s"),
             consumer_max_batch: r.parse_with(
                 "CONSUMER_MAX_BATCH",
                 "2000",

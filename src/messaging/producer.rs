@@ -18,7 +18,12 @@
 //! waiting for queue space and for the acknowledgement together take at most
 //! `publish_timeout`, after which the caller answers 503.
 
-use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use rskafka::{
@@ -27,10 +32,10 @@ use rskafka::{
 };
 use tokio::{
     sync::{mpsc, oneshot},
-    task::JoinSet,
     time::Instant,
 };
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use super::{Kafka, KafkaError, bounded, partitioner::partition_for_key};
 
@@ -149,6 +154,9 @@ pub struct ProducerConfig {
     pub linger: Duration,
     pub queue_per_partition: usize,
     pub publish_timeout: Duration,
+    /// How often topics are checked for new partitions
+    /// (`KAFKA_METADATA_REFRESH`).
+    pub metadata_refresh: Duration,
 }
 
 impl ProducerConfig {
@@ -159,6 +167,7 @@ impl ProducerConfig {
             linger: cfg.linger,
             queue_per_partition: cfg.producer_queue,
             publish_timeout: cfg.publish_timeout,
+            metadata_refresh: cfg.kafka_metadata_refresh,
         }
     }
 }
@@ -196,67 +205,170 @@ struct Pending {
 /// Cheap to clone; every clone feeds the same lanes.
 #[derive(Clone)]
 pub struct Producer {
-    topics: Arc<HashMap<String, Vec<mpsc::Sender<Pending>>>>,
+    inner: Arc<Inner>,
     publish_timeout: Duration,
+}
+
+/// Each topic's lanes, in partition order. The list of a topic only ever
+/// grows (partitions added at runtime, see [`refresh`]); publishing takes a
+/// snapshot of it.
+type Lanes = Arc<[mpsc::Sender<Pending>]>;
+
+struct Inner {
+    topics: RwLock<HashMap<String, Lanes>>,
+    /// Cancelled when the last [`Producer`] clone goes, so the metadata
+    /// refresh stops and the lanes can drain.
+    closed: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("Producer")
-            .field("topics", &self.topics.keys().collect::<Vec<_>>())
+            .field("topics", &topics.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-/// The lane tasks; await [`ProducerTasks::drained`] after the last
-/// [`Producer`] clone is dropped to know every queued record was answered.
+/// Every lane (and the metadata refresh) holds a clone of one sender that
+/// never sends: await [`ProducerTasks::drained`] after the last [`Producer`]
+/// clone is dropped to know every queued record was answered.
 #[derive(Debug)]
-pub struct ProducerTasks(JoinSet<()>);
+pub struct ProducerTasks(mpsc::Receiver<()>);
 
 impl ProducerTasks {
     pub async fn drained(mut self) {
-        while self.0.join_next().await.is_some() {}
+        while self.0.recv().await.is_some() {}
     }
 }
 
+/// Starts a lane for each of `partitions` of `topic`.
+fn spawn_lanes(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    cfg: &ProducerConfig,
+    alive: &mpsc::Sender<()>,
+) -> Vec<mpsc::Sender<Pending>> {
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (tx, rx) = mpsc::channel(cfg.queue_per_partition);
+            let lane = Lane {
+                kafka: kafka.clone(),
+                topic: topic.to_owned(),
+                partition: p,
+                client: None,
+                linger: cfg.linger,
+                call_timeout: cfg.publish_timeout,
+            };
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                lane.run(rx).await;
+                drop(alive);
+            });
+            tx
+        })
+        .collect()
+}
+
+/// Partitions added to a topic at runtime get lanes here, every
+/// `cfg.metadata_refresh`, until the producer is dropped. Keys then hash over
+/// the new count, as with any Kafka producer (see README, "Partitions").
+async fn refresh(
+    inner: Weak<Inner>,
+    closed: CancellationToken,
+    kafka: Kafka,
+    cfg: ProducerConfig,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(cfg.metadata_refresh) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let names: Vec<String> = {
+            let topics = inner.topics.read().unwrap_or_else(|p| p.into_inner());
+            topics.keys().cloned().collect()
+        };
+        for topic in names {
+            let Ok(partitions) = kafka.partitions(&topic).await else {
+                continue;
+            };
+            let known = {
+                let topics = inner.topics.read().unwrap_or_else(|p| p.into_inner());
+                topics.get(&topic).map_or(0, |l| l.len())
+            };
+            if partitions.len() <= known || !is_dense(&partitions) {
+                continue;
+            }
+            let added = spawn_lanes(
+                &kafka,
+                &topic,
+                partitions[known..].iter().copied(),
+                &cfg,
+                &alive,
+            );
+            let mut topics = inner.topics.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(lanes) = topics.get_mut(&topic) {
+                let grown: Vec<_> = lanes.iter().cloned().chain(added).collect();
+                *lanes = grown.into();
+                info!(%topic, partitions = lanes.len(), "new partitions: publishing to them too");
+            }
+        }
+    }
+}
+
+/// Whether partition ids are exactly `0..n` (the partitioner maps keys
+/// onto that).
+fn is_dense(partitions: &[i32]) -> bool {
+    partitions.iter().enumerate().all(|(i, p)| *p as usize == i)
+}
+
 impl Producer {
-    /// Starts one lane per partition of each topic.
+    /// Starts one lane per partition of each topic, and the metadata
+    /// refresh that adds lanes for partitions added later.
     pub async fn start(
         kafka: &Kafka,
         topics: &[&str],
         cfg: ProducerConfig,
     ) -> Result<(Self, ProducerTasks), KafkaError> {
-        let mut tasks = JoinSet::new();
+        let (alive, tasks) = mpsc::channel(1);
         let mut map = HashMap::new();
         for &topic in topics {
             // A topic created a moment ago may not be in the metadata yet.
             let partitions = kafka.wait_for_topic(topic, 1, TOPIC_WAIT).await?;
             // The partitioner maps keys onto 0..n; a topic whose partitions
             // are not exactly that would send records nowhere.
-            if partitions.iter().enumerate().any(|(i, p)| *p as usize != i) {
+            if !is_dense(&partitions) {
                 return Err(KafkaError::UnknownTopic {
                     topic: format!("{topic} (partitions are not 0..n: {partitions:?})"),
                 });
             }
-            let mut lanes = Vec::with_capacity(partitions.len());
-            for p in partitions {
-                let (tx, rx) = mpsc::channel(cfg.queue_per_partition);
-                lanes.push(tx);
-                let lane = Lane {
-                    kafka: kafka.clone(),
-                    topic: topic.to_owned(),
-                    partition: p,
-                    client: None,
-                    linger: cfg.linger,
-                    call_timeout: cfg.publish_timeout,
-                };
-                tasks.spawn(lane.run(rx));
-            }
-            map.insert(topic.to_owned(), lanes);
+            let lanes = spawn_lanes(kafka, topic, partitions, &cfg, &alive);
+            map.insert(topic.to_owned(), lanes.into());
         }
+        let inner = Arc::new(Inner {
+            topics: RwLock::new(map),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(refresh(
+            Arc::downgrade(&inner),
+            inner.closed.clone(),
+            kafka.clone(),
+            cfg,
+            alive,
+        ));
         Ok((
             Self {
-                topics: Arc::new(map),
+                inner,
                 publish_timeout: cfg.publish_timeout,
             },
             ProducerTasks(tasks),
@@ -267,10 +379,13 @@ impl Producer {
     /// the broker's acknowledgement (at most `publish_timeout`).
     pub async fn publish(&self, topic: &str, record: Record) -> Result<Published, PublishError> {
         let deadline = Instant::now() + self.publish_timeout;
-        let lanes = self
-            .topics
-            .get(topic)
-            .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
+        let lanes: Lanes = {
+            let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
+            topics
+                .get(topic)
+                .cloned()
+                .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?
+        };
         let n = NonZeroU32::new(u32::try_from(lanes.len()).unwrap_or(u32::MAX))
             .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
         let key = record.key.as_deref().unwrap_or_default();

@@ -816,6 +816,7 @@ async fn poison_records_interleaved(total: usize) {
             linger: Duration::from_millis(1),
             queue_per_partition: 1024,
             publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
         },
     )
     .await

@@ -176,3 +176,85 @@ async fn admin_addr_takes_metrics_and_status_off_the_public_listener() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_at_runtime_are_published_to_and_consumed() {
+    let mut env = Env::new().await;
+    let app = env
+        .start(&[
+            ("KAFKA_METADATA_REFRESH", "500ms"),
+            ("CONSUMER_LEASE_TTL", "2s"),
+        ])
+        .await;
+    app.payment(&payment("before", "ord_0", "pending", &at(0)))
+        .await;
+    // Another tool grows the topics, as an operator would.
+    for topic in [&env.orders_topic, &env.disputes_topic] {
+        let brokers =
+            std::env::var("PAYHOOK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let ok =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+                .args([
+                    "kafka-class",
+                    "org.apache.kafka.tools.TopicCommand",
+                    "--bootstrap-server",
+                    &brokers,
+                    "--alter",
+                    "--topic",
+                    topic,
+                    "--partitions",
+                    "6",
+                ])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "kafka-topics --alter failed");
+    }
+    env.partitions = 6;
+    for topic in [&env.orders_topic, &env.disputes_topic] {
+        // Also refreshes this test client's metadata cache.
+        env.kafka
+            .wait_for_topic(topic, 6, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    // Within a refresh or two, new keys land on the new partitions too and
+    // are consumed there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        for _ in 0..20 {
+            n += 1;
+            app.payment(&payment(
+                &format!("after-{n}"),
+                &format!("ord_{n}"),
+                "pending",
+                &at(1),
+            ))
+            .await;
+        }
+        env.wait_caught_up().await;
+        let new = env
+            .count("SELECT count(*) FROM payment_events WHERE kafka_partition >= 3")
+            .await;
+        if new > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event ever reached partitions 3..5"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM payment_events").await,
+        n + 1
+    );
+    let leases = env
+        .count("SELECT count(*) FROM partition_leases WHERE owner IS NOT NULL")
+        .await;
+    assert_eq!(leases, 12, "every partition of both topics has an owner");
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -176,6 +176,7 @@ impl Env {
                 linger: Duration::ZERO,
                 queue_per_partition: 64,
                 publish_timeout: Duration::from_secs(10),
+                metadata_refresh: Duration::from_secs(30),
             },
         )
         .await
