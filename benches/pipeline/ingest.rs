@@ -46,11 +46,11 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         publisher: Arc::new(producer),
         orders: Endpoint {
             topic: cfg.orders_topic.clone(),
-            verifier: verifier(&cfg.webhook_orders),
+            verifier: verifier(&cfg.webhook_orders()),
         },
         chargebacks: Endpoint {
             topic: cfg.disputes_topic.clone(),
-            verifier: verifier(&cfg.webhook_chargebacks),
+            verifier: verifier(&cfg.webhook_chargebacks()),
         },
         readiness: Arc::new(ServiceProbe {
             kafka: env.kafka.clone(),
