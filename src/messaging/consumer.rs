@@ -104,6 +104,7 @@ pub async fn run(
         }
     };
     info!(topic = %cfg.topic, group = %cfg.group, partitions = partitions.len(), "consuming");
+    metrics.consumer_started(&cfg.topic);
     let mut tasks = JoinSet::new();
     for partition in partitions {
         let p = PartitionConsumer {
@@ -203,6 +204,7 @@ impl PartitionConsumer {
         };
         backoff.reset();
         info!(%topic, partition, offset = pos.next, "partition consumer started");
+        self.metrics.partition_started(&topic, partition, pos.next);
         let max_wait_ms = i32::try_from(self.cfg.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let mut failure: Option<FailureState> = None;
         let fetch_deadline = self.kafka.request_timeout() + self.cfg.fetch_max_wait;
@@ -349,7 +351,7 @@ impl PartitionConsumer {
                 Ok(stats) => {
                     self.count("applied", stats.stored);
                     self.count("duplicate", stats.duplicates);
-                    debug!(%topic, partition, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
+                    debug!(%topic, partition, offset = first, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
                     pos.committed(next);
                     *failure = None;
                     i += n;
@@ -543,7 +545,7 @@ impl PartitionConsumer {
             client.get_offset(OffsetAt::Latest),
         )
         .await?;
-        error!(topic = %self.cfg.topic, partition = self.partition, at, earliest, latest,
+        error!(topic = %self.cfg.topic, partition = self.partition, offset = at, earliest, latest,
                "stored offset is outside the log; resuming from the earliest record");
         Ok(earliest)
     }
@@ -587,10 +589,10 @@ async fn apply(
     }
     tx.commit().await.map_err(DbError::from)?;
     for p in &payments {
-        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, offset = p.source.offset, "payment applied");
+        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, topic = %p.source.topic, partition = p.source.partition, offset = p.source.offset, "payment applied");
     }
     for c in &chargebacks {
-        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, offset = c.source.offset, "chargeback applied");
+        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, topic = %c.source.topic, partition = c.source.partition, offset = c.source.offset, "chargeback applied");
     }
     Ok(crate::domain::orders::Outcome {
         stored: a.stored + b.stored,
