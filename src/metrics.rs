@@ -158,13 +158,13 @@ impl Metrics {
     /// sample).
     pub fn consumer_started(&self, topic: &str) {
         for outcome in ["applied", "duplicate", "dead_lettered"] {
-            self.records.get_or_create(&RecordLabels {
+            let _ = self.records.get_or_create(&RecordLabels {
                 topic: topic.to_owned(),
                 outcome,
             });
         }
         for outcome in ["transient", "permanent"] {
-            self.retries.get_or_create(&RecordLabels {
+            let _ = self.retries.get_or_create(&RecordLabels {
                 topic: topic.to_owned(),
                 outcome,
             });
@@ -179,9 +179,9 @@ impl Metrics {
             partition,
         };
         self.next_offset.get_or_create(&labels).set(next_offset);
-        self.lag.get_or_create(&labels);
-        self.stalled.get_or_create(&labels);
-        self.stopped.get_or_create(&labels);
+        let _ = self.lag.get_or_create(&labels);
+        let _ = self.stalled.get_or_create(&labels);
+        let _ = self.stopped.get_or_create(&labels);
     }
 
     /// The text exposition.

@@ -10,5 +10,7 @@ mod helpers;
 mod hostile;
 mod http_edge;
 mod openapi;
+mod ops;
 mod pipeline;
+mod settings;
 mod signatures;
