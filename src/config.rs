@@ -25,6 +25,19 @@
 //! then use `cfg.consumer_stall_after`, and add the variable to the README's
 //! settings table and to `.env.example` (the test says exactly what to add).
 //! Checks that involve several settings go in [`Config::check_together`].
+//!
+//! The `///` line is the help text (one line). A secret is marked after its
+//! default, and is then never shown in errors, `--help` or `payhook config`:
+//!
+//! ```text
+//! /// SASL password for the brokers
+//! kafka_sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
+//! ```
+//!
+//! (`password_in_url` shows a URL with its password masked.) The helpers in
+//! [`check`] cover numbers in a range, durations, switches, names; a
+//! one-off check is written in place, e.g. for an enum:
+//! `Check { expected: "disable, prefer or require", parse: SslMode::parse }`.
 
 pub mod cli;
 
@@ -660,6 +673,31 @@ pub mod check {
         }
     }
 
+    /// Empty means "not set" (`None`); anything else must pass `inner`.
+    /// For settings without a default, e.g. `KAFKA_SASL_USERNAME("")`.
+    pub fn optional<T>(
+        inner: Check<impl Fn(&str) -> Option<T>>,
+    ) -> Check<impl Fn(&str) -> Option<Option<T>>> {
+        Check {
+            expected: inner.expected,
+            parse: move |s: &str| {
+                if s.is_empty() {
+                    Some(None)
+                } else {
+                    (inner.parse)(s).map(Some)
+                }
+            },
+        }
+    }
+
+    /// Any text (a user name, a path).
+    pub fn text(expected: &'static str) -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected,
+            parse: |s: &str| Some(s.to_owned()),
+        }
+    }
+
     pub fn log_filter() -> Check<impl Fn(&str) -> Option<String>> {
         Check {
             expected: "a tracing filter like info,rskafka=warn or payhook=debug",
@@ -860,6 +898,25 @@ mod tests {
             cfg(&[("WEBHOOK_ORDERS_SECRETS", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap_err();
         assert_eq!(err.0[0].var, "WEBHOOK_ORDERS_SECRETS");
         assert!(err.0[0].expected.contains("whsec_"));
+    }
+
+    #[test]
+    fn optional_checks_take_empty_as_unset() {
+        let c = check::optional(check::whole(1..=9, "a digit"));
+        assert_eq!((c.parse)(""), Some(None));
+        assert_eq!((c.parse)("7"), Some(Some(7)));
+        assert_eq!((c.parse)("70"), None);
+        assert_eq!(c.expected, "a digit");
+    }
+
+    #[test]
+    fn every_setting_is_declared_once_with_a_help_line_and_an_expected_form() {
+        let mut seen = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(seen.insert(s.env), "{} declared twice", s.env);
+            assert!(!s.help.is_empty() && !s.help.contains('\n'), "{}", s.env);
+            assert!(!s.expected().is_empty(), "{}", s.env);
+        }
     }
 
     #[test]

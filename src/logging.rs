@@ -119,11 +119,8 @@ mod tests {
     #[test]
     fn text_has_no_escape_codes_unless_on_a_terminal() {
         let plain = capture(false, false);
-        assert!(
-            plain.contains("record applied") && plain.contains("order_id=\"o1\"")
-                || plain.contains("order_id=o1"),
-            "{plain}"
-        );
+        assert!(plain.contains("record applied"), "{plain}");
+        assert!(plain.contains("order_id=\"o1\""), "{plain}");
         assert!(!plain.contains('\u{1b}'), "{plain:?}");
         let colored = capture(false, true);
         assert!(colored.contains('\u{1b}'), "{colored:?}");
