@@ -128,6 +128,19 @@ fn mask_password(url: &str) -> String {
     }
 }
 
+/// A field's `Debug` text, as far as its secrecy lets it be shown.
+struct Shown(Secrecy, String);
+
+impl fmt::Debug for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Secrecy::Plain => f.write_str(&self.1),
+            Secrecy::Secret => f.write_str("<redacted>"),
+            Secrecy::PasswordInUrl => write!(f, "{:?}", mask_password(self.1.trim_matches('"'))),
+        }
+    }
+}
+
 /// One setting as `--help`, the README and `.env.example` show it.
 #[derive(Clone, Copy, Debug)]
 pub struct Setting {
@@ -179,7 +192,8 @@ macro_rules! settings {
         }
     )*) => {
         /// Everything payhook reads from its environment (or its flags).
-        #[derive(Clone, Debug)]
+        /// `Debug` shows secrets the way errors do: not at all.
+        #[derive(Clone)]
         pub struct Config {
             $($(
                 #[doc = concat!($help, " (`", stringify!($env), "`, default `", $default, "`)")]
@@ -210,6 +224,19 @@ macro_rules! settings {
                 }
             )*)*
             ""
+        }
+
+        impl fmt::Debug for Config {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("Config")
+                    $($(
+                        .field(
+                            stringify!($field),
+                            &Shown(settings!(@secrecy $($secrecy)?), format!("{:?}", self.$field)),
+                        )
+                    )*)*
+                    .finish()
+            }
         }
 
         impl Config {
@@ -898,6 +925,43 @@ mod tests {
             cfg(&[("WEBHOOK_ORDERS_SECRETS", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap_err();
         assert_eq!(err.0[0].var, "WEBHOOK_ORDERS_SECRETS");
         assert!(err.0[0].expected.contains("whsec_"));
+    }
+
+    #[test]
+    fn passwords_are_masked_wherever_they_sit() {
+        assert_eq!(
+            mask_password("postgres://app:pw@db:5432/x?sslmode=require"),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(mask_password("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            mask_password("postgres://db/x?user=a&password=pw"),
+            "postgres://db/<redacted>"
+        );
+        assert_eq!(
+            mask_password("host=db password=pw"),
+            "<redacted: not a URL>"
+        );
+    }
+
+    #[test]
+    fn debug_output_keeps_secrets_out() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://app:hunter2pw@db:5432/payhook"),
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db:5432/payhook"),
+            "{shown}"
+        );
+        assert!(shown.contains("http_addr: 127.0.0.1:8080"), "{shown}");
     }
 
     #[test]

@@ -68,9 +68,6 @@ fn arg(s: &'static Setting) -> Arg {
         .help(s.help)
         .long_help(format!("{}.\nExpected: {}.", s.help, s.expected()))
         .help_heading(s.section.heading())
-        // A value may start with '-' (no setting takes one today, but a
-        // filter or a secret might).
-        .allow_hyphen_values(true)
         .hide_env_values(s.secrecy != Secrecy::Plain);
     if !s.default.is_empty() {
         a = a.default_value(s.default);
