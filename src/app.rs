@@ -17,9 +17,10 @@ use crate::{
     db::{self, DbError},
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
-        Kafka, KafkaError,
+        Kafka, KafkaError, assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
+        health::ConsumerHealth,
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
     },
     metrics::Metrics,
@@ -43,6 +44,8 @@ pub enum StartError {
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
     )]
     NoWebhookSecret { var: &'static str },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How a run ended.
@@ -69,6 +72,11 @@ pub struct Application {
     /// For dead letters (the HTTP side holds its own handle).
     producer: Producer,
     producer_tasks: ProducerTasks,
+    health: ConsumerHealth,
+    /// This process in the consumer fleet (`consumer_members`).
+    member: uuid::Uuid,
+    /// `ADMIN_ADDR`, when set.
+    admin_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -102,12 +110,25 @@ impl Application {
                     addr: cfg.http_addr,
                     source,
                 })?;
+        let admin_listener = match cfg.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let member = uuid::Uuid::new_v4();
+        let metrics = Metrics::new();
+        let health = ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone());
         let state = Arc::new(AppState {
             publisher: Arc::new(producer.clone()),
             readiness: Arc::new(ServiceProbe {
                 kafka: kafka.clone(),
                 pool: pool.clone(),
                 topic: cfg.orders_topic.clone(),
+                health: health.clone(),
+                member,
             }),
             orders: Endpoint {
                 topic: cfg.orders_topic.clone(),
@@ -120,7 +141,8 @@ impl Application {
             max_body_bytes: cfg.http_max_body_bytes,
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
-            metrics: Metrics::new(),
+            metrics,
+            ops_on_public: admin_listener.is_none(),
         });
         Ok(Self {
             cfg,
@@ -130,7 +152,22 @@ impl Application {
             pool,
             producer,
             producer_tasks,
+            health,
+            member,
+            admin_listener,
         })
+    }
+
+    /// This process's member id in the consumer fleet.
+    pub fn member_id(&self) -> uuid::Uuid {
+        self.member
+    }
+
+    /// The admin listener's address, when `ADMIN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (port 0 becomes a real port).
@@ -151,28 +188,47 @@ impl Application {
             pool,
             producer,
             producer_tasks,
+            health,
+            member,
+            admin_listener,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
-        for (group, topic) in [
+        let consumer_configs = [
             (&cfg.orders_consumer_group, &cfg.orders_topic),
             (&cfg.disputes_consumer_group, &cfg.disputes_topic),
-        ] {
-            let ccfg = ConsumerConfig::from_config(&cfg, group, topic);
-            let dead_letters = DeadLetters {
+        ]
+        .map(|(group, topic)| ConsumerConfig::from_config(&cfg, group, topic))
+        .to_vec();
+        let shared = consumer::Shared {
+            member,
+            kafka: kafka.clone(),
+            pool: pool.clone(),
+            dead_letters: DeadLetters {
                 producer: producer.clone(),
                 topic: cfg.dlq_topic.clone(),
-            };
-            consumer_tasks.spawn(consumer::run(
-                kafka.clone(),
-                pool.clone(),
-                ccfg,
-                dead_letters,
-                metrics.clone(),
-                consumers.clone(),
-            ));
-        }
+            },
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        consumer_tasks.spawn(assignment::run(
+            shared,
+            consumer_configs,
+            member_name(),
+            cfg.consumer_lease_ttl,
+            consumers.clone(),
+        ));
+        // The partition gauges follow the consumers' health every second.
+        consumer_tasks.spawn({
+            let (health, stop) = (health.clone(), consumers.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+                    health.refresh_metrics();
+                }
+            }
+        });
         // The consumers hold their own handles; this one must go, or the
         // producer would never drain at shutdown.
         drop(producer);
@@ -185,7 +241,28 @@ impl Application {
                 header_timeout: cfg.http_header_timeout,
                 max_connections: cfg.http_max_connections,
             };
-            http::serve(listener, state, limits, shutdown.clone(), grace).await;
+            let admin = admin_listener.map(|l| {
+                tokio::spawn(http::serve(
+                    l,
+                    Arc::clone(&state),
+                    limits,
+                    shutdown.clone(),
+                    grace,
+                    http::Surface::Admin,
+                ))
+            });
+            http::serve(
+                listener,
+                state,
+                limits,
+                shutdown.clone(),
+                grace,
+                http::Surface::Public,
+            )
+            .await;
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
             // Each partition finishes its current transaction (or dead
             // letter) and stops.
             consumers.cancel();
@@ -213,6 +290,17 @@ impl Application {
             }
         }
     }
+}
+
+/// How this process is named in `payhook status`: host and pid.
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "payhook".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
@@ -254,6 +342,124 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
         out.push((topic.clone(), created));
     }
     Ok(out)
+}
+
+/// Where `payhook offsets reset` moves a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first record still in the log.
+    Earliest,
+    /// The log end: everything in the log now is skipped.
+    Latest,
+    /// An offset between the two (inclusive).
+    Offset(i64),
+}
+
+impl std::str::FromStr for ResetTo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            n => n
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .map(Self::Offset)
+                .ok_or_else(|| format!("expected earliest, latest or an offset, got {n:?}")),
+        }
+    }
+}
+
+/// What `payhook offsets reset` did (or, on a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetReset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The stored offset before.
+    pub before: Option<i64>,
+    /// The stored offset after.
+    pub after: i64,
+    /// The log's bounds when it was decided.
+    pub earliest: i64,
+    pub latest: i64,
+    /// `false` on a dry run.
+    pub applied: bool,
+}
+
+/// `payhook offsets reset`: sets the stored offset of one partition, an
+/// operator's deliberate decision for a partition that stopped (its offset
+/// fell out of the log, or a batch cannot be read). The consumer group is
+/// the one configured for the topic. A running consumer resumes from the
+/// new offset within seconds.
+pub async fn offsets_reset(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    to: ResetTo,
+    dry_run: bool,
+) -> Result<OffsetReset, StartError> {
+    let group = if topic == cfg.orders_topic {
+        &cfg.orders_consumer_group
+    } else if topic == cfg.disputes_topic {
+        &cfg.disputes_consumer_group
+    } else {
+        return Err(StartError::Invalid(format!(
+            "{topic} is neither KAFKA_ORDERS_TOPIC ({}) nor KAFKA_DISPUTES_TOPIC ({})",
+            cfg.orders_topic, cfg.disputes_topic
+        )));
+    };
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let partitions = kafka.partitions(topic).await?;
+    if !partitions.contains(&partition) {
+        return Err(StartError::Invalid(format!(
+            "{topic} has no partition {partition} (it has {})",
+            partitions.len()
+        )));
+    }
+    let client = kafka.partition_client(topic, partition).await?;
+    let t = kafka.request_timeout();
+    let earliest = crate::messaging::bounded(
+        "reading the earliest offset",
+        t,
+        client.get_offset(rskafka::client::partition::OffsetAt::Earliest),
+    )
+    .await?;
+    let latest = crate::messaging::bounded(
+        "reading the latest offset",
+        t,
+        client.get_offset(rskafka::client::partition::OffsetAt::Latest),
+    )
+    .await?;
+    let after = match to {
+        ResetTo::Earliest => earliest,
+        ResetTo::Latest => latest,
+        ResetTo::Offset(o) if (earliest..=latest).contains(&o) => o,
+        ResetTo::Offset(o) => {
+            return Err(StartError::Invalid(format!(
+                "offset {o} is outside the log of {topic}/{partition} ({earliest}..={latest})"
+            )));
+        }
+    };
+    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let conn = pool.get().await.map_err(DbError::from)?;
+    let before = if dry_run {
+        db::offsets::load(&**conn, group, topic, partition).await?
+    } else {
+        db::offsets::reset(&**conn, group, topic, partition, after).await?
+    };
+    Ok(OffsetReset {
+        group: group.clone(),
+        topic: topic.to_owned(),
+        partition,
+        before,
+        after,
+        earliest,
+        latest,
+        applied: !dry_run,
+    })
 }
 
 /// `payhook dlq list`: every dead letter, in topic order.

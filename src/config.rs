@@ -260,6 +260,9 @@ settings! {
     Http {
         /// Address the HTTP server listens on
         http_addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
+        /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
+        admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
+            check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
         /// Largest webhook body accepted, in bytes (413 beyond)
         http_max_body_bytes: usize = HTTP_MAX_BODY_BYTES("262144")
             check::whole(1024..=16 << 20, "a size in bytes between 1024 and 16777216");
@@ -272,6 +275,9 @@ settings! {
         /// Connections served at once; more wait to be accepted
         http_max_connections: usize = HTTP_MAX_CONNECTIONS("1024")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
+        /// How far after its arrival a webhook's occurred_at may be (400 beyond)
+        occurred_at_max_future: Duration = OCCURRED_AT_MAX_FUTURE("1d")
+            check::duration_within(Duration::from_secs(60)..=Duration::from_secs(365 * 86_400), "a duration between 1m and 365d, like 1d");
     }
     Webhook {
         /// Check webhook signatures; off for local use only
@@ -289,7 +295,7 @@ settings! {
         webhook_chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
     }
     Database {
-        /// Postgres connection URL (its password is never shown)
+        /// Postgres connection URL; the database must be UTF8 (its password is never shown)
         database_url: String = DATABASE_URL("postgres://postgres@127.0.0.1:5432/payhook", password_in_url)
             check::postgres_url();
         /// Connections in the Postgres pool
@@ -338,6 +344,10 @@ settings! {
             check::whole(1..=100_000, "a whole number between 1 and 100000");
         /// Transient failures of one record before it is dead-lettered (0 = retry without limit)
         consumer_max_attempts: Option<u32> = CONSUMER_MAX_ATTEMPTS("0") check::attempts();
+        /// How long a partition with lag may go without moving before it is reported stalled
+        consumer_stall_after: Duration = CONSUMER_STALL_AFTER("1m") check::duration();
+        /// How long a partition lease lasts without renewal (renewed every quarter of it)
+        consumer_lease_ttl: Duration = CONSUMER_LEASE_TTL("10s") check::duration();
         /// First pause after a failure (exponential backoff with jitter)
         retry_backoff_min: Duration = RETRY_BACKOFF_MIN("100ms") check::duration();
         /// Longest pause between retries
@@ -773,6 +783,31 @@ mod tests {
         assert_eq!(c.publish_timeout, Duration::from_secs(5));
         assert_eq!(c.linger, Duration::ZERO);
         assert!(c.run_migrations);
+    }
+
+    #[test]
+    fn occurred_at_max_future_defaults_to_a_day_and_is_bounded() {
+        assert_eq!(
+            cfg(&[]).unwrap().occurred_at_max_future,
+            Duration::from_secs(86_400)
+        );
+        let c = cfg(&[("OCCURRED_AT_MAX_FUTURE", "2h")]).unwrap();
+        assert_eq!(c.occurred_at_max_future, Duration::from_secs(7200));
+        for bad in ["0s", "30s", "400d", "soon"] {
+            let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
+            assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_addr_is_optional() {
+        assert_eq!(cfg(&[]).unwrap().admin_addr, None);
+        let c = cfg(&[("ADMIN_ADDR", "127.0.0.1:9090")]).unwrap();
+        assert_eq!(c.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            cfg(&[("ADMIN_ADDR", "nowhere")]).unwrap_err().0[0].var,
+            "ADMIN_ADDR"
+        );
     }
 
     #[test]

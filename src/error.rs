@@ -1,14 +1,31 @@
 //! Failure classification and the retry policy, in one place.
 //!
 //! Reading [`ProcessError::class`] tells the whole story of what the consumer
-//! retries: a record that can never succeed (it is not a valid envelope or
-//! webhook) is **permanent**; everything else — the database restarting, a
-//! pool timeout, a serialization failure, the broker moving a leader, a
-//! timeout — is **transient** and retried with [`Backoff`], without ever
-//! moving the partition past the record.
+//! retries and what it dead-letters:
+//!
+//! - **permanent**: the record can never succeed as it is. It is not a valid
+//!   envelope or webhook, or the database refused *its data*: SQLSTATE class
+//!   `22` (data exception: an escape, a number or a date the column cannot
+//!   hold, a string too long), `23` (integrity constraint violation: a
+//!   `CHECK`, `NOT NULL` or a unique index other than the idempotency one,
+//!   which `ON CONFLICT` absorbs) and `54` (program limit exceeded: an index
+//!   row too large). The consumer isolates the one record that causes it
+//!   and dead-letters it; the partition moves on.
+//! - **transient**: time (or an operator) can heal it, and no record is to
+//!   blame. The database unreachable or restarting (`08` connection
+//!   exception, `57P01`..`57P03` admin/crash shutdown, cannot connect now),
+//!   out of resources (`53`: disk full, out of memory, too many
+//!   connections), a serialization failure or deadlock (`40`), a cancelled
+//!   statement (`57014`: `statement_timeout`), a lock not available (`55`),
+//!   a read-only transaction during a failover (`25`), a missing table or
+//!   privilege (`42`: a deployment mistake that dead-lettering every record
+//!   would turn into an outage), an internal error (`XX`), a pool timeout,
+//!   the broker unreachable, a leader moving, a timeout, and **anything not
+//!   listed**. The partition pauses with [`Backoff`] and retries; its offset
+//!   does not move.
 //!
 //! An error whose nature is unknown is treated as transient: retrying a valid
-//! payment forever is loud and safe, dropping it is neither.
+//! payment until an operator looks is loud and safe, dropping it is neither.
 
 use std::time::Duration;
 
@@ -45,6 +62,10 @@ pub enum ProcessError {
         expected: Option<i64>,
         found: Option<i64>,
     },
+    #[error("the partition's lease (epoch {epoch}) is no longer this process's")]
+    LeaseLost { epoch: i64 },
+    #[error("dead letter not acknowledged: {0}")]
+    DeadLetter(String),
 }
 
 impl ProcessError {
@@ -52,10 +73,33 @@ impl ProcessError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Decode { .. } => ErrorClass::Permanent,
-            // Database and broker trouble passes; a fenced write means our
-            // position is stale, and re-reading it fixes that.
-            Self::Db(_) | Self::Kafka(_) | Self::Fenced { .. } => ErrorClass::Transient,
+            Self::Db(e) => match e.sqlstate() {
+                Some(code) => sqlstate_class(code),
+                // Pool timeouts, closed connections, I/O: the database, not
+                // the record.
+                None => ErrorClass::Transient,
+            },
+            // Broker trouble passes; a fenced write means our position is
+            // stale, and re-reading it fixes that.
+            Self::Kafka(_) | Self::Fenced { .. } | Self::LeaseLost { .. } | Self::DeadLetter(_) => {
+                ErrorClass::Transient
+            }
         }
+    }
+}
+
+/// What a SQLSTATE says about the record being written (see the module
+/// doc for why each class is where it is).
+pub fn sqlstate_class(code: &str) -> ErrorClass {
+    match code.get(..2) {
+        // Data exception, integrity constraint violation, program limit
+        // exceeded: this record's data, every time.
+        Some("22" | "23" | "54") => ErrorClass::Permanent,
+        // 08 connection, 25 transaction state, 40 rollback (serialization,
+        // deadlock), 42 schema/privilege, 53 resources, 55 object state
+        // (locks), 57 operator intervention (shutdown, statement timeout),
+        // 58 system (I/O), XX internal, and everything else.
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -117,6 +161,21 @@ mod tests {
         assert_eq!(b.attempts(), 20);
         b.reset();
         assert_eq!(b.next_delay(), min);
+    }
+
+    #[test]
+    fn sqlstates_are_classified_by_class() {
+        for code in [
+            "22P05", "22003", "22008", "22001", "22021", "23514", "23502", "23505", "54000",
+        ] {
+            assert_eq!(sqlstate_class(code), ErrorClass::Permanent, "{code}");
+        }
+        for code in [
+            "08006", "08001", "57P01", "57P03", "57014", "53100", "53300", "40001", "40P01",
+            "55P03", "25006", "42P01", "42501", "58030", "XX000", "P0001", "",
+        ] {
+            assert_eq!(sqlstate_class(code), ErrorClass::Transient, "{code}");
+        }
     }
 
     #[test]

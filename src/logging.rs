@@ -7,8 +7,7 @@
 //!
 //! Field names are the same in every module, so one query finds an event
 //! wherever it was logged: `event_id`, `order_id`, `topic`, `partition`,
-//! `offset` (for a batch, its first record's offset), and `error` for the
-//! cause.
+//! `offset`, and `error` for the cause.
 
 use std::io::IsTerminal;
 

@@ -44,6 +44,9 @@ enum Command {
     /// Inspect and replay dead letters (KAFKA_DLQ_TOPIC).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Move a consumer's stored position deliberately.
+    #[command(subcommand)]
+    Offsets(OffsetsCommand),
     /// Check the configuration and print every setting's effective value
     /// (secrets redacted); exit 2 if any is invalid.
     Config(#[command(flatten)] Settings<{ cli::ALL }>),
@@ -64,6 +67,31 @@ enum Command {
         /// Longest wait for the answer.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OffsetsCommand {
+    /// Set the stored offset of one partition, for a partition that stopped
+    /// (its offset fell out of the log, or a batch cannot be read). Records
+    /// between the old and the new offset are NOT applied: look at them
+    /// first. A running payhook resumes from the new offset within seconds.
+    Reset {
+        /// The orders or disputes topic (its configured consumer group is
+        /// used).
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// `earliest` (first record still in the log), `latest` (the log
+        /// end) or an offset in between.
+        #[arg(long)]
+        to: app::ResetTo,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        settings: Settings<{ cli::KAFKA_AND_DATABASE }>,
     },
 }
 
@@ -116,6 +144,7 @@ fn main() -> ExitCode {
         Command::Topics(s)
         | Command::Dlq(DlqCommand::List { settings: s, .. })
         | Command::Dlq(DlqCommand::Replay { settings: s, .. }) => config(s),
+        Command::Offsets(OffsetsCommand::Reset { settings: s, .. }) => config(s),
         Command::Healthcheck {
             url,
             ready,
@@ -151,6 +180,24 @@ fn main() -> ExitCode {
                         let what = if created { "created" } else { "exists" };
                         info!(%topic, partitions = cfg.partitions, "{what}");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Command::Offsets(OffsetsCommand::Reset {
+                topic,
+                partition,
+                to,
+                dry_run,
+                ..
+            }) => match app::offsets_reset(&cfg, &topic, partition, to, dry_run).await {
+                Ok(r) => {
+                    let verb = if r.applied { "moved" } else { "would move" };
+                    let before = r.before.map_or("(none)".into(), |o| o.to_string());
+                    println!(
+                        "{}/{} (group {}): log {}..{}; stored offset {verb} {before} -> {}",
+                        r.topic, r.partition, r.group, r.earliest, r.latest, r.after
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

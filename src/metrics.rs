@@ -55,6 +55,8 @@ pub struct Metrics {
     pub records: Family<RecordLabels, Counter>,
     /// Failed attempts to apply records (each one retried).
     pub retries: Family<RecordLabels, Counter>,
+    /// Consumer transactions, by `outcome` (`commit` or `rollback`).
+    pub transactions: Family<RecordLabels, Counter>,
     /// Next offset to apply, per partition.
     pub next_offset: Family<PartitionLabels, Gauge>,
     /// Records in the log not yet applied, per partition (high watermark
@@ -115,6 +117,12 @@ impl Metrics {
             "Failed attempts to apply records, by error class; each is retried",
             retries.clone(),
         );
+        let transactions = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "consumer_transactions",
+            "Consumer transactions, by outcome (commit or rollback)",
+            transactions.clone(),
+        );
         let next_offset = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "consumer_next_offset",
@@ -145,6 +153,7 @@ impl Metrics {
             publish_seconds,
             records,
             retries,
+            transactions,
             next_offset,
             lag,
             stalled,
@@ -152,10 +161,10 @@ impl Metrics {
         }
     }
 
-    /// A topic's consumer started: its record and retry counters exist from
-    /// now on, at 0, so rates and alerts see them before the first event
-    /// (prometheus-client shows a labelled family only once it has a
-    /// sample).
+    /// A consumer of `topic` started: its record and retry counters exist
+    /// from now on, at 0, so rates and alerts see them before the first
+    /// event (prometheus-client shows a labelled family only once it has a
+    /// sample; the partition gauges come from `messaging::health`).
     pub fn consumer_started(&self, topic: &str) {
         for outcome in ["applied", "duplicate", "dead_lettered"] {
             let _ = self.records.get_or_create(&RecordLabels {
@@ -169,19 +178,6 @@ impl Metrics {
                 outcome,
             });
         }
-    }
-
-    /// A partition's consumer started: its gauges exist from now on, the
-    /// stalled and stopped ones at 0.
-    pub fn partition_started(&self, topic: &str, partition: i32, next_offset: i64) {
-        let labels = PartitionLabels {
-            topic: topic.to_owned(),
-            partition,
-        };
-        self.next_offset.get_or_create(&labels).set(next_offset);
-        let _ = self.lag.get_or_create(&labels);
-        let _ = self.stalled.get_or_create(&labels);
-        let _ = self.stopped.get_or_create(&labels);
     }
 
     /// The text exposition.
@@ -229,22 +225,19 @@ mod tests {
     }
 
     #[test]
-    fn a_started_consumer_shows_its_families_at_zero() {
+    fn a_started_consumer_shows_its_counters_at_zero() {
         // prometheus-client leaves a labelled family out of the exposition
         // (no HELP, no TYPE) until it has a sample...
         let m = Metrics::new();
-        assert!(!m.render().contains("# TYPE payhook_consumer_stalled "));
-        // ...so the consumer creates its series when it starts.
+        assert!(!m.render().contains("# TYPE payhook_consumer_records "));
+        // ...so the consumer creates its counters when it starts.
         m.consumer_started("t");
-        m.partition_started("t", 0, 7);
         let text = m.render();
         for line in [
+            r#"payhook_consumer_records_total{topic="t",outcome="applied"} 0"#,
             r#"payhook_consumer_records_total{topic="t",outcome="dead_lettered"} 0"#,
             r#"payhook_consumer_retries_total{topic="t",outcome="transient"} 0"#,
-            r#"payhook_consumer_next_offset{topic="t",partition="0"} 7"#,
-            r#"payhook_consumer_lag{topic="t",partition="0"} 0"#,
-            r#"payhook_consumer_stalled{topic="t",partition="0"} 0"#,
-            r#"payhook_consumer_stopped{topic="t",partition="0"} 0"#,
+            r#"payhook_consumer_retries_total{topic="t",outcome="permanent"} 0"#,
         ] {
             assert!(text.contains(line), "{line}:\n{text}");
         }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use payhook::{
     messaging::{
+        assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
+        health::ConsumerHealth,
         producer::{Producer, ProducerConfig},
     },
     metrics::Metrics,
@@ -42,15 +44,23 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     .expect("start the dead-letter producer");
     let shutdown = CancellationToken::new();
     let t0 = Instant::now();
-    let task = tokio::spawn(consumer::run(
-        env.kafka.clone(),
+    let metrics = Metrics::new();
+    let shared = consumer::Shared {
+        member: uuid::Uuid::new_v4(),
+        kafka: env.kafka.clone(),
         pool,
-        ccfg,
-        DeadLetters {
+        dead_letters: DeadLetters {
             producer: dead_letter_producer.clone(),
             topic: env.dlq_topic.clone(),
         },
-        Metrics::new(),
+        health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
+        metrics,
+    };
+    let task = tokio::spawn(assignment::run(
+        shared,
+        vec![ccfg],
+        "bench".into(),
+        cfg.consumer_lease_ttl,
         shutdown.clone(),
     ));
     let deadline = t0 + Duration::from_secs(600);

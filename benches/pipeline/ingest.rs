@@ -11,7 +11,10 @@ use std::{
 
 use payhook::{
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
-    messaging::producer::{Producer, ProducerConfig},
+    messaging::{
+        health::ConsumerHealth,
+        producer::{Producer, ProducerConfig},
+    },
     metrics::Metrics,
 };
 use tokio::net::TcpListener;
@@ -56,11 +59,14 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
             kafka: env.kafka.clone(),
             pool: env.pool(1),
             topic: cfg.orders_topic.clone(),
+            health: ConsumerHealth::new(cfg.consumer_stall_after, Metrics::new()),
+            member: uuid::Uuid::new_v4(),
         }),
         max_body_bytes: cfg.http_max_body_bytes,
         request_timeout: cfg.http_request_timeout,
         retry_after: cfg.http_retry_after,
         metrics: Metrics::new(),
+        ops_on_public: true,
     });
     let shutdown = CancellationToken::new();
     let limits = http::Limits {
@@ -73,6 +79,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         limits,
         shutdown.clone(),
         Duration::from_secs(10),
+        http::Surface::Public,
     ));
 
     // Sample resident memory while the load runs.

@@ -17,6 +17,9 @@ pub const ALL: u8 = u8::MAX;
 pub const DATABASE: u8 = Section::Database.bit() | Section::Process.bit();
 /// Sections shown by the commands that only talk to Kafka (`topics`, `dlq`).
 pub const KAFKA: u8 = Section::Kafka.bit() | Section::Process.bit();
+/// Sections shown by the commands that talk to Kafka and Postgres
+/// (`offsets reset`).
+pub const KAFKA_AND_DATABASE: u8 = KAFKA | DATABASE;
 
 /// The settings of one command, as clap resolved them. `SECTIONS` says
 /// which sections the command shows (and takes as flags); the others are

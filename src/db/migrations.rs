@@ -9,8 +9,19 @@ use super::DbError;
 
 /// `(version, name, sql)`, in order. Add new files at the end; never edit one
 /// that has shipped.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../sql/0001_init.sql")),
+    (
+        2,
+        "event_order",
+        include_str!("../../sql/0002_event_order.sql"),
+    ),
+    (
+        3,
+        "partition_leases",
+        include_str!("../../sql/0003_partition_leases.sql"),
+    ),
+];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.
 const LOCK_KEY: i64 = 0x0070_6179_686f_6f6b;

@@ -4,8 +4,11 @@
 //! - [`store`]: [`store::PgStore`], the domain's storage traits over one
 //!   transaction, with set-based SQL (one statement per table per batch).
 //! - [`offsets`]: consumer positions, written in the same transaction as the
-//!   effects they acknowledge.
+//!   effects they acknowledge, fenced by the partition's lease.
+//! - [`leases`]: which process owns which partition, with epochs (fencing
+//!   tokens), heartbeats and expiry.
 
+pub mod leases;
 pub mod migrations;
 pub mod offsets;
 pub mod store;
@@ -24,6 +27,19 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("cannot build the pool: {0}")]
     Build(String),
+}
+
+impl DbError {
+    /// The server's SQLSTATE, when the server refused a statement (not for
+    /// pool timeouts, lost connections or I/O errors).
+    pub fn sqlstate(&self) -> Option<&str> {
+        let pg = match self {
+            Self::Postgres(e) => e,
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            _ => return None,
+        };
+        pg.as_db_error().map(|d| d.code().code())
+    }
 }
 
 /// tokio-postgres prints a server error as just "db error"; say what the

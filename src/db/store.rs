@@ -1,5 +1,11 @@
 //! The domain's storage traits over one Postgres transaction.
 //!
+//! An order (or dispute) row moves only to an event that is later in the
+//! event order (`domain::apply`): the `WHERE` of the two `advance`
+//! statements compares `(occurred_at, precedence, provider_event_id)` rows,
+//! with the precedence functions of `sql/0002_event_order.sql` and byte
+//! order for the id.
+//!
 //! Each call is one set-based statement over arrays (`unnest`), so a batch of
 //! a thousand events costs a handful of round trips, not a thousand. The
 //! statements are prepared once per pooled connection (`prepare_cached`), not
@@ -54,7 +60,7 @@ FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
-const ADVANCE_ORDERS: &str = "
+const ADVANCE_ORDERS: &str = r#"
 INSERT INTO orders AS cur (order_id, user_id, payment_status, amount, currency,
                            status_occurred_at, last_provider_event_id)
 SELECT o, u, s, a, c, t, p
@@ -68,7 +74,12 @@ ON CONFLICT (order_id) DO UPDATE
        status_occurred_at = EXCLUDED.status_occurred_at,
        last_provider_event_id = EXCLUDED.last_provider_event_id,
        updated_at = now()
- WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
+ WHERE (EXCLUDED.status_occurred_at,
+        payhook_payment_precedence(EXCLUDED.payment_status),
+        EXCLUDED.last_provider_event_id COLLATE "C")
+     > (cur.status_occurred_at,
+        payhook_payment_precedence(cur.payment_status),
+        cur.last_provider_event_id COLLATE "C")"#;
 
 const INSERT_CHARGEBACKS: &str = "
 INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, reason, amount,
@@ -81,7 +92,7 @@ FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
-const ADVANCE_DISPUTES: &str = "
+const ADVANCE_DISPUTES: &str = r#"
 INSERT INTO disputes AS cur (order_id, status, reason, amount, currency, status_occurred_at,
                              last_provider_event_id)
 SELECT o, s, r, a, c, t, p
@@ -95,7 +106,12 @@ ON CONFLICT (order_id) DO UPDATE
        status_occurred_at = EXCLUDED.status_occurred_at,
        last_provider_event_id = EXCLUDED.last_provider_event_id,
        updated_at = now()
- WHERE EXCLUDED.status_occurred_at >= cur.status_occurred_at";
+ WHERE (EXCLUDED.status_occurred_at,
+        payhook_dispute_precedence(EXCLUDED.status),
+        EXCLUDED.last_provider_event_id COLLATE "C")
+     > (cur.status_occurred_at,
+        payhook_dispute_precedence(cur.status),
+        cur.last_provider_event_id COLLATE "C")"#;
 
 /// The columns both kinds of event have, borrowed from one event.
 struct Common<'e> {

@@ -28,6 +28,17 @@ impl DisputeStatus {
         ("lost", Self::Lost),
     ];
 
+    /// Place in the life cycle, for ties in `occurred_at` (the event order,
+    /// `domain::apply`). The SQL function of the same meaning is in
+    /// `sql/0002_event_order.sql`.
+    pub fn precedence(self) -> u8 {
+        match self {
+            Self::Opened => 0,
+            Self::Won => 1,
+            Self::Lost => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Opened => "opened",
@@ -89,6 +100,10 @@ impl Keyed for ChargebackEvent {
 
     fn occurred_at(&self) -> OccurredAt {
         self.webhook.occurred_at
+    }
+
+    fn precedence(&self) -> u8 {
+        self.webhook.status.precedence()
     }
 }
 

@@ -33,6 +33,18 @@ impl PaymentStatus {
         ("refunded", Self::Refunded),
     ];
 
+    /// Place in the life cycle, for ties in `occurred_at` (the event order,
+    /// `domain::apply`). The SQL function of the same meaning is in
+    /// `sql/0002_event_order.sql`.
+    pub fn precedence(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Failed => 1,
+            Self::Succeeded => 2,
+            Self::Refunded => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -102,6 +114,10 @@ impl Keyed for PaymentEvent {
 
     fn occurred_at(&self) -> OccurredAt {
         self.webhook.occurred_at
+    }
+
+    fn precedence(&self) -> u8 {
+        self.webhook.status.precedence()
     }
 }
 
@@ -188,7 +204,7 @@ mod tests {
     #[derive(Default)]
     struct FakeStore {
         events: Vec<String>,
-        orders: HashMap<String, (PaymentStatus, OccurredAt)>,
+        orders: HashMap<String, (PaymentStatus, OccurredAt, String)>,
     }
 
     impl EventStore<PaymentEvent> for FakeStore {
@@ -215,12 +231,21 @@ mod tests {
                 let w = &e.webhook;
                 let slot = self.orders.entry(w.order_id.to_string());
                 let apply = match &slot {
-                    std::collections::hash_map::Entry::Occupied(o) => w.occurred_at >= o.get().1,
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let (status, at, id) = o.get();
+                        e.order_key()
+                            > super::super::apply::OrderKey {
+                                occurred_at: *at,
+                                precedence: status.precedence(),
+                                provider_event_id: id,
+                            }
+                    }
                     std::collections::hash_map::Entry::Vacant(_) => true,
                 };
                 if apply {
                     n += 1;
-                    *slot.or_insert((w.status, w.occurred_at)) = (w.status, w.occurred_at);
+                    let state = (w.status, w.occurred_at, w.provider_event_id.to_string());
+                    slot.insert_entry(state);
                 }
             }
             Ok(n)

@@ -164,14 +164,23 @@ impl Currency {
     }
 }
 
-/// When the provider says the event happened (RFC 3339), normalised to UTC.
+/// When the provider says the event happened (RFC 3339), normalised to UTC
+/// and truncated to microseconds: the precision Postgres stores, so that
+/// the event order compares the same values in Rust and in SQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OccurredAt(DateTime<Utc>);
 
 impl OccurredAt {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        use chrono::Timelike;
         DateTime::parse_from_rfc3339(s)
-            .map(|t| Self(t.with_timezone(&Utc)))
+            .map(|t| {
+                let utc = t.with_timezone(&Utc);
+                // Dropping sub-microsecond digits keeps the nanosecond field
+                // in its range (leap seconds included), so this never fails.
+                let micros = utc.nanosecond() / 1_000 * 1_000;
+                Self(utc.with_nanosecond(micros).unwrap_or(utc))
+            })
             .map_err(|e| {
                 ValidationError::invalid(
                     "occurred_at",

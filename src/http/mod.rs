@@ -17,4 +17,4 @@ pub mod server;
 pub mod signature;
 
 pub use routes::{AppState, Endpoint};
-pub use server::{Limits, serve};
+pub use server::{Limits, Surface, serve};

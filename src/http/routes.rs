@@ -5,8 +5,13 @@
 //! | POST   | `/webhooks/payments/orders`      | 202 `{"event_id"}` once Kafka has the event |
 //! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
 //! | GET    | `/healthz`                       | 200 while the process runs (liveness) |
-//! | GET    | `/readyz`                        | 200 when the broker and the database answer, else 503 naming what is down |
+//! | GET    | `/readyz`                        | 200 when the broker answers (intake needs nothing else), else 503; lists stalled or stopped partitions |
 //! | GET    | `/metrics`                       | Prometheus text |
+//! | GET    | `/status`                        | the consumer side: database, owned partitions, their offsets, lag and health |
+//!
+//! With `ADMIN_ADDR` set, `/metrics` and `/status` are served only on that
+//! listener ([`handle_admin`]), so they need not face the internet;
+//! `/healthz` and `/readyz` are on both, for load balancers.
 //!
 //! A webhook goes through the checks cheapest first, and nothing is published
 //! unless all pass: the path and method (404, 405), `Content-Type` (415), the
@@ -38,6 +43,7 @@ use crate::{
     messaging::{
         Kafka,
         envelope::{Envelope, EventType},
+        health::{ConsumerHealth, PartitionReport},
         producer::Publish,
     },
 };
@@ -60,6 +66,9 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub retry_after: Duration,
     pub metrics: Metrics,
+    /// Whether `/metrics` and `/status` are served with the webhooks
+    /// (false when `ADMIN_ADDR` gives them a listener of their own).
+    pub ops_on_public: bool,
 }
 
 /// One webhook endpoint: where its events go and how they are signed.
@@ -88,24 +97,51 @@ where
         ("/webhooks/payments/orders" | "/webhooks/payments/chargebacks", _) => {
             Err(ApiError::MethodNotAllowed { allow: "POST" })
         }
-        ("/healthz", &Method::GET | &Method::HEAD) => {
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
-        }
-        ("/healthz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(&state).await),
-        ("/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/metrics", &Method::GET | &Method::HEAD) => {
-            let mut resp = Response::new(Body::new(Bytes::from(state.metrics.render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(resp)
-        }
-        ("/metrics", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, &req).await),
+        ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/metrics" | "/status", _) if state.ops_on_public => ops(&state, &req).await,
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Routes one request on the admin listener (`ADMIN_ADDR`): probes,
+/// metrics and status, nothing else.
+pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
+    let result = match (req.uri().path(), req.method()) {
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, &req).await),
+        ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/metrics" | "/status", _) => ops(&state, &req).await,
+        _ => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+async fn probe<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
+    if req.uri().path() == "/healthz" {
+        json_response(StatusCode::OK, &json!({"status": "ok"}))
+    } else {
+        readyz(state).await
+    }
+}
+
+/// `/metrics` and `/status`.
+async fn ops<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+        return Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" });
+    }
+    if req.uri().path() == "/status" {
+        return Ok(json_response(
+            StatusCode::OK,
+            &state.readiness.status().await,
+        ));
+    }
+    let mut resp = Response::new(Body::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 /// Counts a webhook answer by endpoint and status.
@@ -136,48 +172,97 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The service's probe asks the broker and the database; tests use a fake.
 pub trait Readiness: Send + Sync + std::fmt::Debug {
     fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>>;
+
+    /// Partitions that are stalled or stopped (none by default).
+    fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
+        Vec::new()
+    }
+
+    /// The consumer side, for `/status` (nothing by default).
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async { json!({"partitions": []}) })
+    }
 }
 
-/// The real probe: the broker answers a metadata request and the database a
-/// query, each within [`READY_CHECK_TIMEOUT`].
+/// The real probe. Readiness asks only what taking webhooks needs: the
+/// broker answers a metadata request within [`READY_CHECK_TIMEOUT`]. A
+/// database outage does not make a replica unready (Kafka holds the
+/// webhooks meanwhile); it shows in `/status`, with the partitions.
 #[derive(Clone, Debug)]
 pub struct ServiceProbe {
     pub kafka: Kafka,
     pub pool: Pool,
+    /// This process in the consumer fleet.
+    pub member: uuid::Uuid,
     /// A topic whose metadata is asked for.
     pub topic: String,
+    /// What the partition consumers report.
+    pub health: ConsumerHealth,
 }
 
 impl Readiness for ServiceProbe {
     fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>> {
         Box::pin(async move {
-            let (kafka, db) = tokio::join!(
-                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)),
-                tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)),
-            );
-            let late = || format!("no answer within {READY_CHECK_TIMEOUT:?}");
-            let mut down = Vec::new();
+            let kafka =
+                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)).await;
             match kafka {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => down.push(("kafka", e.to_string())),
-                Err(_) => down.push(("kafka", late())),
+                Ok(Ok(_)) => Vec::new(),
+                Ok(Err(e)) => vec![("kafka", e.to_string())],
+                Err(_) => vec![("kafka", format!("no answer within {READY_CHECK_TIMEOUT:?}"))],
             }
-            match db {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => down.push(("database", e.to_string())),
-                Err(_) => down.push(("database", late())),
-            }
-            down
+        })
+    }
+
+    fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
+        self.health.unhealthy()
+    }
+
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let db = tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)).await;
+            let database = match db {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {READY_CHECK_TIMEOUT:?}"),
+            };
+            let partitions = self.health.report();
+            let count =
+                |f: fn(&PartitionReport) -> bool| partitions.iter().filter(|p| f(p)).count();
+            json!({
+                "member_id": self.member,
+                "database": database,
+                "owned": partitions.len(),
+                "stalled": count(|p| p.stalled),
+                "stopped": count(|p| p.stopped.is_some()),
+                "partitions": partitions,
+            })
         })
     }
 }
 
 /// Readiness as a status report rather than an error, so it is answered
 /// here and not through `ApiError`.
+///
+/// Stalled or stopped partitions do not make the service unready: taking
+/// webhooks needs only the broker, and refusing them would not move a stuck
+/// partition. They turn `status` into `degraded` and are listed under
+/// `partitions`, with the offset each is stuck on and why; the
+/// `payhook_consumer_stalled` / `_stopped` gauges carry the same.
 async fn readyz(state: &AppState) -> Response<Body> {
     let down = state.readiness.down().await;
+    let stuck = state.readiness.unhealthy_partitions();
     if down.is_empty() {
-        return json_response(StatusCode::OK, &json!({"status": "ready"}));
+        if stuck.is_empty() {
+            return json_response(StatusCode::OK, &json!({"status": "ready"}));
+        }
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "status": "degraded",
+                "detail": format!("{} partition(s) stalled or stopped", stuck.len()),
+                "partitions": stuck,
+            }),
+        );
     }
     let mut map = serde_json::Map::new();
     for (what, why) in &down {
@@ -193,6 +278,7 @@ async fn readyz(state: &AppState) -> Response<Body> {
             "error": "not_ready",
             "detail": format!("not ready: {}", names.join(", ")),
             "down": map,
+            "partitions": stuck,
         }),
     )
 }

@@ -3,51 +3,87 @@
 //!
 //! For each partition, forever:
 //! 1. fetch from the current position (bounded in time);
-//! 2. decode the records, in order; stop at the first one that cannot be
-//!    decoded;
-//! 3. apply the decoded prefix in **one transaction** that also moves the
-//!    stored offset (`consumer_offsets`) past them — the effect and the
-//!    acknowledgement commit or vanish together, so a crash at any point
-//!    neither loses nor repeats an effect;
-//! 4. on a transient failure (see [`crate::error`]), pause with backoff and
-//!    retry the same records. The position never moves past a record that
-//!    was not applied.
+//! 2. decode the records, in order; a record that cannot be decoded is
+//!    dead-lettered where it stands;
+//! 3. apply runs of decoded records in **one transaction** each, which first
+//!    moves the stored offset (`consumer_offsets`, fenced: it must hold the
+//!    position this loop expects, and the row stays locked until commit),
+//!    then writes the effects. Effect and acknowledgement commit or vanish
+//!    together, so a crash at any point neither loses nor repeats an effect,
+//!    and a consumer whose position is stale learns it before writing
+//!    anything.
 //!
-//! A record that can never be decoded — or, with `CONSUMER_MAX_ATTEMPTS` set,
-//! one that keeps failing — goes to the dead-letter topic ([`super::dlq`]);
-//! only once the broker has acknowledged the dead letter does the stored
-//! offset move past it. Nothing is skipped silently. Other partitions keep
-//! going: each loop is its own task.
+//! # When a transaction fails
+//!
+//! The failing records are **isolated by halving**: the first half of the
+//! failed run is tried alone; if it commits, the failure is in the second
+//! half, which is halved in turn; if it fails, the first half is. Good
+//! records on either side commit as they are found, and a bad record among
+//! `n` is isolated in about `2·log2(n)` transactions. Only a record that
+//! failed *on its own* is blamed:
+//! - a **permanent** failure (see [`crate::error`]: the record's data) sends
+//!   it to the dead-letter topic, with the error in the dead-letter headers,
+//!   and the partition moves on at once;
+//! - a **transient** failure (the database or broker, not the record)
+//!   pauses the partition with backoff; its offset does not move. With
+//!   `CONSUMER_MAX_ATTEMPTS` set, a record that failed that many times on its
+//!   own is dead-lettered too.
+//!
+//! Only once the broker has acknowledged a dead letter does the stored offset
+//! move past its record. Nothing is skipped silently.
+//!
+//! # When the log itself is the problem
+//!
+//! - **Offset out of range** (retention deleted records before they were
+//!   applied, or the topic was re-created): the partition **stops**, logs the
+//!   lost range, and reports itself stopped ([`super::health`]: metrics and
+//!   `/readyz`). It never jumps on by itself. `payhook offsets reset` moves
+//!   it deliberately; the stopped loop polls the stored offset and resumes
+//!   from whatever the operator set.
+//! - **A batch payhook cannot read** (compressed with lz4 or zstd, which the
+//!   C-free rskafka build does not decode, or corrupt): the partition fetches
+//!   one batch at a time up to it, applying everything before it, then stops
+//!   the same way, naming the codec and the offset.
+//!
+//! Other partitions keep going: each loop is its own task.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use rskafka::client::{
-    error::{Error as RsError, ProtocolError},
+    error::{Error as RsError, ProtocolError, RequestError},
     partition::{OffsetAt, PartitionClient},
 };
 use rskafka::record::RecordAndOffset;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use uuid::Uuid;
 
 use super::{
     Kafka, KafkaError, bounded,
     dlq::{self, Failure},
     envelope::{Envelope, Event},
+    health::ConsumerHealth,
     producer::Producer,
 };
 use crate::{
-    db::{DbError, offsets, store::PgStore},
+    db::{DbError, leases::Lease, offsets, store::PgStore},
     domain::{
         disputes::{ChargebackEvent, DisputeService},
-        orders::{OrderService, PaymentEvent, SourcePosition},
+        orders::{OrderService, Outcome, PaymentEvent, SourcePosition},
     },
     error::{Backoff, ErrorClass, ProcessError},
-    metrics::{Metrics, PartitionLabels, RecordLabels},
+    metrics::{Metrics, RecordLabels},
 };
+
+/// How often a stopped partition looks for an operator's offset reset.
+const STOPPED_POLL: Duration = Duration::from_secs(2);
+
+/// Consecutive failed fetches after which the partition's connection is
+/// rebuilt rather than reused.
+const FETCH_FAILURES_BEFORE_RECONNECT: u32 = 3;
 
 /// Settings for one topic's consumer.
 #[derive(Clone, Debug)]
@@ -80,49 +116,37 @@ impl ConsumerConfig {
     }
 }
 
-/// Consumes every partition of `cfg.topic` until `shutdown` is cancelled.
-/// Each partition stops after finishing its current transaction.
-pub async fn run(
-    kafka: Kafka,
-    pool: Pool,
-    cfg: ConsumerConfig,
-    dead_letters: DeadLetters,
-    metrics: Metrics,
-    shutdown: CancellationToken,
+/// What a consumer shares with the rest of the service.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// This process, as the lease tables know it.
+    pub member: Uuid,
+    pub kafka: Kafka,
+    pub pool: Pool,
+    pub dead_letters: DeadLetters,
+    pub metrics: Metrics,
+    pub health: ConsumerHealth,
+}
+
+/// Consumes one partition, held under `lease`, until `stop` is cancelled
+/// (it then finishes its current transaction) or the lease turns out to be
+/// lost (a commit is fenced). [`super::assignment`] decides which partitions
+/// this process consumes and runs one of these for each.
+pub async fn consume_partition(
+    shared: Shared,
+    cfg: Arc<ConsumerConfig>,
+    lease: Lease,
+    stop: CancellationToken,
 ) {
-    let cfg = Arc::new(cfg);
-    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
-    let partitions = loop {
-        match kafka.partitions(&cfg.topic).await {
-            Ok(p) => break p,
-            Err(e) => {
-                warn!(topic = %cfg.topic, error = %e, "cannot list partitions; retrying");
-                if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-                    return;
-                }
-            }
-        }
-    };
-    info!(topic = %cfg.topic, group = %cfg.group, partitions = partitions.len(), "consuming");
-    metrics.consumer_started(&cfg.topic);
-    let mut tasks = JoinSet::new();
-    for partition in partitions {
-        let p = PartitionConsumer {
-            kafka: kafka.clone(),
-            pool: pool.clone(),
-            cfg: Arc::clone(&cfg),
-            dead_letters: dead_letters.clone(),
-            metrics: metrics.clone(),
-            partition,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(p.run());
+    PartitionConsumer {
+        partition: lease.partition,
+        shared,
+        cfg,
+        lease,
+        shutdown: stop,
     }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            error!(topic = %cfg.topic, error = %e, "partition consumer task failed");
-        }
-    }
+    .run()
+    .await
 }
 
 /// Sleeps, or returns `true` early if shutdown was requested.
@@ -134,12 +158,11 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 struct PartitionConsumer {
-    kafka: Kafka,
-    pool: Pool,
+    shared: Shared,
     cfg: Arc<ConsumerConfig>,
-    dead_letters: DeadLetters,
-    metrics: Metrics,
     partition: i32,
+    /// The lease this loop consumes under; every commit presents its epoch.
+    lease: Lease,
     shutdown: CancellationToken,
 }
 
@@ -150,12 +173,19 @@ pub struct DeadLetters {
     pub topic: String,
 }
 
-/// The record (by offset) that keeps failing, and since when.
+/// The one record (by offset) that failed on its own, and since when.
 #[derive(Clone, Copy, Debug)]
 struct FailureState {
     offset: i64,
     attempts: u32,
     first_failure: DateTime<Utc>,
+}
+
+/// A run of offsets `[from, to)` known to hold a record that fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Suspect {
+    from: i64,
+    to: i64,
 }
 
 /// Where a partition stands: the next offset to fetch, and what the database
@@ -175,8 +205,8 @@ impl Position {
         };
     }
 
-    /// Someone else moved the stored offset (a fenced write): trust the
-    /// database.
+    /// Someone else moved the stored offset (a fenced write, an operator's
+    /// reset): trust the database.
     fn resume_from(&mut self, found: Option<i64>) {
         self.stored = found;
         if let Some(f) = found {
@@ -185,17 +215,81 @@ impl Position {
     }
 }
 
+/// Why a partition waits for an operator.
+#[derive(Clone, Debug)]
+enum Stop {
+    /// The position is outside the log.
+    OutOfRange,
+    /// A batch at the position cannot be read.
+    Unreadable,
+}
+
+/// How a run of records went.
+enum Applied {
+    /// Committed; the position moved.
+    Committed,
+    /// The stored offset was not where we thought (an operator moved it);
+    /// resume from what it is.
+    Moved(Option<i64>),
+    /// The lease is no longer ours: stop consuming this partition.
+    LeaseLost,
+    Failed(ProcessError),
+}
+
+/// What the partition loop does after processing a fetch.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Everything fetched was handled; fetch more.
+    Go,
+    /// A transient failure (logged): back off, then re-fetch from the
+    /// position, which never moved past an unapplied record.
+    Pause,
+    /// The lease was lost: end the loop; the partition is someone else's.
+    Lost,
+}
+
+/// The error, if `e` says the fetched data could not be decoded (a codec
+/// this build lacks, or a corrupt batch) rather than that the broker or the
+/// network failed.
+fn unreadable(e: &KafkaError) -> Option<String> {
+    match e {
+        KafkaError::Client {
+            source:
+                RsError::Request(
+                    inner @ (RequestError::ReadError(_) | RequestError::ReadVersionedError(_)),
+                ),
+            ..
+        } => Some(inner.to_string()),
+        _ => None,
+    }
+}
+
+fn is_out_of_range(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::Client {
+            source: RsError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            },
+            ..
+        }
+    )
+}
+
 impl PartitionConsumer {
     async fn run(self) {
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let topic = self.cfg.topic.clone();
         let partition = self.partition;
+        let health = self.shared.health.clone();
         // Connect and find the starting position, retrying until both work.
-        let (client, mut pos) = loop {
+        let (mut client, mut pos) = loop {
             match self.start().await {
                 Ok(v) => break v,
                 Err(e) => {
                     warn!(%topic, partition, error = %e, "cannot start partition consumer; retrying");
+                    health.failing(&topic, partition, e.to_string());
                     if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
                         return;
                     }
@@ -203,132 +297,177 @@ impl PartitionConsumer {
             }
         };
         backoff.reset();
+        health.started(&topic, partition, pos.next);
         info!(%topic, partition, offset = pos.next, "partition consumer started");
-        self.metrics.partition_started(&topic, partition, pos.next);
+        self.shared.metrics.consumer_started(&topic);
         let max_wait_ms = i32::try_from(self.cfg.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        let fetch_deadline = self.shared.kafka.request_timeout() + self.cfg.fetch_max_wait;
         let mut failure: Option<FailureState> = None;
-        let fetch_deadline = self.kafka.request_timeout() + self.cfg.fetch_max_wait;
+        let mut suspect: Option<Suspect> = None;
+        let mut stopped: Option<Stop> = None;
+        // After a fetch could not be read: fetch one batch at a time, so
+        // everything before the unreadable batch is still applied.
+        let mut one_batch = false;
+        let mut fetch_failures = 0u32;
 
         while !self.shutdown.is_cancelled() {
+            if let Some(stop) = stopped.clone() {
+                if sleep_or_shutdown(STOPPED_POLL, &self.shutdown).await {
+                    break;
+                }
+                match self.stored_offset().await {
+                    Ok(found) if found != pos.stored => {
+                        info!(%topic, partition, from = pos.next, to = ?found,
+                              "stored offset was moved (payhook offsets reset); resuming");
+                        pos.resume_from(found);
+                        stopped = None;
+                        one_batch = false;
+                        suspect = None;
+                        failure = None;
+                        health.resumed(&topic, partition, pos.next);
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(%topic, partition, error = %e, "cannot read the stored offset"),
+                }
+                if matches!(stop, Stop::OutOfRange) && stopped.is_some() {
+                    // A leader change can make an offset briefly look out of
+                    // range; if it is back, go on without anyone's help.
+                    let probe = bounded(
+                        "fetching",
+                        fetch_deadline,
+                        client.fetch_records(pos.next, 1..2, 0),
+                    )
+                    .await;
+                    if probe.is_ok() {
+                        info!(%topic, partition, offset = pos.next, "offset is in range again; resuming");
+                        stopped = None;
+                        health.resumed(&topic, partition, pos.next);
+                    }
+                }
+                continue;
+            }
+
+            let max_bytes = if one_batch {
+                1
+            } else {
+                self.cfg.fetch_max_bytes
+            };
             // Fetching changes nothing, so it may be abandoned at shutdown.
             let fetched = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 r = bounded("fetching", fetch_deadline,
-                        client.fetch_records(pos.next, 1..self.cfg.fetch_max_bytes, max_wait_ms)) => r,
+                        client.fetch_records(pos.next, 1..max_bytes, max_wait_ms)) => r,
             };
             let (records, high_watermark) = match fetched {
                 Ok(v) => v,
-                Err(KafkaError::Client {
-                    source:
-                        RsError::ServerError {
-                            protocol_error: ProtocolError::OffsetOutOfRange,
-                            ..
-                        },
-                    ..
-                }) => {
-                    match self.reset_out_of_range(&client, pos.next).await {
-                        Ok(next) => pos.next = next,
-                        Err(e) => {
-                            warn!(%topic, partition, error = %e, "cannot read offsets; retrying");
-                            if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
-                                break;
-                            }
-                        }
+                Err(e) if is_out_of_range(&e) => {
+                    let reason = self.out_of_range(&client, pos).await;
+                    error!(%topic, partition, offset = pos.next, reason = %reason,
+                           "partition stopped: its offset is outside the log");
+                    health.stopped(&topic, partition, reason);
+                    stopped = Some(Stop::OutOfRange);
+                    continue;
+                }
+                Err(e) if unreadable(&e).is_some() => {
+                    let why = unreadable(&e).unwrap_or_default();
+                    if !one_batch {
+                        // Apply what comes before the unreadable batch first.
+                        warn!(%topic, partition, offset = pos.next, error = %why,
+                              "a fetched batch cannot be read; fetching one batch at a time");
+                        one_batch = true;
+                        continue;
                     }
+                    let reason = format!(
+                        "the record batch at offset {} cannot be read: {why}. payhook's \
+                         default (C-free) build reads uncompressed, gzip and snappy batches \
+                         only; see README, 'Compression'",
+                        pos.next
+                    );
+                    error!(%topic, partition, offset = pos.next, error = %why,
+                           "partition stopped: a record batch cannot be read");
+                    health.stopped(&topic, partition, reason);
+                    stopped = Some(Stop::Unreadable);
                     continue;
                 }
                 Err(e) => {
                     warn!(%topic, partition, offset = pos.next, error = %e, "fetch failed; retrying");
+                    health.failing(&topic, partition, e.to_string());
+                    fetch_failures += 1;
+                    if fetch_failures >= FETCH_FAILURES_BEFORE_RECONNECT {
+                        // Do not trust a connection that keeps failing: the
+                        // leader may have moved, or the socket be half-open.
+                        if let Ok(c) = self
+                            .shared
+                            .kafka
+                            .partition_client(&self.cfg.topic, self.partition)
+                            .await
+                        {
+                            client = c;
+                            fetch_failures = 0;
+                        }
+                    }
                     if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
                         break;
                     }
                     continue;
                 }
             };
-            let outcome = self.process(&records, &mut pos, &mut failure).await;
-            let labels = self.partition_labels();
-            self.metrics
-                .next_offset
-                .get_or_create(&labels)
-                .set(pos.next);
-            self.metrics
-                .lag
-                .get_or_create(&labels)
-                .set((high_watermark - pos.next).max(0));
-            if outcome.is_err() && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
-                break;
-            }
-            if failure.is_none() {
-                backoff.reset();
+            fetch_failures = 0;
+            one_batch = false;
+            health.fetched(&topic, partition, high_watermark);
+            match self
+                .process(&records, &mut pos, &mut failure, &mut suspect)
+                .await
+            {
+                Flow::Go => {
+                    if failure.is_none() {
+                        backoff.reset();
+                    }
+                }
+                Flow::Pause => {
+                    if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                        break;
+                    }
+                }
+                Flow::Lost => {
+                    warn!(%topic, partition, epoch = self.lease.epoch,
+                          "lease lost (taken over or expired); stopping this partition");
+                    break;
+                }
             }
         }
         info!(%topic, partition, offset = pos.next, "partition consumer stopped");
     }
 
     /// Applies fetched records in order: decodable runs in transactions,
-    /// undecodable records to the dead-letter topic. Returns `Err(())` after
-    /// a failure (already logged); the caller pauses, then re-fetches from
-    /// `pos`, which never moved past an unapplied record.
+    /// undecodable records to the dead-letter topic, failing runs isolated
+    /// by halving (see the module doc). Returns `Err(())` when the partition
+    /// must pause (already logged); the caller backs off, then re-fetches
+    /// from `pos`, which never moved past an unapplied record.
     async fn process(
         &self,
         records: &[RecordAndOffset],
         pos: &mut Position,
         failure: &mut Option<FailureState>,
-    ) -> Result<(), ()> {
+        suspect: &mut Option<Suspect>,
+    ) -> Flow {
         let topic = &self.cfg.topic;
         let partition = self.partition;
         let mut i = records.partition_point(|r| r.offset < pos.next);
         // Shutdown is honoured between transactions: the current one
         // finishes, the rest of the fetched records wait for next time.
         while i < records.len() && !self.shutdown.is_cancelled() {
-            // After a batch failed, retry one record at a time: the good
-            // records before the failing one commit, and attempts are
-            // counted against the record that actually fails.
-            let retrying = failure
-                .as_ref()
-                .is_some_and(|f| f.offset == records[i].offset);
-            let limit = if retrying { 1 } else { self.cfg.max_batch };
-            let mut chunk = Vec::new();
-            let mut poison = None;
-            for r in &records[i..] {
-                if chunk.len() == limit {
-                    break;
-                }
-                let source = SourcePosition {
-                    topic: topic.clone(),
-                    partition,
-                    offset: r.offset,
-                };
-                match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source))
-                {
-                    Ok(ev) => chunk.push(ev),
-                    Err(source) => {
-                        poison = Some(ProcessError::Decode {
-                            offset: r.offset,
-                            source,
-                        });
-                        break;
-                    }
-                }
-            }
+            let limit = chunk_limit(&records[i..], *suspect, self.cfg.max_batch);
+            let (chunk, poison) = self.decode(&records[i..], limit);
 
             if chunk.is_empty() {
                 // records[i] itself cannot be decoded: dead-letter it.
                 let e = poison.expect("an empty chunk means the first record failed to decode");
-                debug_assert_eq!(e.class(), ErrorClass::Permanent);
-                let f = Failure {
-                    source: SourcePosition {
-                        topic: topic.clone(),
-                        partition,
-                        offset: records[i].offset,
-                    },
-                    class: e.class(),
-                    message: e.to_string(),
-                    attempts: 1,
-                    first_failure: Utc::now(),
-                };
-                self.dead_letter_and_skip(&records[i], f, pos).await?;
+                let flow = self.give_up(&records[i], &e, 1, Utc::now(), pos).await;
+                if flow != Flow::Go {
+                    return flow;
+                }
                 *failure = None;
                 i += 1;
                 continue;
@@ -337,41 +476,55 @@ impl PartitionConsumer {
             let n = chunk.len();
             let first = records[i].offset;
             let next = records[i + n - 1].offset + 1;
-            match apply(
-                &self.pool,
-                &self.cfg.group,
-                topic,
-                partition,
-                pos.stored,
-                next,
-                chunk,
-            )
-            .await
-            {
-                Ok(stats) => {
-                    self.count("applied", stats.stored);
-                    self.count("duplicate", stats.duplicates);
-                    debug!(%topic, partition, offset = first, next, stored = stats.stored, duplicates = stats.duplicates, "batch committed");
+            match self.apply(pos.stored, next, chunk).await {
+                Applied::Committed => {
                     pos.committed(next);
+                    self.shared.health.advanced(topic, partition, next);
                     *failure = None;
+                    // The failure, if any, is after this run.
+                    *suspect = suspect.and_then(|s| {
+                        let rest = Suspect {
+                            from: next,
+                            to: s.to,
+                        };
+                        (rest.from < rest.to).then_some(rest)
+                    });
                     i += n;
                 }
-                Err(ProcessError::Fenced { found, .. }) => {
-                    warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
+                Applied::Moved(found) => {
                     pos.resume_from(found);
-                    return Err(());
+                    *suspect = None;
+                    *failure = None;
+                    return Flow::Pause;
                 }
-                Err(e) => {
-                    self.metrics
+                Applied::LeaseLost => return Flow::Lost,
+                Applied::Failed(e) => {
+                    let class = e.class();
+                    self.shared
+                        .metrics
                         .retries
                         .get_or_create(&RecordLabels {
                             topic: topic.clone(),
-                            outcome: match e.class() {
-                                ErrorClass::Transient => "transient",
-                                ErrorClass::Permanent => "permanent",
-                            },
+                            outcome: class_name(class),
                         })
                         .inc();
+                    if n > 1 {
+                        // Somewhere in this run: try its first half next.
+                        warn!(%topic, partition, offset = first, records = n, error = %e, class = class_name(class),
+                              "applying records failed; isolating the failing record");
+                        *suspect = Some(Suspect {
+                            from: first,
+                            to: next,
+                        });
+                        self.shared.health.failing(topic, partition, e.to_string());
+                        match class {
+                            // The data is at fault: halve at once.
+                            ErrorClass::Permanent => continue,
+                            ErrorClass::Transient => return Flow::Pause,
+                        }
+                    }
+                    // This one record failed on its own.
+                    *suspect = None;
                     let f = match failure.take() {
                         Some(mut f) if f.offset == first => {
                             f.attempts += 1;
@@ -383,38 +536,61 @@ impl PartitionConsumer {
                             first_failure: Utc::now(),
                         },
                     };
-                    warn!(%topic, partition, offset = first, records = n, attempts = f.attempts,
-                          error = %e, class = ?e.class(), "applying records failed; will retry them");
-                    if n == 1 && self.over_limit(f.attempts) {
-                        // Retries ran out for this one record.
-                        let dl = Failure {
-                            source: SourcePosition {
-                                topic: topic.clone(),
-                                partition,
-                                offset: first,
-                            },
-                            class: ErrorClass::Transient,
-                            message: e.to_string(),
-                            attempts: f.attempts,
-                            first_failure: f.first_failure,
-                        };
-                        *failure = Some(f);
-                        self.dead_letter_and_skip(&records[i], dl, pos).await?;
-                        *failure = None;
+                    if class == ErrorClass::Permanent || self.over_limit(f.attempts) {
+                        let flow = self
+                            .give_up(&records[i], &e, f.attempts, f.first_failure, pos)
+                            .await;
+                        if flow != Flow::Go {
+                            return flow;
+                        }
                         i += 1;
                         continue;
                     }
+                    warn!(%topic, partition, offset = first, attempts = f.attempts, error = %e,
+                          class = class_name(class), "applying a record failed; will retry it");
+                    self.shared.health.failing(topic, partition, e.to_string());
                     *failure = Some(f);
-                    return Err(());
+                    return Flow::Pause;
                 }
             }
         }
-        Ok(())
+        Flow::Go
+    }
+
+    /// Decodes up to `limit` records from the start of `records`, stopping
+    /// before the first one that cannot be decoded (returned as the error).
+    fn decode(
+        &self,
+        records: &[RecordAndOffset],
+        limit: usize,
+    ) -> (Vec<Event>, Option<ProcessError>) {
+        let mut chunk = Vec::with_capacity(limit.min(records.len()));
+        for r in records.iter().take(limit) {
+            let source = SourcePosition {
+                topic: self.cfg.topic.clone(),
+                partition: self.partition,
+                offset: r.offset,
+            };
+            match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source)) {
+                Ok(ev) => chunk.push(ev),
+                Err(source) => {
+                    return (
+                        chunk,
+                        Some(ProcessError::Decode {
+                            offset: r.offset,
+                            source,
+                        }),
+                    );
+                }
+            }
+        }
+        (chunk, None)
     }
 
     fn count(&self, outcome: &'static str, n: usize) {
         if n > 0 {
-            self.metrics
+            self.shared
+                .metrics
                 .records
                 .get_or_create(&RecordLabels {
                     topic: self.cfg.topic.clone(),
@@ -424,26 +600,46 @@ impl PartitionConsumer {
         }
     }
 
-    fn partition_labels(&self) -> PartitionLabels {
-        PartitionLabels {
-            topic: self.cfg.topic.clone(),
-            partition: self.partition,
-        }
-    }
-
     fn over_limit(&self, attempts: u32) -> bool {
         self.cfg.max_attempts.is_some_and(|m| attempts >= m)
     }
 
-    /// Publishes the dead letter, waits for the broker's acknowledgement,
-    /// then moves the stored offset past the record. A crash in between
-    /// repeats the dead letter on restart; it never loses it.
+    /// Dead-letters a record that can never be applied (or whose retries ran
+    /// out) and steps over it.
+    async fn give_up(
+        &self,
+        record: &RecordAndOffset,
+        e: &ProcessError,
+        attempts: u32,
+        first_failure: DateTime<Utc>,
+        pos: &mut Position,
+    ) -> Flow {
+        let f = Failure {
+            source: SourcePosition {
+                topic: self.cfg.topic.clone(),
+                partition: self.partition,
+                offset: record.offset,
+            },
+            class: e.class(),
+            message: e.to_string(),
+            attempts,
+            first_failure,
+        };
+        self.dead_letter_and_skip(record, f, pos).await
+    }
+
+    /// Publishes the dead letter and moves the stored offset past the
+    /// record, in that order, inside one fenced transaction: the lease is
+    /// checked and locked first, so only the partition's owner ever writes a
+    /// dead letter, and the offset moves only once the broker has
+    /// acknowledged it. A crash in between repeats the dead letter on
+    /// restart; it never loses it.
     async fn dead_letter_and_skip(
         &self,
         record: &RecordAndOffset,
         f: Failure,
         pos: &mut Position,
-    ) -> Result<(), ()> {
+    ) -> Flow {
         let topic = &self.cfg.topic;
         let partition = self.partition;
         let offset = record.offset;
@@ -459,61 +655,60 @@ impl PartitionConsumer {
             .as_deref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
-        error!(%topic, partition, offset, %event_id, %order_id, class = ?f.class, attempts = f.attempts,
-               error = %f.message, dlq = %self.dead_letters.topic,
+        error!(%topic, partition, offset, %event_id, %order_id, class = class_name(f.class), attempts = f.attempts,
+               error = %f.message, dlq = %self.shared.dead_letters.topic,
                "record cannot be applied; sending it to the dead-letter topic");
         let letter = dlq::dead_letter(&record.record, &f);
-        if let Err(e) = self
-            .dead_letters
-            .producer
-            .publish(&self.dead_letters.topic, letter)
-            .await
-        {
-            warn!(%topic, partition, offset, error = %e, "dead letter not acknowledged; partition stays on the record");
-            return Err(());
-        }
-        match apply(
-            &self.pool,
-            &self.cfg.group,
-            topic,
-            partition,
+        let dl = &self.shared.dead_letters;
+        let publish = async {
+            dl.producer
+                .publish(&dl.topic, letter)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let r = fenced(
+            &self.shared.pool,
+            self.shared.member,
+            &self.lease,
             pos.stored,
             offset + 1,
-            Vec::new(),
+            Work::Publish(publish),
         )
-        .await
-        {
-            Ok(_) => {
+        .await;
+        match self.outcome(r, offset + 1) {
+            Applied::Committed => {
                 pos.committed(offset + 1);
+                self.shared.health.advanced(topic, partition, offset + 1);
                 self.count("dead_lettered", 1);
-                Ok(())
+                Flow::Go
             }
-            Err(ProcessError::Fenced { found, .. }) => {
-                warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
+            Applied::Moved(found) => {
                 pos.resume_from(found);
-                Err(())
+                Flow::Pause
             }
-            Err(e) => {
-                warn!(%topic, partition, offset, error = %e, "dead letter sent but offset not stored; will repeat it");
-                Err(())
+            Applied::LeaseLost => Flow::Lost,
+            Applied::Failed(e) => {
+                warn!(%topic, partition, offset, error = %e,
+                      "dead letter or its offset not stored; partition stays on the record");
+                self.shared.health.failing(topic, partition, e.to_string());
+                Flow::Pause
             }
         }
     }
 
     async fn start(&self) -> Result<(PartitionClient, Position), ProcessError> {
-        let client = self
-            .kafka
+        let kafka = &self.shared.kafka;
+        let client = kafka
             .partition_client(&self.cfg.topic, self.partition)
             .await?;
-        let conn = self.pool.get().await.map_err(DbError::from)?;
-        let stored =
-            offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await?;
+        let stored = self.stored_offset().await?;
         let next = match stored {
             Some(o) => o,
             None => {
                 bounded(
                     "reading the earliest offset",
-                    self.kafka.request_timeout(),
+                    kafka.request_timeout(),
                     client.get_offset(OffsetAt::Earliest),
                 )
                 .await?
@@ -522,47 +717,172 @@ impl PartitionConsumer {
         Ok((client, Position { next, stored }))
     }
 
-    /// The position fell outside the log. Below the log start, records were
-    /// removed by retention before we applied them: that is data loss
-    /// upstream of us, so it is logged as an error, and consumption resumes at
-    /// the earliest record still there. Above the end (the topic was
-    /// recreated), resume at the start too; events are idempotent.
-    async fn reset_out_of_range(
-        &self,
-        client: &PartitionClient,
-        at: i64,
-    ) -> Result<i64, KafkaError> {
-        let t = self.kafka.request_timeout();
-        let earliest = bounded(
-            "reading the earliest offset",
-            t,
-            client.get_offset(OffsetAt::Earliest),
+    async fn stored_offset(&self) -> Result<Option<i64>, DbError> {
+        let conn = self.shared.pool.get().await?;
+        offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await
+    }
+
+    /// The position fell outside the log: says which records are out of
+    /// reach and what an operator can do. Nothing moves here.
+    async fn out_of_range(&self, client: &PartitionClient, pos: Position) -> String {
+        let t = self.shared.kafka.request_timeout();
+        let (earliest, latest) = tokio::join!(
+            bounded(
+                "reading the earliest offset",
+                t,
+                client.get_offset(OffsetAt::Earliest)
+            ),
+            bounded(
+                "reading the latest offset",
+                t,
+                client.get_offset(OffsetAt::Latest)
+            ),
+        );
+        let reset = format!(
+            "`payhook offsets reset --topic {} --partition {} --to earliest|latest|OFFSET` moves it on",
+            self.cfg.topic, self.partition
+        );
+        match (earliest, latest) {
+            (Ok(earliest), _) if pos.next < earliest => format!(
+                "offset {} is below the log start {earliest}: records {}..={} were deleted \
+                 (retention) before they were applied; nothing was skipped. {reset}",
+                pos.next,
+                pos.next,
+                earliest - 1
+            ),
+            (_, Ok(latest)) if pos.next > latest => format!(
+                "offset {} is beyond the log end {latest} (was the topic deleted and \
+                 re-created?); nothing was skipped. {reset}",
+                pos.next
+            ),
+            (Ok(earliest), Ok(latest)) => format!(
+                "the broker says offset {} is out of range, yet the log spans \
+                 {earliest}..{latest}; retrying while stopped. {reset}",
+                pos.next
+            ),
+            (Err(e), _) | (_, Err(e)) => format!(
+                "the broker says offset {} is out of range, and the log's bounds cannot be \
+                 read ({e}). {reset}",
+                pos.next
+            ),
+        }
+    }
+
+    /// Applies `chunk` (in order) and moves the stored offset from
+    /// `expected` to `next`, in one fenced transaction.
+    async fn apply(&self, expected: Option<i64>, next: i64, chunk: Vec<Event>) -> Applied {
+        let r = fenced(
+            &self.shared.pool,
+            self.shared.member,
+            &self.lease,
+            expected,
+            next,
+            Work::<std::future::Ready<_>>::Events(chunk),
         )
-        .await?;
-        let latest = bounded(
-            "reading the latest offset",
-            t,
-            client.get_offset(OffsetAt::Latest),
-        )
-        .await?;
-        error!(topic = %self.cfg.topic, partition = self.partition, offset = at, earliest, latest,
-               "stored offset is outside the log; resuming from the earliest record");
-        Ok(earliest)
+        .await;
+        self.outcome(r, next)
+    }
+
+    /// Counts a transaction's outcome and sorts it.
+    fn outcome(&self, r: Result<Outcome, ProcessError>, next: i64) -> Applied {
+        let topic = &self.cfg.topic;
+        let partition = self.partition;
+        let outcome = if r.is_ok() { "commit" } else { "rollback" };
+        self.shared
+            .metrics
+            .transactions
+            .get_or_create(&RecordLabels {
+                topic: topic.clone(),
+                outcome,
+            })
+            .inc();
+        match r {
+            Ok(stats) => {
+                self.count("applied", stats.stored);
+                self.count("duplicate", stats.duplicates);
+                debug!(%topic, partition, offset = next - 1, stored = stats.stored,
+                       duplicates = stats.duplicates, "records committed");
+                Applied::Committed
+            }
+            Err(ProcessError::Fenced { found, .. }) => {
+                warn!(%topic, partition, ?found, "stored offset was moved; resuming from it");
+                Applied::Moved(found)
+            }
+            Err(ProcessError::LeaseLost { .. }) => Applied::LeaseLost,
+            Err(e) => Applied::Failed(e),
+        }
     }
 }
 
-/// Applies `chunk` (in order) and moves the stored offset from `expected` to
-/// `next`, in one transaction. With an empty chunk it only moves the offset:
-/// that is how a dead-lettered record is stepped over.
-async fn apply(
+/// How many records the next transaction takes: all that fit in a batch,
+/// or, while isolating a failure, the first half of the suspect run (one
+/// record once the run is down to one).
+fn chunk_limit(rest: &[RecordAndOffset], suspect: Option<Suspect>, max_batch: usize) -> usize {
+    match suspect {
+        Some(s) if rest.first().is_some_and(|r| r.offset == s.from) => {
+            let in_run = rest.iter().take_while(|r| r.offset < s.to).count();
+            (in_run / 2).max(1)
+        }
+        _ => max_batch.max(1),
+    }
+}
+
+fn class_name(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::Transient => "transient",
+        ErrorClass::Permanent => "permanent",
+    }
+}
+
+/// The fenced transaction: moves the stored offset from `expected` to
+/// `next` **first**, which requires this member's lease at its epoch and
+/// locks the lease and offset rows until commit, then runs `work` (the
+/// effects, or publishing a dead letter), then commits. A consumer whose
+/// lease or position is stale finds out before doing anything.
+async fn fenced<P>(
     pool: &Pool,
-    group: &str,
-    topic: &str,
-    partition: i32,
+    member: Uuid,
+    lease: &Lease,
     expected: Option<i64>,
     next: i64,
-    chunk: Vec<Event>,
-) -> Result<crate::domain::orders::Outcome, ProcessError> {
+    work: Work<P>,
+) -> Result<Outcome, ProcessError>
+where
+    P: Future<Output = Result<(), String>>,
+{
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    match offsets::advance(&*tx, member, lease, expected, next).await? {
+        Ok(()) => {}
+        // Dropping `tx` rolls back; nothing was written.
+        Err(offsets::Fenced::Lease) => {
+            return Err(ProcessError::LeaseLost { epoch: lease.epoch });
+        }
+        Err(offsets::Fenced::Offset(found)) => {
+            return Err(ProcessError::Fenced { expected, found });
+        }
+    }
+    let outcome = match work {
+        Work::Events(chunk) => apply_events(&tx, chunk).await?,
+        Work::Publish(publish) => {
+            publish.await.map_err(ProcessError::DeadLetter)?;
+            Outcome::default()
+        }
+    };
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(outcome)
+}
+
+/// What a fenced transaction does between its fence and its commit.
+enum Work<P> {
+    /// Apply these events.
+    Events(Vec<Event>),
+    /// Publish a dead letter and wait for the broker's acknowledgement.
+    Publish(P),
+}
+
+/// The effects of a run of events, inside the fenced transaction.
+async fn apply_events(tx: &Transaction<'_>, chunk: Vec<Event>) -> Result<Outcome, DbError> {
     let mut payments: Vec<PaymentEvent> = Vec::new();
     let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
     for ev in chunk {
@@ -571,32 +891,89 @@ async fn apply(
             Event::Chargeback(c) => chargebacks.push(c),
         }
     }
-    let mut conn = pool.get().await.map_err(DbError::from)?;
-    let tx = conn.transaction().await.map_err(DbError::from)?;
-    let mut store = PgStore::new(&tx);
+    let mut store = PgStore::new(tx);
     let a = OrderService
         .process_payment_webhooks(&mut store, &payments)
         .await?;
     let b = DisputeService
         .process_chargebacks(&mut store, &chargebacks)
         .await?;
-    match offsets::advance(&*tx, group, topic, partition, expected, next).await? {
-        Ok(()) => {}
-        Err(found) => {
-            // Dropping `tx` rolls everything back.
-            return Err(ProcessError::Fenced { expected, found });
-        }
-    }
-    tx.commit().await.map_err(DbError::from)?;
     for p in &payments {
-        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, topic = %p.source.topic, partition = p.source.partition, offset = p.source.offset, "payment applied");
+        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, topic = %p.source.topic,
+               partition = p.source.partition, offset = p.source.offset, "payment applied");
     }
     for c in &chargebacks {
-        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, topic = %c.source.topic, partition = c.source.partition, offset = c.source.offset, "chargeback applied");
+        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, topic = %c.source.topic,
+               partition = c.source.partition, offset = c.source.offset, "chargeback applied");
     }
-    Ok(crate::domain::orders::Outcome {
+    Ok(Outcome {
         stored: a.stored + b.stored,
         duplicates: a.duplicates + b.duplicates,
         changed: a.changed + b.changed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::record::Record;
+
+    fn records(offsets: std::ops::Range<i64>) -> Vec<RecordAndOffset> {
+        offsets
+            .map(|offset| RecordAndOffset {
+                record: Record {
+                    key: None,
+                    value: None,
+                    headers: Default::default(),
+                    timestamp: Utc::now(),
+                },
+                offset,
+            })
+            .collect()
+    }
+
+    /// Simulates the halving over `n` records of which `bad` fail: the
+    /// transactions it takes until every record is committed or blamed.
+    fn isolate(n: i64, bad: &[i64], max_batch: usize) -> (usize, Vec<i64>) {
+        let all = records(0..n);
+        let (mut i, mut suspect, mut txs, mut blamed) = (0usize, None, 0, Vec::new());
+        while i < all.len() {
+            let limit = chunk_limit(&all[i..], suspect, max_batch).min(all.len() - i);
+            let (first, next) = (all[i].offset, all[i + limit - 1].offset + 1);
+            txs += 1;
+            if bad.iter().any(|b| (first..next).contains(b)) {
+                if limit > 1 {
+                    suspect = Some(Suspect {
+                        from: first,
+                        to: next,
+                    });
+                    continue;
+                }
+                suspect = None;
+                blamed.push(first);
+                txs += 1; // the dead letter's offset commit
+            } else {
+                suspect = suspect.and_then(|s: Suspect| {
+                    (next < s.to).then_some(Suspect {
+                        from: next,
+                        to: s.to,
+                    })
+                });
+            }
+            i += limit;
+        }
+        (txs, blamed)
+    }
+
+    #[test]
+    fn halving_isolates_exactly_the_bad_records_in_few_transactions() {
+        let (txs, blamed) = isolate(2000, &[1500], 2000);
+        assert_eq!(blamed, vec![1500]);
+        // 1 failed batch, ~2·log2(2000) while halving, the dead letter, the rest.
+        assert!(txs <= 2 * 11 + 3, "{txs} transactions");
+        let (_, blamed) = isolate(2000, &[0, 1, 999, 1999], 2000);
+        assert_eq!(blamed, vec![0, 1, 999, 1999]);
+        let (txs, blamed) = isolate(10, &[], 4);
+        assert_eq!((txs, blamed), (3, vec![]));
+    }
 }

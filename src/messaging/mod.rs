@@ -12,9 +12,11 @@
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
 //! here is wrapped in [`bounded`].
 
+pub mod assignment;
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
+pub mod health;
 pub mod partitioner;
 pub mod producer;
 

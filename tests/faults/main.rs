@@ -125,7 +125,77 @@ impl Stage {
                 .await
                 .unwrap();
         }
+        stage.install_effect_log().await;
         stage
+    }
+
+    /// Migrates the stage's database, then adds a test-only log of every
+    /// application of a payment record that committed: a `BEFORE INSERT`
+    /// row trigger on `payment_events` fires for every row the consumer
+    /// offers, including one that `ON CONFLICT DO NOTHING` then drops, and
+    /// its insert into `test_effects` commits or rolls back with the
+    /// consumer's transaction. A record applied twice (in two committed
+    /// transactions) therefore shows as two rows for one Kafka offset, even
+    /// though idempotency hides it in `payment_events`.
+    async fn install_effect_log(&self) {
+        let cfg = payhook::config::Config::from_map(&HashMap::from([(
+            "DATABASE_URL".to_string(),
+            self.db_url.clone(),
+        )]))
+        .unwrap();
+        payhook::app::migrate(&cfg).await.unwrap();
+        self.db()
+            .await
+            .batch_execute(
+                "CREATE TABLE test_effects (
+                     kafka_partition   integer NOT NULL,
+                     kafka_offset      bigint  NOT NULL,
+                     provider_event_id text    NOT NULL
+                 );
+                 CREATE FUNCTION test_log_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO test_effects VALUES
+                         (NEW.kafka_partition, NEW.kafka_offset, NEW.provider_event_id);
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER test_log_effect BEFORE INSERT ON payment_events
+                     FOR EACH ROW EXECUTE FUNCTION test_log_effect();",
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The orders topic as the model sees it: every record of every
+    /// partition, in offset order, as `(partition, offset, provider_event_id,
+    /// order_id, occurred_at)`; `None` for a record that is not a valid
+    /// envelope.
+    async fn read_log(&self) -> Vec<(i32, i64, Option<(String, String, String)>)> {
+        let kafka = kafka().await;
+        let mut out = Vec::new();
+        for p in 0..PARTITIONS as i32 {
+            let c = kafka.partition_client(&self.orders_topic, p).await.unwrap();
+            let end = c.get_offset(OffsetAt::Latest).await.unwrap();
+            let mut next = 0;
+            while next < end {
+                let (records, _) = c.fetch_records(next, 1..4_000_000, 1_000).await.unwrap();
+                for r in records {
+                    let parsed = Envelope::decode(r.record.value.as_deref())
+                        .ok()
+                        .and_then(|e| {
+                            let v: Value = serde_json::from_str(e.payload.get()).ok()?;
+                            let field = |f: &str| v[f].as_str().map(str::to_owned);
+                            Some((
+                                field("provider_event_id")?,
+                                field("order_id")?,
+                                field("occurred_at")?,
+                            ))
+                        });
+                    out.push((p, r.offset, parsed));
+                    next = r.offset + 1;
+                }
+            }
+        }
+        out
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -506,7 +576,7 @@ async fn audit(stage: &Stage, books: &Books, total: usize, started: Instant) {
         .iter()
         .filter(|id| !stored.contains_key(*id))
         .collect();
-    let twice: Vec<(&String, &i64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    let twice = applied_twice(stage, &db).await;
     let unexplained: Vec<&String> = stored.keys().filter(|id| !sent.contains(*id)).collect();
 
     // Order kept: each order's row holds its last event.
@@ -541,7 +611,7 @@ async fn audit(stage: &Stage, books: &Books, total: usize, started: Instant) {
     );
     assert!(
         twice.is_empty(),
-        "[{}] stored more than once: {twice:?}",
+        "[{}] applied more than once, or not where the log says: {twice:?}",
         stage.name
     );
     assert!(
@@ -560,6 +630,73 @@ async fn audit(stage: &Stage, books: &Books, total: usize, started: Instant) {
         "[{}] orders not in the state of their last event",
         stage.name
     );
+}
+
+/// Replays the orders topic once, in offset order per partition, as the
+/// model of what the consumer must have done, and compares it with what the
+/// database says happened. Returns every disagreement:
+/// - a Kafka record applied in more than one committed transaction
+///   (`test_effects` has two rows for one offset);
+/// - an event stored from another record than its first copy in the log
+///   (the model keeps the first occurrence of each `provider_event_id`);
+/// - an order not in the state of its greatest event (latest `occurred_at`;
+///   the load gives each event of an order its own second).
+async fn applied_twice(stage: &Stage, db: &tokio_postgres::Client) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in db
+        .query(
+            "SELECT kafka_partition, kafka_offset, count(*) FROM test_effects
+             GROUP BY 1, 2 HAVING count(*) > 1",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (p, o, n): (i32, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        problems.push(format!("record {p}/{o} applied {n} times"));
+    }
+    let mut first: HashMap<String, (i32, i64)> = HashMap::new();
+    let mut latest: HashMap<String, (String, String)> = HashMap::new();
+    for (p, o, parsed) in stage.read_log().await {
+        let Some((id, order, at)) = parsed else {
+            continue;
+        };
+        first.entry(id.clone()).or_insert((p, o));
+        let slot = latest.entry(order).or_insert((at.clone(), id.clone()));
+        if (at.clone(), id.clone()) > *slot {
+            *slot = (at, id);
+        }
+    }
+    let stored: HashMap<String, (i32, i64)> = db
+        .query(
+            "SELECT provider_event_id, kafka_partition, kafka_offset FROM payment_events",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    for (id, at) in &stored {
+        match first.get(id) {
+            Some(f) if f == at => {}
+            f => problems.push(format!(
+                "{id} stored from {at:?}, the log's first copy is {f:?}"
+            )),
+        }
+    }
+    for r in db
+        .query("SELECT order_id, last_provider_event_id FROM orders", &[])
+        .await
+        .unwrap()
+    {
+        let (order, id): (String, String) = (r.get(0), r.get(1));
+        match latest.get(&order) {
+            Some((_, want)) if *want == id => {}
+            want => problems.push(format!("order {order} holds {id}, the model says {want:?}")),
+        }
+    }
+    problems
 }
 
 fn header() {

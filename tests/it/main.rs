@@ -14,3 +14,4 @@ mod ops;
 mod pipeline;
 mod settings;
 mod signatures;
+mod stalls;
