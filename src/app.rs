@@ -40,6 +40,11 @@ pub enum StartError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error(
+        "the database's encoding is {encoding}, not UTF8: Postgres would refuse webhooks \
+         whose text that encoding cannot hold. Create the database with ENCODING 'UTF8'"
+    )]
+    DatabaseEncoding { encoding: String },
+    #[error(
         "{var} is empty: an endpoint without a secret would accept forged webhooks. \
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
     )]
@@ -88,6 +93,12 @@ impl Application {
         // must never serve.
         let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
         let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
+        // Everything the edge accepts must be storable, which it only is in
+        // a UTF8 database.
+        let encoding = db::server_encoding(&pool).await?;
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StartError::DatabaseEncoding { encoding });
+        }
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
             if !applied.is_empty() {
@@ -141,6 +152,7 @@ impl Application {
             max_body_bytes: cfg.http_max_body_bytes,
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
+            occurred_at_max_future: cfg.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
         });
@@ -330,8 +342,14 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
     Ok(db::migrations::run(&pool).await?)
 }
 
-/// `payhook topics`: creates the three topics unless they exist; returns each
-/// topic with whether it was created now.
+/// How long `payhook topics` waits for the topics it created to show in the
+/// broker's metadata.
+const TOPICS_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// `payhook topics`: creates the three topics unless they exist, and returns
+/// once the broker's metadata lists each with its partitions (so a `serve`
+/// started right after finds them); returns each topic with whether it was
+/// created now.
 pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
     let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
     let mut out = Vec::new();
@@ -341,7 +359,56 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
             .await?;
         out.push((topic.clone(), created));
     }
+    for (topic, created) in &out {
+        // A topic that existed already keeps the partitions it has.
+        let expected = if *created {
+            cfg.partitions.get() as usize
+        } else {
+            1
+        };
+        kafka
+            .wait_for_topic(topic, expected, TOPICS_VISIBLE_WITHIN)
+            .await?;
+    }
     Ok(out)
+}
+
+/// What `payhook status` prints: the fleet as Postgres knows it, with each
+/// partition's log end from the broker.
+#[derive(Debug)]
+pub struct FleetStatus {
+    pub members: Vec<db::leases::MemberRow>,
+    /// Each partition with its log end (`None` if the broker did not say).
+    pub partitions: Vec<(db::leases::PartitionRow, Option<i64>)>,
+}
+
+/// `payhook status`.
+pub async fn fleet_status(cfg: &Config) -> Result<FleetStatus, StartError> {
+    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let conn = pool.get().await.map_err(DbError::from)?;
+    let (members, rows) = db::leases::fleet(&**conn).await?;
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await;
+    let mut partitions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let end = match &kafka {
+            Ok(k) => match k.partition_client(&row.topic, row.partition).await {
+                Ok(c) => crate::messaging::bounded(
+                    "reading the latest offset",
+                    k.request_timeout(),
+                    c.get_offset(rskafka::client::partition::OffsetAt::Latest),
+                )
+                .await
+                .ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        partitions.push((row, end));
+    }
+    Ok(FleetStatus {
+        members,
+        partitions,
+    })
 }
 
 /// Where `payhook offsets reset` moves a partition.

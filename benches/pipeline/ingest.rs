@@ -65,6 +65,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         max_body_bytes: cfg.http_max_body_bytes,
         request_timeout: cfg.http_request_timeout,
         retry_after: cfg.http_retry_after,
+        occurred_at_max_future: cfg.occurred_at_max_future,
         metrics: Metrics::new(),
         ops_on_public: true,
     });

@@ -88,3 +88,13 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     client.simple_query("SELECT 1").await?;
     Ok(())
 }
+
+/// The database's character encoding (`server_encoding`). payhook needs
+/// `UTF8`: in any other encoding Postgres refuses the webhooks whose text
+/// it cannot represent (a `\u20ac` escape or a `€` in a LATIN1 database),
+/// which the edge cannot know about and would have accepted.
+pub async fn server_encoding(pool: &Pool) -> Result<String, DbError> {
+    let client = pool.get().await?;
+    let row = client.query_one("SHOW server_encoding", &[]).await?;
+    Ok(row.get(0))
+}

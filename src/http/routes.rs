@@ -18,14 +18,25 @@
 //! body's size (413, refused from `Content-Length` before reading) and its
 //! arrival within the request timeout (408), the signature over the exact
 //! bytes received (401), and only then the JSON and its fields (400).
+//!
+//! A refusal must reach a client that is still sending its body. Closing a
+//! socket with unread data makes the kernel answer with a reset, which the
+//! client sees instead of the answer (typically a broken pipe while it
+//! writes). So when a request is refused before its body was read to the
+//! end — 404, 405, 415, 413, 408 — the rest of the body is read and thrown
+//! away in the background, as nginx's lingering close does: at most
+//! [`LINGER_MAX_BYTES`] for at most [`LINGER_TIMEOUT`]. hyper writes the
+//! answer meanwhile; once the body is drained the connection is kept alive
+//! as usual, and if a bound runs out first hyper closes it. A client that
+//! sent `Expect: 100-continue` has sent nothing yet and is not asked to.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::{json, value::RawValue};
 use tracing::{debug, warn};
@@ -65,6 +76,9 @@ pub struct AppState {
     /// How long the body may take to arrive.
     pub request_timeout: Duration,
     pub retry_after: Duration,
+    /// How far after its acceptance a webhook's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`).
+    pub occurred_at_max_future: Duration,
     pub metrics: Metrics,
     /// Whether `/metrics` and `/status` are served with the webhooks
     /// (false when `ADMIN_ADDR` gives them a listener of their own).
@@ -79,27 +93,109 @@ pub struct Endpoint {
     pub verifier: Option<Verifier>,
 }
 
+/// Most bytes of an unread body read and thrown away after an early
+/// refusal, so that the client can finish sending and read the answer.
+pub const LINGER_MAX_BYTES: u64 = 4 << 20;
+/// Longest time spent on that (nginx's `lingering_timeout` default).
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body and how far it has been read.
+struct RequestBody<B> {
+    body: B,
+    /// Whether anyone asked for its data yet (hyper sends `100 Continue` on
+    /// the first read).
+    polled: bool,
+    finished: bool,
+}
+
+impl<B> RequestBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// After the answer is decided: if the body was not read to its end,
+    /// drain the rest in the background (bounded), unless the client waits
+    /// for `100 Continue` and so has sent none of it.
+    fn linger(self, headers: &HeaderMap) {
+        if self.finished || self.body.is_end_stream() {
+            return;
+        }
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !self.polled {
+            return;
+        }
+        tokio::spawn(drain(self.body, LINGER_MAX_BYTES, LINGER_TIMEOUT));
+    }
+}
+
+/// Reads and discards `body` until its end, `max_bytes`, an error or
+/// `timeout`, whichever comes first. Returns the bytes read.
+async fn drain<B>(mut body: B, max_bytes: u64, timeout: Duration) -> u64
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(timeout, async {
+        while read < max_bytes {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+    read
+}
+
 /// Routes one request. Never fails: every error becomes an answer.
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
-    let result = match (req.uri().path(), req.method()) {
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody {
+        body,
+        polled: false,
+        finished: false,
+    };
+    let resp = route(&state, &parts, &mut body).await;
+    body.linger(&parts.headers);
+    resp
+}
+
+async fn route<B>(
+    state: &AppState,
+    parts: &hyper::http::request::Parts,
+    body: &mut RequestBody<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let result = match (parts.uri.path(), &parts.method) {
         ("/webhooks/payments/orders", &Method::POST) => {
-            let r = ingest(&state, req, EventType::OrderWebhook).await;
-            count(&state, "orders", r)
+            let r = ingest(state, parts, body, EventType::OrderWebhook).await;
+            count(state, "orders", r)
         }
         ("/webhooks/payments/chargebacks", &Method::POST) => {
-            let r = ingest(&state, req, EventType::DisputeWebhook).await;
-            count(&state, "chargebacks", r)
+            let r = ingest(state, parts, body, EventType::DisputeWebhook).await;
+            count(state, "chargebacks", r)
         }
         ("/webhooks/payments/orders" | "/webhooks/payments/chargebacks", _) => {
             Err(ApiError::MethodNotAllowed { allow: "POST" })
         }
-        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, &req).await),
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
+            Ok(probe(state, parts.uri.path()).await)
+        }
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/metrics" | "/status", _) if state.ops_on_public => ops(&state, &req).await,
+        ("/metrics" | "/status", m) if state.ops_on_public => ops(state, m, parts.uri.path()).await,
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
@@ -108,17 +204,18 @@ where
 /// Routes one request on the admin listener (`ADMIN_ADDR`): probes,
 /// metrics and status, nothing else.
 pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
-    let result = match (req.uri().path(), req.method()) {
-        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, &req).await),
+    let path = req.uri().path();
+    let result = match (path, req.method()) {
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, path).await),
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/metrics" | "/status", _) => ops(&state, &req).await,
+        ("/metrics" | "/status", m) => ops(&state, m, path).await,
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
 }
 
-async fn probe<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
-    if req.uri().path() == "/healthz" {
+async fn probe(state: &AppState, path: &str) -> Response<Body> {
+    if path == "/healthz" {
         json_response(StatusCode::OK, &json!({"status": "ok"}))
     } else {
         readyz(state).await
@@ -126,11 +223,11 @@ async fn probe<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
 }
 
 /// `/metrics` and `/status`.
-async fn ops<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+async fn ops(state: &AppState, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {
+    if !matches!(method, &Method::GET | &Method::HEAD) {
         return Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" });
     }
-    if req.uri().path() == "/status" {
+    if path == "/status" {
         return Ok(json_response(
             StatusCode::OK,
             &state.readiness.status().await,
@@ -283,8 +380,8 @@ async fn readyz(state: &AppState) -> Response<Body> {
     )
 }
 
-fn is_json(req: &Request<impl Sized>) -> bool {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return false;
     };
     let Ok(ct) = ct.to_str() else { return false };
@@ -300,13 +397,13 @@ fn is_json(req: &Request<impl Sized>) -> bool {
 
 async fn read_body<B>(
     headers: &HeaderMap,
-    body: B,
+    body: &mut RequestBody<B>,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     // Refuse a declared oversize body before reading any of it.
     let declared = headers
@@ -317,36 +414,64 @@ where
         return Err(ApiError::PayloadTooLarge { limit });
     }
     // A slow client must not hold a connection (and a permit) forever.
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| ApiError::RequestTimeout(timeout))?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
+    let collect = async {
+        // Most bodies arrive in one chunk: keep it as it is.
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        let mut len = 0usize;
+        loop {
+            body.polled = true;
+            let Some(frame) = body.body.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(|e| ApiError::BadBody(e.into().to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            match &first {
+                None => first = Some(data),
+                Some(f) => {
+                    if rest.is_empty() {
+                        rest.extend_from_slice(f);
+                    }
+                    rest.extend_from_slice(&data);
+                }
+            }
         }
-        Err(e) => Err(ApiError::BadBody(e.to_string())),
-    }
+        body.finished = true;
+        Ok(if rest.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            rest.freeze()
+        })
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?
 }
 
 /// Validates a webhook and publishes it; 202 only after the broker's ack.
 async fn ingest<B>(
     state: &AppState,
-    req: Request<B>,
+    parts: &hyper::http::request::Parts,
+    body: &mut RequestBody<B>,
     kind: EventType,
 ) -> Result<Response<Body>, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     let endpoint = match kind {
         EventType::OrderWebhook => &state.orders,
         EventType::DisputeWebhook => &state.chargebacks,
     };
-    if !is_json(&req) {
+    if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let (parts, body) = req.into_parts();
     let body = read_body(
         &parts.headers,
         body,
@@ -362,10 +487,17 @@ where
             return Err(ApiError::Unauthorized(reason));
         }
     }
+    // Valid JSON that Postgres can store as it is (see `parse_json_body`).
     let value = parse_json_body(&body)?;
-    let order_id = match kind {
-        EventType::OrderWebhook => PaymentWebhook::from_json(&value)?.order_id,
-        EventType::DisputeWebhook => ChargebackWebhook::from_json(&value)?.order_id,
+    let (order_id, occurred_at) = match kind {
+        EventType::OrderWebhook => {
+            let w = PaymentWebhook::from_json(&value)?;
+            (w.order_id, w.occurred_at)
+        }
+        EventType::DisputeWebhook => {
+            let w = ChargebackWebhook::from_json(&value)?;
+            (w.order_id, w.occurred_at)
+        }
     };
     let topic = &endpoint.topic;
     drop(value);
@@ -373,6 +505,8 @@ where
     let raw: Box<RawValue> = serde_json::from_slice(&body)
         .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
     let envelope = Envelope::new(kind, order_id.as_str(), raw);
+    // The consumer checks the same bound against the same timestamp.
+    occurred_at.check_not_after(envelope.timestamp, state.occurred_at_max_future)?;
     let event_id = envelope.event_id;
     let started = std::time::Instant::now();
     let published = state.publisher.publish(topic, envelope.to_record()).await;

@@ -98,6 +98,9 @@ pub struct ConsumerConfig {
     /// Attempts after which a transient failure of one record is treated as
     /// permanent; `None` retries without limit.
     pub max_attempts: Option<u32>,
+    /// How far after its acceptance an event's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`, the edge's bound).
+    pub occurred_at_max_future: Duration,
 }
 
 impl ConsumerConfig {
@@ -112,6 +115,7 @@ impl ConsumerConfig {
             backoff_min: cfg.retry_backoff_min,
             backoff_max: cfg.retry_backoff_max,
             max_attempts: cfg.consumer_max_attempts,
+            occurred_at_max_future: cfg.occurred_at_max_future,
         }
     }
 }
@@ -571,7 +575,9 @@ impl PartitionConsumer {
                 partition: self.partition,
                 offset: r.offset,
             };
-            match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source)) {
+            let decoded = Envelope::decode(r.record.value.as_deref())
+                .and_then(|e| e.into_event_within(source, self.cfg.occurred_at_max_future));
+            match decoded {
                 Ok(ev) => chunk.push(ev),
                 Err(source) => {
                     return (

@@ -9,7 +9,7 @@
 //! the headers repeat `event_id` and `type` so tools can route and trace a
 //! record without parsing its value.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use rskafka::record::Record;
@@ -21,6 +21,7 @@ use crate::domain::{
     ValidationError,
     disputes::{ChargebackEvent, ChargebackWebhook},
     orders::{PaymentEvent, PaymentWebhook, SourcePosition},
+    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, OccurredAt, parse_json_body},
 };
 
 /// Which kind of webhook an envelope carries, and so which service handles it.
@@ -125,13 +126,35 @@ impl Envelope {
     }
 
     /// Validates the payload again (topics can be written by anyone) and
-    /// builds the event for the matching service.
+    /// builds the event for the matching service, with the default
+    /// `OCCURRED_AT_MAX_FUTURE`; see [`Self::into_event_within`].
     pub fn into_event(self, source: SourcePosition) -> Result<Event, DecodeError> {
+        self.into_event_within(source, DEFAULT_OCCURRED_AT_MAX_FUTURE)
+    }
+
+    /// Validates the payload again with the checks of the edge, and builds
+    /// the event for the matching service:
+    /// - the payload must pass [`parse_json_body`] (JSON that Postgres can
+    ///   store as `jsonb`) and its type's validator;
+    /// - its `occurred_at` may be at most `max_future` after this envelope's
+    ///   `timestamp` (when the webhook was accepted), never the clock of the
+    ///   reader, so the verdict is the same on every read;
+    /// - the envelope key must be the payload's `order_id`.
+    ///
+    /// Every failure is permanent: the same bytes fail the same way.
+    pub fn into_event_within(
+        self,
+        source: SourcePosition,
+        max_future: Duration,
+    ) -> Result<Event, DecodeError> {
         let kind = EventType::parse(&self.kind)
             .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
-        let json: serde_json::Value = serde_json::from_str(self.payload.get())?;
+        let json = parse_json_body(self.payload.get().as_bytes()).map_err(DecodeError::Payload)?;
         let payload = self.payload.get().to_owned();
-        let check_key = |order_id: &str| {
+        let check = |order_id: &str, occurred_at: OccurredAt| {
+            occurred_at
+                .check_not_after(self.timestamp, max_future)
+                .map_err(DecodeError::Payload)?;
             if order_id == self.key {
                 Ok(())
             } else {
@@ -144,7 +167,7 @@ impl Envelope {
         match kind {
             EventType::OrderWebhook => {
                 let webhook = PaymentWebhook::from_json(&json).map_err(DecodeError::Payload)?;
-                check_key(webhook.order_id.as_str())?;
+                check(webhook.order_id.as_str(), webhook.occurred_at)?;
                 Ok(Event::Payment(PaymentEvent {
                     event_id: self.event_id,
                     webhook,
@@ -154,7 +177,7 @@ impl Envelope {
             }
             EventType::DisputeWebhook => {
                 let webhook = ChargebackWebhook::from_json(&json).map_err(DecodeError::Payload)?;
-                check_key(webhook.order_id.as_str())?;
+                check(webhook.order_id.as_str(), webhook.occurred_at)?;
                 Ok(Event::Chargeback(ChargebackEvent {
                     event_id: self.event_id,
                     webhook,
@@ -244,5 +267,62 @@ mod tests {
             env.into_event(src()),
             Err(DecodeError::Payload(_))
         ));
+    }
+
+    /// A record written straight to the topic with a payload the edge would
+    /// refuse is a permanent decode failure, not a write Postgres refuses.
+    #[test]
+    fn payloads_postgres_cannot_store_do_not_decode() {
+        for hazard in [r#""\u0000""#, r#""\udc00""#, "1e-20000"] {
+            let body = BODY.replace("[1, 2]", hazard);
+            let raw = RawValue::from_string(body).unwrap();
+            let env = Envelope::new(EventType::OrderWebhook, "ord_42", raw);
+            match env.into_event(src()) {
+                Err(DecodeError::Payload(e)) => assert_eq!(e.code, "invalid_json", "{hazard}"),
+                other => panic!("{hazard}: {other:?}"),
+            }
+        }
+        let deep = BODY.replace("[1, 2]", &format!("{}{}", "[".repeat(40), "]".repeat(40)));
+        let env = Envelope::new(
+            EventType::OrderWebhook,
+            "ord_42",
+            RawValue::from_string(deep).unwrap(),
+        );
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
+    /// The future bound is checked against the envelope's own timestamp, so
+    /// the verdict does not depend on when the record is read.
+    #[test]
+    fn occurred_at_is_bounded_by_the_envelope_timestamp() {
+        let raw = || RawValue::from_string(BODY.to_owned()).unwrap();
+        let accepted = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        // occurred_at is 2026-11-26T10:00:00Z.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T09:59:59Z");
+        match env.into_event(src()) {
+            Err(DecodeError::Payload(e)) => {
+                assert_eq!(e.field, Some("occurred_at"));
+                assert!(e.detail.contains("2026-11-25T09:59:59Z"), "{}", e.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T10:00:00Z");
+        assert!(env.into_event(src()).is_ok());
+        // A shorter setting moves the bound.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T10:00:00Z");
+        assert!(matches!(
+            env.into_event_within(src(), Duration::from_secs(3600)),
+            Err(DecodeError::Payload(_))
+        ));
+        // Read long after acceptance, an old envelope still decodes.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-26T09:00:00Z");
+        assert!(env.into_event(src()).is_ok());
     }
 }

@@ -34,9 +34,92 @@ use tracing::{debug, warn};
 
 use super::{Kafka, KafkaError, bounded, partitioner::partition_for_key};
 
-/// Largest produce request we build, under the broker's default
-/// `message.max.bytes` (1 MiB) with room for framing.
-const MAX_BATCH_BYTES: usize = 900 * 1024;
+/// Largest record batch a lane builds, counted as [`batch_bytes`] counts
+/// (an upper bound of its encoded size), under the broker's default
+/// `message.max.bytes` (1 MiB, which applies to a whole batch). A record that
+/// alone is larger still goes, alone: whether the broker takes it is the
+/// broker's `message.max.bytes` to decide (its refusal is a 503 for that
+/// webhook only), and `HTTP_MAX_BODY_BYTES` is checked against that limit
+/// with [`max_batch_bytes_for_body`].
+pub const MAX_BATCH_BYTES: usize = 900 * 1024;
+
+/// The fixed part of a v2 record batch: base offset (8), length (4),
+/// leader epoch (4), magic (1), CRC (4), attributes (2), last offset delta
+/// (4), first and max timestamps (8 + 8), producer id (8) and epoch (2),
+/// base sequence (4), record count (4).
+pub const BATCH_OVERHEAD: usize = 61;
+
+/// An upper bound of one record's encoded size inside a batch: its key,
+/// value and headers plus the most their varints can take (length 5,
+/// attributes 1, timestamp delta 10, offset delta 5, key and value lengths
+/// 5 + 5, header count 5, and 5 + 5 per header).
+pub fn record_bytes(r: &Record) -> usize {
+    r.approximate_size() + 36 + 10 * r.headers.len()
+}
+
+/// An upper bound of the encoded size of a batch of `records`.
+pub fn batch_bytes<'a>(records: impl IntoIterator<Item = &'a Record>) -> usize {
+    BATCH_OVERHEAD + records.into_iter().map(record_bytes).sum::<usize>()
+}
+
+/// The largest batch a webhook body of `body_len` bytes can make on its own:
+/// the worst-case envelope around it (longest order id, every character of
+/// it escaped, the longer type name, a timestamp with nanoseconds), in a
+/// batch of one. The start-up check compares this for `HTTP_MAX_BODY_BYTES`
+/// with the broker's maximum message size.
+pub fn max_batch_bytes_for_body(body_len: usize) -> usize {
+    use crate::domain::types::MAX_ID_BYTES;
+    // {"event_id":"<36>","key":"<id, each byte escaped: 2x>","type":"<15>",
+    //  "payload":<body>,"timestamp":"<at most 35>"}
+    let value = r#"{"event_id":"","key":"","type":"","payload":,"timestamp":""}"#.len()
+        + 36
+        + 2 * MAX_ID_BYTES
+        + "dispute.webhook".len()
+        + body_len
+        + 35;
+    // Headers `event_id` (a UUID) and `type`; the key is the order id.
+    let headers = "event_id".len() + 36 + "type".len() + "dispute.webhook".len();
+    BATCH_OVERHEAD + MAX_ID_BYTES + value + headers + 36 + 2 * 10
+}
+
+/// A batch being built: records in queue order, never over
+/// [`MAX_BATCH_BYTES`] unless it holds a single record.
+struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Batch {
+    /// A batch starts with any one record, however large.
+    fn start(first: Pending, limit: usize) -> Self {
+        Self {
+            bytes: BATCH_OVERHEAD + record_bytes(&first.record),
+            records: vec![first],
+            limit,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= self.limit
+    }
+
+    /// Adds `p` if the batch stays within its limit once `p` is in it;
+    /// otherwise hands it back, to start the next batch.
+    fn push(&mut self, p: Pending) -> Result<(), Pending> {
+        let size = record_bytes(&p.record);
+        if self.bytes + size > self.limit {
+            return Err(p);
+        }
+        self.bytes += size;
+        self.records.push(p);
+        Ok(())
+    }
+}
+
+/// How long [`Producer::start`] waits for a topic to appear in the broker's
+/// metadata before failing with "topic ... does not exist".
+pub const TOPIC_WAIT: Duration = Duration::from_secs(10);
 
 /// Where an acknowledged record landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +229,8 @@ impl Producer {
         let mut tasks = JoinSet::new();
         let mut map = HashMap::new();
         for &topic in topics {
-            let partitions = kafka.partitions(topic).await?;
+            // A topic created a moment ago may not be in the metadata yet.
+            let partitions = kafka.wait_for_topic(topic, 1, TOPIC_WAIT).await?;
             // The partitioner maps keys onto 0..n; a topic whose partitions
             // are not exactly that would send records nowhere.
             if partitions.iter().enumerate().any(|(i, p)| *p as usize != i) {
@@ -218,36 +302,38 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch: Vec<Pending> = Vec::new();
+        // The record that did not fit the last batch: it starts the next.
+        let mut carried: Option<Pending> = None;
         // Ends when every sender is gone and the queue is empty: everything
         // that was queued has been sent and answered.
-        while let Some(first) = rx.recv().await {
-            let mut bytes = first.record.approximate_size();
-            batch.push(first);
+        loop {
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let mut batch = Batch::start(first, MAX_BATCH_BYTES);
             // Let every task that is ready to run (handlers about to publish)
             // run once first: their records join this batch at no timer cost.
             tokio::task::yield_now().await;
             if !self.linger.is_zero() {
                 let until = Instant::now() + self.linger;
-                while bytes < MAX_BATCH_BYTES {
+                while carried.is_none() && !batch.is_full() {
                     match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(p)) => {
-                            bytes += p.record.approximate_size();
-                            batch.push(p);
-                        }
+                        Ok(Some(p)) => carried = batch.push(p).err(),
                         Ok(None) | Err(_) => break,
                     }
                 }
             }
-            while bytes < MAX_BATCH_BYTES {
+            while carried.is_none() && !batch.is_full() {
                 match rx.try_recv() {
-                    Ok(p) => {
-                        bytes += p.record.approximate_size();
-                        batch.push(p);
-                    }
+                    Ok(p) => carried = batch.push(p).err(),
                     Err(_) => break,
                 }
             }
+            let mut batch = batch.records;
             // A caller that stopped waiting has already answered its client
             // with an error; sending its record anyway would only make a
             // duplicate for the provider's retry.
@@ -304,5 +390,104 @@ impl Lane {
         )
         .await?;
         Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::messaging::envelope::{Envelope, EventType};
+
+    fn pending(value_len: usize) -> Pending {
+        let (ack, _) = oneshot::channel();
+        Pending {
+            record: Record {
+                key: Some(b"ord_1".to_vec()),
+                value: Some(vec![b'x'; value_len]),
+                headers: Default::default(),
+                timestamp: Utc::now(),
+            },
+            ack,
+        }
+    }
+
+    /// Batches formed the way a lane forms them, from a queue of records.
+    fn batches(sizes: &[usize], limit: usize) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut queue = sizes.iter().map(|&n| pending(n));
+        let mut carried = None;
+        while let Some(first) = carried.take().or_else(|| queue.next()) {
+            let mut batch = Batch::start(first, limit);
+            while carried.is_none() && !batch.is_full() {
+                match queue.next() {
+                    Some(p) => carried = batch.push(p).err(),
+                    None => break,
+                }
+            }
+            let bytes = batch_bytes(batch.records.iter().map(|p| &p.record));
+            assert_eq!(bytes, batch.bytes);
+            assert!(
+                bytes <= limit || batch.records.len() == 1,
+                "a batch of {} records is {bytes} bytes, over {limit}",
+                batch.records.len()
+            );
+            out.push(
+                batch
+                    .records
+                    .iter()
+                    .map(|p| p.record.value.as_ref().map_or(0, Vec::len))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_never_exceeds_its_limit_and_keeps_queue_order() {
+        let per_record = record_bytes(&pending(0).record);
+        // Exactly full: three records of 100 bytes fit a limit made for them.
+        let limit = BATCH_OVERHEAD + 3 * (per_record + 100);
+        assert_eq!(
+            batches(&[100; 7], limit),
+            [vec![100; 3], vec![100; 3], vec![100]]
+        );
+        // One byte less and only two fit.
+        assert_eq!(batches(&[100; 4], limit - 1), [vec![100; 2], vec![100; 2]]);
+        // A record larger than the limit goes alone, in its place.
+        assert_eq!(
+            batches(&[10, 5000, 10, 10], 1000),
+            [vec![10], vec![5000], vec![10, 10]]
+        );
+        // Many sizes: never over, nothing lost, order kept.
+        let sizes: Vec<usize> = (0..2000).map(|i| (i * 7919) % 3000).collect();
+        let formed = batches(&sizes, 20_000);
+        assert_eq!(formed.concat(), sizes);
+        assert!(formed.len() > 100);
+    }
+
+    #[test]
+    fn the_worst_case_envelope_fits_the_stated_bound() {
+        for body_len in [2usize, 400, 262_144] {
+            let body = format!(r#""{}""#, "x".repeat(body_len - 2));
+            // The longest order id, every byte of it escaped in the JSON.
+            let key = "\"".repeat(crate::domain::types::MAX_ID_BYTES);
+            let mut env = Envelope::new(
+                EventType::DisputeWebhook,
+                &key,
+                RawValue::from_string(body).unwrap(),
+            );
+            env.timestamp = DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123456789Z")
+                .unwrap()
+                .to_utc();
+            let record = env.to_record();
+            let size = batch_bytes([&record]);
+            let bound = max_batch_bytes_for_body(body_len);
+            assert!(size <= bound, "{size} > {bound}");
+            // Tight: the bound is not a blanket over-estimate.
+            assert!(bound - size < 64, "{bound} - {size}");
+        }
     }
 }

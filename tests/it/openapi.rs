@@ -91,7 +91,7 @@ struct Answer {
 
 async fn send<B>(req: Request<B>, fail_publish: bool, request_timeout: Duration) -> Answer
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut state, recorder) = fake_state(fail_publish);
@@ -173,7 +173,14 @@ async fn routes_and_methods_match_the_router() {
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
     assert_eq!(
         documented,
-        BTreeSet::from([ORDERS, CHARGEBACKS, "/healthz", "/readyz", "/metrics"])
+        BTreeSet::from([
+            ORDERS,
+            CHARGEBACKS,
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/status"
+        ])
     );
     for (path, item) in paths {
         let allowed: Vec<&str> = METHODS
@@ -234,7 +241,7 @@ async fn healthz_answers_as_documented() {
 async fn readyz_and_metrics_answer_as_documented() {
     let spec = spec();
     for m in ["get", "head"] {
-        for path in ["/readyz", "/metrics"] {
+        for path in ["/readyz", "/metrics", "/status"] {
             let want = documented_answers(&spec, &spec["paths"][path][m]);
             let a = send(
                 request(&m.to_ascii_uppercase(), path, &[], vec![]),
