@@ -1,6 +1,6 @@
 //! Configuration: every setting declared once, read once, validated once.
 //!
-//! Each setting is one entry of the [`settings!`] table below: its `Config`
+//! Each setting is one entry of the `settings!` table below: its `Config`
 //! field and type, its environment variable, its default, a one-line
 //! meaning, and the check that turns the text into the typed value. From
 //! that one entry come the `Config` field, the command-line flag with its
@@ -18,13 +18,13 @@
 //! Add one line to the table, in the section it belongs to:
 //!
 //! ```text
-//! /// Longest time a partition may sit still with lag before it counts as stalled.
-//! consumer_stall_after: Duration = CONSUMER_STALL_AFTER("5m") check::duration();
+//! /// Longest wait for a Postgres connection from the pool
+//! database_pool_timeout: Duration = DATABASE_POOL_TIMEOUT("5s") check::duration();
 //! ```
 //!
-//! then use `cfg.consumer_stall_after`, and add the variable to the README's
+//! then use `cfg.database_pool_timeout`, and add the variable to the README's
 //! settings table and to `.env.example` (the test says exactly what to add).
-//! Checks that involve several settings go in [`Config::check_together`].
+//! Checks that involve several settings go in `Config::check_together`.
 //!
 //! The `///` line is the help text (one line). A secret is marked after its
 //! default, and is then never shown in errors, `--help` or `payhook config`:
