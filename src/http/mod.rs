@@ -7,8 +7,11 @@
 //! - [`signature`]: webhook signature verification (Standard Webhooks and
 //!   Stripe), on the raw body, before anything parses it.
 //! - [`error`]: the one place that turns errors into HTTP answers.
+//! - [`probe`]: the client side of `/healthz` and `/readyz`, for
+//!   `payhook healthcheck`.
 
 pub mod error;
+pub mod probe;
 pub mod routes;
 pub mod server;
 pub mod signature;

@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::{json, value::RawValue};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::{
     error::{ApiError, Body, json_response},
@@ -516,14 +516,16 @@ where
         .observe(started.elapsed().as_secs_f64());
     match published {
         Ok(p) => {
-            info!(%event_id, %order_id, r#type = kind.as_str(), partition = p.partition, offset = p.offset, "webhook accepted");
+            // Counted by payhook_webhooks_total{status="202"}; a line per
+            // webhook only when asked for (RUST_LOG=payhook=debug).
+            debug!(%event_id, %order_id, r#type = kind.as_str(), %topic, partition = p.partition, offset = p.offset, "webhook accepted");
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 &json!({ "event_id": event_id }),
             ))
         }
         Err(source) => {
-            warn!(%event_id, %order_id, r#type = kind.as_str(), error = %source, "webhook not accepted");
+            warn!(%event_id, %order_id, r#type = kind.as_str(), %topic, error = %source, "webhook not accepted");
             Err(ApiError::Unavailable {
                 source,
                 retry_after: state.retry_after,

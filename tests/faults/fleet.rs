@@ -73,7 +73,10 @@ async fn wait_balanced(db: &tokio_postgres::Client, stage: &Stage, limit: Durati
                   WHERE owner IS NOT NULL AND expires_at > now()
                     AND topic = ANY($1)
                   GROUP BY topic, owner",
-                &[&vec![stage.orders_topic.clone(), stage.disputes_topic.clone()]],
+                &[&vec![
+                    stage.orders_topic.clone(),
+                    stage.disputes_topic.clone(),
+                ]],
             )
             .await
             .unwrap();
@@ -128,8 +131,10 @@ pub(super) async fn fleet() {
     let mut apps: Vec<Payhook> = (0..REPLICAS)
         .map(|n| {
             let mut app = Payhook::replica(&stage, n);
-            app.env
-                .push(("CONSUMER_LEASE_TTL", humantime::format_duration(TTL).to_string()));
+            app.env.push((
+                "CONSUMER_LEASE_TTL",
+                humantime::format_duration(TTL).to_string(),
+            ));
             app
         })
         .collect();
@@ -249,9 +254,18 @@ pub(super) async fn fleet() {
     assert_eq!(overlaps, 0, "[fleet] a partition had two owners at once");
     assert_eq!(fenced, 0, "[fleet] a fenced owner wrote effects");
     let bound = TTL + Duration::from_secs(5);
-    assert!(failover_kill <= bound, "[fleet] failover after SIGKILL {failover_kill:?}");
-    assert!(failover_hang <= bound, "[fleet] failover after SIGSTOP {failover_hang:?}");
-    assert_eq!(failed, 0, "[fleet] webhooks failed during the rolling restart");
+    assert!(
+        failover_kill <= bound,
+        "[fleet] failover after SIGKILL {failover_kill:?}"
+    );
+    assert!(
+        failover_hang <= bound,
+        "[fleet] failover after SIGSTOP {failover_hang:?}"
+    );
+    assert_eq!(
+        failed, 0,
+        "[fleet] webhooks failed during the rolling restart"
+    );
     drop(apps);
     stage.cleanup().await;
 }

@@ -389,10 +389,7 @@ impl Payhook {
     fn replica(stage: &Stage, n: usize) -> Self {
         let mut p = Self::new(stage);
         p.port = free_port();
-        p.log = root().join(format!(
-            "target/faults/{}-{}-{n}.log",
-            stage.name, stage.id
-        ));
+        p.log = root().join(format!("target/faults/{}-{}-{n}.log", stage.name, stage.id));
         p.env.retain(|(k, _)| *k != "HTTP_ADDR");
         p.env.push(("HTTP_ADDR", format!("127.0.0.1:{}", p.port)));
         p.env.push(("HOSTNAME", format!("replica{n}")));
@@ -1027,4 +1024,3 @@ async fn poison_records_interleaved(total: usize) {
     drop(app);
     stage.cleanup().await;
 }
-
