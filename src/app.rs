@@ -21,6 +21,7 @@ use crate::{
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
+        topics::{self, TopicReport},
     },
     metrics::Metrics,
 };
@@ -38,6 +39,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("kafka topics: {0}")]
+    Topics(#[from] topics::Refused),
     #[error(
         "{var} is empty: an endpoint without a secret would accept forged webhooks. \
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
@@ -54,9 +57,6 @@ pub enum Stopped {
     /// offsets of unfinished work were not stored), but work was cut short.
     TimedOut,
 }
-
-/// How long start-up waits for the database before giving up.
-const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A built, not yet running, service.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl Application {
         // Checked first, before anything connects: an unverifiable endpoint
         // must never serve.
         let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
-        let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
+        let pool = db::pool_from_config(&cfg, cfg.database_pool_size)?;
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
             if !applied.is_empty() {
@@ -88,7 +88,11 @@ impl Application {
         } else {
             db::ping(&pool).await?;
         }
-        let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+        let kafka = Kafka::from_config(&cfg).await?;
+        // Durability, retention, compression and size limits of the three
+        // topics: warnings are logged; a webhook size the broker would
+        // refuse stops start-up.
+        topics::check_at_startup(&cfg).await?;
         let (producer, producer_tasks) = Producer::start(
             &kafka,
             &[&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic],
@@ -238,27 +242,21 @@ fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), Start
 
 /// `payhook migrate`.
 pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
-    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let pool = db::pool_from_config(cfg, 1)?;
     Ok(db::migrations::run(&pool).await?)
 }
 
-/// `payhook topics`: creates the three topics unless they exist; returns each
-/// topic with whether it was created now.
-pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
-    let mut out = Vec::new();
-    for topic in [&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic] {
-        let created = kafka
-            .ensure_topic(topic, cfg.partitions, cfg.replication_factor)
-            .await?;
-        out.push((topic.clone(), created));
-    }
-    Ok(out)
+/// `payhook topics`: creates the three topics unless they exist, with the
+/// replication factor, `min.insync.replicas` and retention of
+/// [`topics::create_topics`]; reports what it did and what it thinks of
+/// each topic.
+pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, StartError> {
+    Ok(topics::create_topics(cfg).await?)
 }
 
 /// `payhook dlq list`: every dead letter, in topic order.
 pub async fn dlq_list(cfg: &Config) -> Result<Vec<DeadLetter>, StartError> {
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let kafka = Kafka::from_config(cfg).await?;
     Ok(dlq::read_all(&kafka, &cfg.dlq_topic).await?)
 }
 
@@ -311,7 +309,7 @@ pub async fn dlq_replay(
     if selection.is_empty() {
         return Err(ReplayError::NothingSelected);
     }
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let kafka = Kafka::from_config(cfg).await?;
     let chosen: Vec<DeadLetter> = dlq::read_all(&kafka, &cfg.dlq_topic)
         .await?
         .into_iter()

@@ -5,7 +5,9 @@
 //! a message naming the variable and the form it expects; all problems are
 //! reported together so one edit fixes them all.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
+use std::{
+    collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration,
+};
 
 use crate::http::signature::{Scheme, SigningKey};
 
@@ -41,8 +43,9 @@ pub struct Config {
     /// (`WEBHOOK_CHARGEBACKS_SCHEME`, `WEBHOOK_CHARGEBACKS_SECRETS`).
     pub webhook_chargebacks: WebhookAuth,
 
-    /// Postgres connection string (`DATABASE_URL`).
-    pub database_url: String,
+    /// Postgres connection string (`DATABASE_URL`). Its `Debug` hides the
+    /// password.
+    pub database_url: DatabaseUrl,
     /// Connections in the pool (`DATABASE_POOL_SIZE`).
     pub database_pool_size: usize,
     /// Apply `sql/` migrations when `serve` starts (`RUN_MIGRATIONS`).
@@ -65,8 +68,9 @@ pub struct Config {
     pub dlq_topic: String,
     /// Partitions per topic for `payhook topics` (`KAFKA_PARTITIONS`).
     pub partitions: NonZeroU32,
-    /// Replication factor for `payhook topics` (`KAFKA_REPLICATION_FACTOR`).
-    pub replication_factor: i16,
+    /// Replication factor for `payhook topics` (`KAFKA_REPLICATION_FACTOR`);
+    /// `None` (the default) means 3, or the broker count if smaller.
+    pub replication_factor: Option<i16>,
     /// How long a webhook may wait for the broker's acknowledgement before it
     /// is answered 503 (`KAFKA_PUBLISH_TIMEOUT`).
     pub publish_timeout: Duration,
@@ -99,6 +103,262 @@ pub struct Config {
 
     /// How long a graceful shutdown may take (`SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: Duration,
+
+    // --- Secured connections, durable topics, deadlines (issue 10) ---
+    /// How payhook reaches Kafka: `KAFKA_SECURITY_PROTOCOL`,
+    /// `KAFKA_SASL_*`, `KAFKA_TLS_*`.
+    pub kafka_security: KafkaSecurity,
+    /// How payhook reaches Postgres: `DATABASE_SSLMODE` (or `sslmode` in
+    /// `DATABASE_URL`) and `DATABASE_TLS_CA_FILE`.
+    pub database_tls: DatabaseTls,
+    /// Server-side limit on one statement of payhook's sessions
+    /// (`DATABASE_STATEMENT_TIMEOUT`). payhook's own client also gives up on a
+    /// statement, transaction step or ping this long (plus one second) after
+    /// it was sent: a database that stops answering without closing the
+    /// connection is noticed within that time.
+    pub database_statement_timeout: Duration,
+    /// The server ends a session of payhook's that sits idle inside a
+    /// transaction this long (`DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`).
+    pub database_idle_in_transaction_timeout: Duration,
+    /// Bound on making a database connection and on waiting for one from the
+    /// pool (`DATABASE_CONNECT_TIMEOUT`).
+    pub database_connect_timeout: Duration,
+    /// TCP keepalive idle time on database connections
+    /// (`DATABASE_KEEPALIVE`); probes then follow every second, and a peer
+    /// that misses three is declared gone.
+    pub database_keepalive: Duration,
+    /// `min.insync.replicas` for `payhook topics` (`KAFKA_MIN_INSYNC_REPLICAS`);
+    /// `None` (the default) means the replication factor minus one, at
+    /// least 1.
+    pub min_insync_replicas: Option<i16>,
+    /// `retention.ms` of the dead-letter topic created by `payhook topics`
+    /// (`KAFKA_DLQ_RETENTION`, default 365 days; `forever` for -1).
+    pub dlq_retention: Option<Duration>,
+    /// How long a partition may stall (records waiting, not applied) before
+    /// someone acts (`KAFKA_MIN_RETENTION`). `serve` warns when a source
+    /// topic deletes records sooner than this.
+    pub min_retention: Duration,
+}
+
+/// A string that must never be printed: `Debug` and `Display` show
+/// `<redacted>`. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `DATABASE_URL`: the connection string, which may hold a password. It
+/// derefs to the full string for connecting; `Debug` and
+/// [`DatabaseUrl::redacted`] show it without the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The URL with any password replaced by `***`, safe to log.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` with the password (and any
+/// `password=` parameter) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        // The authority ends at the first '/', '?' or '#' after the scheme;
+        // its password sits between the first ':' and the last '@'.
+        let end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..end].rfind('@').map(|i| rest + i) {
+            if let Some(colon) = out[rest..at].find(':').map(|i| rest + i) {
+                out.replace_range(colon + 1..at, "***");
+            }
+        }
+    }
+    // Key=value forms: `?password=...` in a URL, or `password=...` in a
+    // key-value string.
+    let lower = out.to_ascii_lowercase();
+    if let Some(i) = lower.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' ', '#'])
+            .map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// `KAFKA_SECURITY_PROTOCOL`, in Kafka's own names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "plaintext" => Some(Self::Plaintext),
+            "ssl" => Some(Self::Ssl),
+            "sasl_plaintext" => Some(Self::SaslPlaintext),
+            "sasl_ssl" => Some(Self::SaslSsl),
+            _ => None,
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// `KAFKA_SASL_MECHANISM`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAIN" => Some(Self::Plain),
+            "SCRAM-SHA-256" => Some(Self::ScramSha256),
+            "SCRAM-SHA-512" => Some(Self::ScramSha512),
+            _ => None,
+        }
+    }
+
+    /// The name the broker knows it by.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials (used when the protocol is `sasl_*`).
+#[derive(Clone, Debug)]
+pub struct SaslSettings {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Everything about how payhook reaches the brokers, beyond their addresses.
+#[derive(Clone, Debug)]
+pub struct KafkaSecurity {
+    pub protocol: SecurityProtocol,
+    /// Present exactly when `protocol` is `sasl_plaintext` or `sasl_ssl`.
+    pub sasl: Option<SaslSettings>,
+    /// PEM file of the CAs that may sign the brokers' certificates
+    /// (`KAFKA_TLS_CA_FILE`); `None`: Mozilla's roots, compiled in.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain and private key, PEM, for mutual TLS
+    /// (`KAFKA_TLS_CERT_FILE`, `KAFKA_TLS_KEY_FILE`; both or neither).
+    pub tls_client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl KafkaSecurity {
+    /// Plaintext, no SASL: the local brokers of `./scripts/services`.
+    pub fn plaintext() -> Self {
+        Self {
+            protocol: SecurityProtocol::Plaintext,
+            sasl: None,
+            tls_ca_file: None,
+            tls_client_auth: None,
+        }
+    }
+}
+
+/// `sslmode`, with the meanings libpq gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS, but the server's certificate is not checked: safe against a
+    /// passive eavesdropper, not against an impostor.
+    Require,
+    /// TLS; the certificate must chain to a trusted CA and name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" => Some(Self::Disable),
+            "require" => Some(Self::Require),
+            "verify-full" => Some(Self::VerifyFull),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// How payhook reaches Postgres, beyond the URL.
+#[derive(Clone, Debug)]
+pub struct DatabaseTls {
+    pub mode: SslMode,
+    /// PEM file of the CAs that may sign the server's certificate
+    /// (`DATABASE_TLS_CA_FILE`); `None`: Mozilla's roots, compiled in.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How one endpoint's webhooks are signed.
@@ -193,16 +453,7 @@ impl Config {
             webhook_orders: r.webhook_auth("WEBHOOK_ORDERS_SCHEME", "WEBHOOK_ORDERS_SECRETS"),
             webhook_chargebacks: r
                 .webhook_auth("WEBHOOK_CHARGEBACKS_SCHEME", "WEBHOOK_CHARGEBACKS_SECRETS"),
-            database_url: r.parse_with(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/payhook",
-                "a postgres:// URL",
-                |s| {
-                    let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
-                        && s.parse::<tokio_postgres::Config>().is_ok();
-                    ok.then(|| s.to_owned())
-                },
-            ),
+            database_url: r.database_url(),
             database_pool_size: r.parse_with(
                 "DATABASE_POOL_SIZE",
                 "16",
@@ -247,9 +498,9 @@ impl Config {
             ),
             replication_factor: r.parse_with(
                 "KAFKA_REPLICATION_FACTOR",
-                "1",
-                "a whole number between 1 and 32",
-                |s| s.parse::<i16>().ok().filter(|n| (1..=32).contains(n)),
+                "auto",
+                "auto, or a whole number between 1 and 32",
+                |s| parse_auto_or(s, 1..=32),
             ),
             publish_timeout: r.duration("KAFKA_PUBLISH_TIMEOUT", "5s"),
             linger: r.parse_with(
@@ -303,7 +554,59 @@ impl Config {
             retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
             retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),
+            kafka_security: r.kafka_security(),
+            database_tls: DatabaseTls {
+                mode: SslMode::Disable,
+                ca_file: r.optional_file("DATABASE_TLS_CA_FILE"),
+            },
+            database_statement_timeout: r.duration("DATABASE_STATEMENT_TIMEOUT", "10s"),
+            database_idle_in_transaction_timeout: r
+                .duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "60s"),
+            database_connect_timeout: r.duration("DATABASE_CONNECT_TIMEOUT", "5s"),
+            database_keepalive: r.duration("DATABASE_KEEPALIVE", "10s"),
+            min_insync_replicas: r.parse_with(
+                "KAFKA_MIN_INSYNC_REPLICAS",
+                "auto",
+                "auto, or a whole number between 1 and 32",
+                |s| parse_auto_or(s, 1..=32),
+            ),
+            dlq_retention: r.parse_with(
+                "KAFKA_DLQ_RETENTION",
+                "365days",
+                "a duration like 30days, or forever",
+                |s| match s {
+                    "forever" => Some(None),
+                    _ => humantime::parse_duration(s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .map(Some),
+                },
+            ),
+            min_retention: r.duration("KAFKA_MIN_RETENTION", "7days"),
         };
+        let mut cfg = cfg;
+        cfg.database_tls.mode = r.sslmode(&cfg.database_url);
+        if cfg.database_tls.ca_file.is_some() && cfg.database_tls.mode != SslMode::VerifyFull {
+            r.errors.push(VarError {
+                var: "DATABASE_TLS_CA_FILE",
+                value: cfg
+                    .database_tls
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                expected: "to be set only with DATABASE_SSLMODE=verify-full (the only mode that checks the server's certificate)",
+            });
+        }
+        if let (Some(rf), Some(isr)) = (cfg.replication_factor, cfg.min_insync_replicas) {
+            if isr > rf {
+                r.errors.push(VarError {
+                    var: "KAFKA_MIN_INSYNC_REPLICAS",
+                    value: isr.to_string(),
+                    expected: "at most KAFKA_REPLICATION_FACTOR (or every write would be refused)",
+                });
+            }
+        }
         // Checks that involve more than one field.
         if cfg.retry_backoff_min > cfg.retry_backoff_max {
             r.errors.push(VarError {
@@ -331,6 +634,44 @@ impl Config {
         } else {
             Err(ConfigError(r.errors))
         }
+    }
+}
+
+/// `auto` (then `None`) or a number in `range`.
+fn parse_auto_or(s: &str, range: std::ops::RangeInclusive<i16>) -> Option<Option<i16>> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Some(None);
+    }
+    s.parse::<i16>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .map(Some)
+}
+
+/// The `sslmode` parameter of a URL, if any.
+fn url_sslmode(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "sslmode")
+        .map(|(_, v)| v)
+}
+
+/// The URL without its `sslmode` parameter: payhook applies the mode itself
+/// (tokio-postgres knows no `verify-full`).
+pub fn strip_sslmode(url: &str) -> String {
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("sslmode="))
+        .collect();
+    if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
     }
 }
 
@@ -427,6 +768,161 @@ impl Reader<'_> {
         WebhookAuth { scheme, secrets }
     }
 
+    /// `DATABASE_URL`. A refused URL is reported with its password hidden.
+    fn database_url(&mut self) -> DatabaseUrl {
+        const VAR: &str = "DATABASE_URL";
+        let default = "postgres://postgres@127.0.0.1:5432/payhook";
+        let raw = (self.get)(VAR);
+        let value = raw.as_deref().map(str::trim).unwrap_or(default);
+        let ok = (value.starts_with("postgres://") || value.starts_with("postgresql://"))
+            && strip_sslmode(value)
+                .parse::<tokio_postgres::Config>()
+                .is_ok();
+        if ok {
+            DatabaseUrl::new(value)
+        } else {
+            self.errors.push(VarError {
+                var: VAR,
+                value: redact_url(value),
+                expected: "a postgres:// URL",
+            });
+            DatabaseUrl::new(default)
+        }
+    }
+
+    /// `DATABASE_SSLMODE`, else the URL's `sslmode`, else `disable`. When
+    /// both are given they must agree.
+    fn sslmode(&mut self, url: &str) -> SslMode {
+        const EXPECTED: &str = "disable, require or verify-full";
+        let from_url = url_sslmode(url);
+        let url_mode = match from_url {
+            Some(v) => match SslMode::parse(v) {
+                Some(m) => Some(m),
+                None => {
+                    self.errors.push(VarError {
+                        var: "DATABASE_URL",
+                        value: format!("...sslmode={v}"),
+                        expected: "sslmode=disable, require or verify-full (payhook supports these three)",
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
+        let setting = (self.get)("DATABASE_SSLMODE");
+        let Some(raw) = setting else {
+            return url_mode.unwrap_or(SslMode::Disable);
+        };
+        let mode = self.parse_with("DATABASE_SSLMODE", "disable", EXPECTED, |s| {
+            SslMode::parse(s)
+        });
+        let _ = raw;
+        if url_mode.is_some_and(|u| u != mode) {
+            self.errors.push(VarError {
+                var: "DATABASE_SSLMODE",
+                value: mode.as_str().to_owned(),
+                expected: "the same mode as sslmode in DATABASE_URL (or drop one of them)",
+            });
+        }
+        mode
+    }
+
+    fn optional_file(&mut self, var: &'static str) -> Option<PathBuf> {
+        let raw = (self.get)(var)?;
+        let path = raw.trim();
+        if path.is_empty() {
+            return None;
+        }
+        if std::path::Path::new(path).is_file() {
+            Some(PathBuf::from(path))
+        } else {
+            self.errors.push(VarError {
+                var,
+                value: path.to_owned(),
+                expected: "the path of a readable PEM file",
+            });
+            None
+        }
+    }
+
+    /// `KAFKA_SECURITY_PROTOCOL` and what it needs. The password is never
+    /// echoed.
+    fn kafka_security(&mut self) -> KafkaSecurity {
+        let protocol = self.parse_with(
+            "KAFKA_SECURITY_PROTOCOL",
+            "plaintext",
+            "plaintext, ssl, sasl_plaintext or sasl_ssl",
+            SecurityProtocol::parse,
+        );
+        let mechanism = self.parse_with(
+            "KAFKA_SASL_MECHANISM",
+            "PLAIN",
+            "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+            SaslMechanism::parse,
+        );
+        let username = (self.get)("KAFKA_SASL_USERNAME").unwrap_or_default();
+        let password = (self.get)("KAFKA_SASL_PASSWORD").unwrap_or_default();
+        let sasl = if protocol.uses_sasl() {
+            if username.trim().is_empty() {
+                self.errors.push(VarError {
+                    var: "KAFKA_SASL_USERNAME",
+                    value: String::new(),
+                    expected: "a user name (KAFKA_SECURITY_PROTOCOL is sasl_*)",
+                });
+            }
+            if password.is_empty() {
+                self.errors.push(VarError {
+                    var: "KAFKA_SASL_PASSWORD",
+                    value: String::new(),
+                    expected: "a password (KAFKA_SECURITY_PROTOCOL is sasl_*)",
+                });
+            }
+            Some(SaslSettings {
+                mechanism,
+                username: username.trim().to_owned(),
+                password: Secret::new(password),
+            })
+        } else {
+            None
+        };
+        let tls_ca_file = self.optional_file("KAFKA_TLS_CA_FILE");
+        let cert = self.optional_file("KAFKA_TLS_CERT_FILE");
+        let key = self.optional_file("KAFKA_TLS_KEY_FILE");
+        let tls_client_auth = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.errors.push(VarError {
+                    var: "KAFKA_TLS_KEY_FILE",
+                    value: String::new(),
+                    expected: "a private key file to go with KAFKA_TLS_CERT_FILE",
+                });
+                None
+            }
+            (None, Some(_)) => {
+                self.errors.push(VarError {
+                    var: "KAFKA_TLS_CERT_FILE",
+                    value: String::new(),
+                    expected: "a certificate file to go with KAFKA_TLS_KEY_FILE",
+                });
+                None
+            }
+        };
+        if !protocol.uses_tls() && (tls_ca_file.is_some() || tls_client_auth.is_some()) {
+            self.errors.push(VarError {
+                var: "KAFKA_SECURITY_PROTOCOL",
+                value: protocol.as_str().to_owned(),
+                expected: "ssl or sasl_ssl when KAFKA_TLS_* files are set",
+            });
+        }
+        KafkaSecurity {
+            protocol,
+            sasl,
+            tls_ca_file,
+            tls_client_auth,
+        }
+    }
+
     fn name(&mut self, var: &'static str, default: &str) -> String {
         self.parse_with(
             var,
@@ -453,7 +949,10 @@ mod tests {
     fn defaults_are_for_local_use() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1:5432/payhook");
+        assert_eq!(
+            &*c.database_url,
+            "postgres://postgres@127.0.0.1:5432/payhook"
+        );
         assert_eq!(c.kafka_brokers, vec!["127.0.0.1:9092".to_string()]);
         assert_eq!(c.orders_topic, "payments.orders");
         assert_eq!(c.disputes_topic, "payments.disputes");

@@ -31,6 +31,7 @@
 
 pub mod app;
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use payhook::{app, config::Config};
+use payhook::{app, config::Config, messaging::topics::Finding};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -89,9 +89,26 @@ fn main() -> ExitCode {
             },
             Command::Topics => match app::create_topics(&cfg).await {
                 Ok(v) => {
-                    for (topic, created) in v {
-                        let what = if created { "created" } else { "exists" };
-                        info!(%topic, partitions = cfg.partitions, "{what}");
+                    for t in v {
+                        let what = if t.created {
+                            "created"
+                        } else {
+                            "exists (left as it is)"
+                        };
+                        info!(
+                            topic = %t.topic,
+                            partitions = cfg.partitions,
+                            replication_factor = t.replication.factor,
+                            min_insync_replicas = t.replication.min_insync,
+                            "{what}"
+                        );
+                        for f in t.findings {
+                            match f {
+                                Finding::Note(m) => info!("{m}"),
+                                Finding::Warn(m) => warn!("{m}"),
+                                Finding::Refuse(m) => error!("{m}"),
+                            }
+                        }
                     }
                     ExitCode::SUCCESS
                 }
