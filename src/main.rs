@@ -98,8 +98,9 @@ fn main() -> ExitCode {
                         info!(
                             topic = %t.topic,
                             partitions = cfg.partitions,
-                            replication_factor = t.replication.factor,
-                            min_insync_replicas = t.replication.min_insync,
+                            replication_factor = t.replication_factor.unwrap_or_default(),
+                            min_insync_replicas = t.min_insync_replicas.as_deref().unwrap_or("?"),
+                            retention_ms = t.retention_ms.as_deref().unwrap_or("?"),
                             "{what}"
                         );
                         for f in t.findings {

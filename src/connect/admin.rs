@@ -46,7 +46,7 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: the broker answered {error}{}", .message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    #[error("{what}: the broker answered {error}{}", .message.as_deref().filter(|m| !m.is_empty()).map(|m| format!(" ({m})")).unwrap_or_default())]
     Broker {
         what: &'static str,
         error: String,
@@ -432,6 +432,40 @@ impl Admin {
             });
         }
         R::Response::decode(&mut buf, version).map_err(proto)
+    }
+}
+
+/// Why the brokers cannot be used with these settings, found by
+/// connecting (TLS, SASL) and asking for metadata: `None` when that works.
+/// An I/O failure gets a hint, since a listener of another protocol (TLS or
+/// SASL where plaintext was tried, or the reverse) just closes the
+/// connection.
+pub async fn diagnose(
+    brokers: &[String],
+    transport: &KafkaTransport,
+    timeout: Duration,
+) -> Option<AdminError> {
+    let probe = async {
+        let mut admin = Admin::connect(brokers, transport, timeout).await?;
+        admin.broker_count().await
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(AdminError::Io { what, source })) => Some(AdminError::Io {
+            what,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source} (does this listener expect another security protocol? \
+                     check KAFKA_SECURITY_PROTOCOL and the port)"
+                ),
+            ),
+        }),
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(AdminError::Timeout {
+            what: "connecting and reading metadata",
+            after: timeout,
+        }),
     }
 }
 

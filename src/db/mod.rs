@@ -23,7 +23,7 @@ use crate::{
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -47,6 +47,15 @@ fn describe(e: &tokio_postgres::Error) -> String {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         },
+    }
+}
+
+/// A pool error with the database's own reason (a refused certificate, a
+/// failed login), which deadpool's message leaves out.
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
     }
 }
 

@@ -53,6 +53,12 @@ pub enum KafkaError {
     Connect(#[from] ConnectError),
     #[error("admin request: {0}")]
     Admin(#[from] AdminError),
+    #[error("{first}; connecting directly with KAFKA_SECURITY_PROTOCOL={protocol} says: {reason}")]
+    Refused {
+        first: Box<KafkaError>,
+        reason: AdminError,
+        protocol: &'static str,
+    },
 }
 
 async fn build_client(
@@ -144,9 +150,39 @@ impl Kafka {
 
     /// Connects with `KAFKA_SECURITY_PROTOCOL` and the other settings of
     /// `cfg` (SASL, TLS; see [`crate::connect`]).
+    ///
+    /// rskafka retries a refused login or handshake until its deadline and
+    /// then reports a bare timeout; when connecting fails, payhook's own
+    /// admin connection tries once more to find the reason (a refused
+    /// password, an untrusted certificate, a listener that expects another
+    /// protocol) and reports it.
     pub async fn from_config(cfg: &Config) -> Result<Self, KafkaError> {
         let transport = connect::kafka_security(&cfg.kafka_security)?;
-        Self::connect_with(&cfg.kafka_brokers, cfg.kafka_request_timeout, transport).await
+        match Self::connect_with(
+            &cfg.kafka_brokers,
+            cfg.kafka_request_timeout,
+            transport.clone(),
+        )
+        .await
+        {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let reason = connect::admin::diagnose(
+                    &cfg.kafka_brokers,
+                    &transport,
+                    cfg.kafka_request_timeout,
+                )
+                .await;
+                Err(match reason {
+                    Some(reason) => KafkaError::Refused {
+                        first: Box::new(e),
+                        reason,
+                        protocol: cfg.kafka_security.protocol.as_str(),
+                    },
+                    None => e,
+                })
+            }
+        }
     }
 
     /// Connects with the given SASL and TLS settings.

@@ -202,7 +202,12 @@ pub struct TopicReport {
     pub topic: String,
     pub role: Role,
     pub created: bool,
-    pub replication: Replication,
+    /// As the broker reports it (smallest over the partitions).
+    pub replication_factor: Option<i16>,
+    /// As the broker reports it.
+    pub min_insync_replicas: Option<String>,
+    /// As the broker reports it (`-1`: kept forever).
+    pub retention_ms: Option<String>,
     /// What [`assess`] says about the topic as it now is.
     pub findings: Vec<Finding>,
 }
@@ -249,13 +254,25 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, super::Kafk
         let created = admin
             .create_topic(topic, partitions, replication.factor, &configs)
             .await?;
-        let rf = admin.replication_factor(topic).await?;
-        let now = admin.describe_topic_configs(topic).await?;
+        // A topic created a moment ago may not be known to every broker
+        // yet: ask again for a while.
+        let deadline = tokio::time::Instant::now() + cfg.kafka_request_timeout;
+        let (rf, now) = loop {
+            let rf = admin.replication_factor(topic).await?;
+            match admin.describe_topic_configs(topic).await {
+                Ok(c) if rf.is_some() => break (rf, c),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+                _ if tokio::time::Instant::now() >= deadline => break (rf, TopicConfigs::new()),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
         out.push(TopicReport {
             topic: topic.to_owned(),
             role,
             created: created == Created::Now,
-            replication,
+            replication_factor: rf,
+            min_insync_replicas: now.get("min.insync.replicas").cloned(),
+            retention_ms: now.get("retention.ms").cloned(),
             findings: assess(topic, role, rf, &now, limits),
         });
     }

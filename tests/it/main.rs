@@ -11,4 +11,5 @@ mod hostile;
 mod http_edge;
 mod openapi;
 mod pipeline;
+mod secured;
 mod signatures;
