@@ -809,14 +809,10 @@ impl Reader<'_> {
             },
             None => None,
         };
-        let setting = (self.get)("DATABASE_SSLMODE");
-        let Some(raw) = setting else {
+        if (self.get)("DATABASE_SSLMODE").is_none() {
             return url_mode.unwrap_or(SslMode::Disable);
-        };
-        let mode = self.parse_with("DATABASE_SSLMODE", "disable", EXPECTED, |s| {
-            SslMode::parse(s)
-        });
-        let _ = raw;
+        }
+        let mode = self.parse_with("DATABASE_SSLMODE", "disable", EXPECTED, SslMode::parse);
         if url_mode.is_some_and(|u| u != mode) {
             self.errors.push(VarError {
                 var: "DATABASE_SSLMODE",
@@ -1111,6 +1107,141 @@ mod tests {
             cfg(&[("WEBHOOK_ORDERS_SECRETS", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap_err();
         assert_eq!(err.0[0].var, "WEBHOOK_ORDERS_SECRETS");
         assert!(err.0[0].expected.contains("whsec_"));
+    }
+
+    #[test]
+    fn secured_connections_are_off_by_default() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.kafka_security.protocol, SecurityProtocol::Plaintext);
+        assert!(c.kafka_security.sasl.is_none());
+        assert_eq!(c.database_tls.mode, SslMode::Disable);
+        assert_eq!(c.database_statement_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.database_idle_in_transaction_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(c.database_connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.database_keepalive, Duration::from_secs(10));
+        assert_eq!(c.replication_factor, None);
+        assert_eq!(c.min_insync_replicas, None);
+        assert_eq!(c.dlq_retention, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(c.min_retention, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn sasl_settings_are_read_and_the_password_never_shown() {
+        let c = cfg(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "svc"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-kafka"),
+        ])
+        .unwrap();
+        assert_eq!(c.kafka_security.protocol, SecurityProtocol::SaslSsl);
+        let sasl = c.kafka_security.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(sasl.username, "svc");
+        assert_eq!(sasl.password.expose(), "hunter2-kafka");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        // sasl_* without credentials; a bad mechanism; a cert without key.
+        let err = cfg(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+            ("KAFKA_TLS_CERT_FILE", "Cargo.toml"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "KAFKA_SASL_MECHANISM",
+                "KAFKA_SASL_USERNAME",
+                "KAFKA_SASL_PASSWORD",
+                "KAFKA_TLS_KEY_FILE",
+            ]
+        );
+        // TLS files with a protocol that does not use TLS.
+        let err = cfg(&[("KAFKA_TLS_CA_FILE", "Cargo.toml")]).unwrap_err();
+        assert_eq!(err.0[0].var, "KAFKA_SECURITY_PROTOCOL");
+        // A wrong setting next to a password: the password is not echoed.
+        let err = cfg(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl-plain"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-kafka"),
+        ])
+        .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn database_passwords_are_never_shown() {
+        let c = cfg(&[("DATABASE_URL", "postgres://app:s3cr3t-pw@db:5432/payhook")]).unwrap();
+        assert_eq!(&*c.database_url, "postgres://app:s3cr3t-pw@db:5432/payhook");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db:5432/payhook"),
+            "{shown}"
+        );
+        // A refused URL is named without its password.
+        let err = cfg(&[("DATABASE_URL", "postgres://app:s3cr3t-pw@db:notaport/x")]).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL=\"postgres://app:***@db:notaport/x\""),
+            "{text}"
+        );
+        assert_eq!(
+            redact_url("postgresql://u:p%40ss@h/db?password=x&sslmode=require"),
+            "postgresql://u:***@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn sslmode_comes_from_the_setting_or_the_url_and_they_must_agree() {
+        let url = "postgres://u@h/db?sslmode=verify-full";
+        let c = cfg(&[("DATABASE_URL", url)]).unwrap();
+        assert_eq!(c.database_tls.mode, SslMode::VerifyFull);
+        assert_eq!(strip_sslmode(url), "postgres://u@h/db");
+        assert_eq!(
+            strip_sslmode("postgres://u@h/db?sslmode=require&application_name=x"),
+            "postgres://u@h/db?application_name=x"
+        );
+        let c = cfg(&[("DATABASE_SSLMODE", "require")]).unwrap();
+        assert_eq!(c.database_tls.mode, SslMode::Require);
+        let err = cfg(&[("DATABASE_URL", url), ("DATABASE_SSLMODE", "disable")]).unwrap_err();
+        assert_eq!(err.0[0].var, "DATABASE_SSLMODE");
+        let err = cfg(&[("DATABASE_URL", "postgres://u@h/db?sslmode=verify-ca")]).unwrap_err();
+        assert_eq!(err.0[0].var, "DATABASE_URL");
+        // A CA file only means something when the certificate is checked.
+        let err = cfg(&[("DATABASE_TLS_CA_FILE", "Cargo.toml")]).unwrap_err();
+        assert_eq!(err.0[0].var, "DATABASE_TLS_CA_FILE");
+        let err = cfg(&[
+            ("DATABASE_SSLMODE", "verify-full"),
+            ("DATABASE_TLS_CA_FILE", "/nope.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0[0].var, "DATABASE_TLS_CA_FILE");
+    }
+
+    #[test]
+    fn replication_settings_are_auto_or_bounded() {
+        let c = cfg(&[
+            ("KAFKA_REPLICATION_FACTOR", "3"),
+            ("KAFKA_MIN_INSYNC_REPLICAS", "2"),
+            ("KAFKA_DLQ_RETENTION", "forever"),
+        ])
+        .unwrap();
+        assert_eq!(c.replication_factor, Some(3));
+        assert_eq!(c.min_insync_replicas, Some(2));
+        assert_eq!(c.dlq_retention, None);
+        let err = cfg(&[
+            ("KAFKA_REPLICATION_FACTOR", "2"),
+            ("KAFKA_MIN_INSYNC_REPLICAS", "3"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0[0].var, "KAFKA_MIN_INSYNC_REPLICAS");
     }
 
     #[test]
