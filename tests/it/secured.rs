@@ -682,3 +682,107 @@ async fn a_sigstopped_database_is_noticed_within_seconds() {
         "{took:?}"
     );
 }
+
+// ------------------------------------------------------- durable topics ---
+
+/// `payhook topics` on fresh names: created with the settings it promises,
+/// read back through DescribeConfigs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
+    use payhook::messaging::topics;
+    let env = Env::new().await;
+    let id = Uuid::new_v4().simple().to_string();
+    let (o, d, q) = (
+        format!("it-{id}-t-orders"),
+        format!("it-{id}-t-disputes"),
+        format!("it-{id}-t-dlq"),
+    );
+    let cfg = env.config(&[
+        ("KAFKA_ORDERS_TOPIC", &o),
+        ("KAFKA_DISPUTES_TOPIC", &d),
+        ("KAFKA_DLQ_TOPIC", &q),
+        ("KAFKA_PARTITIONS", "2"),
+        ("KAFKA_DLQ_RETENTION", "30days"),
+    ]);
+    let reports = payhook::app::create_topics(&cfg).await.unwrap();
+    assert!(reports.iter().all(|r| r.created), "{reports:?}");
+    // One broker here: replication factor 1, min.insync.replicas 1, and
+    // the warnings that go with them.
+    for r in &reports {
+        assert_eq!(r.replication_factor, Some(1), "{r:?}");
+        assert_eq!(r.min_insync_replicas.as_deref(), Some("1"), "{r:?}");
+        assert!(
+            r.findings.iter().any(
+                |f| matches!(f, topics::Finding::Warn(m) if m.contains("replication factor 1"))
+            ),
+            "{r:?}"
+        );
+    }
+    let dlq = topics::describe_topic_configs(&cfg, &q).await.unwrap();
+    assert_eq!(dlq["retention.ms"], (30 * 86_400_000i64).to_string());
+    assert_eq!(dlq["cleanup.policy"], "delete");
+    let orders = topics::describe_topic_configs(&cfg, &o).await.unwrap();
+    assert_eq!(orders["min.insync.replicas"], "1");
+    assert_eq!(orders["cleanup.policy"], "delete");
+    // Run again: nothing is created, nothing changes.
+    let again = payhook::app::create_topics(&cfg).await.unwrap();
+    assert!(again.iter().all(|r| !r.created), "{again:?}");
+    // More replicas than brokers is refused before anything is made.
+    let too_many = env.config(&[("KAFKA_REPLICATION_FACTOR", "3")]);
+    let e = payhook::app::create_topics(&too_many).await.unwrap_err();
+    assert!(e.to_string().contains("1 broker(s)"), "{e}");
+    for t in [&o, &d, &q] {
+        let _ = env.kafka.delete_topic(t).await;
+    }
+    env.cleanup().await;
+}
+
+/// A topic whose messages cannot hold the largest webhook payhook accepts
+/// stops `serve` before it answers anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_too_small_for_the_largest_webhook_refuses_start() {
+    use payhook::connect::{KafkaTransport, admin::Admin};
+    let env = Env::new().await;
+    let small = format!("it-{}-small", Uuid::new_v4().simple());
+    let mut admin = Admin::connect(
+        &[crate::helpers::brokers()],
+        &KafkaTransport::plaintext(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    admin
+        .create_topic(&small, 3, 1, &[("max.message.bytes", "100000".into())])
+        .await
+        .unwrap();
+    // Metadata reaches every part of the broker shortly after creation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.describe_topic_configs(&small).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = refused(
+        &env,
+        &Settings::new(&[
+            ("KAFKA_ORDERS_TOPIC", &small),
+            ("HTTP_MAX_BODY_BYTES", "262144"),
+        ]),
+    )
+    .await
+    .to_string();
+    assert!(
+        e.contains("max.message.bytes")
+            && e.contains("100000")
+            && e.contains("HTTP_MAX_BODY_BYTES"),
+        "{e}"
+    );
+    // A body limit that fits starts.
+    let app = env
+        .start(&[
+            ("KAFKA_ORDERS_TOPIC", &small),
+            ("HTTP_MAX_BODY_BYTES", "65536"),
+        ])
+        .await;
+    app.stop().await;
+    let _ = env.kafka.delete_topic(&small).await;
+    env.cleanup().await;
+}
