@@ -12,7 +12,7 @@
 //! | `PAYHOOK_TEST_KAFKA_SASL_SSL` | `127.0.0.1:9096` |
 //! | `PAYHOOK_TEST_KAFKA_SASL_USER` / `_PASSWORD` | `payhook` / `payhook-secret` |
 //! | `PAYHOOK_TEST_PG_TLS_USER` / `_PASSWORD` | `payhook_tls` / `payhook-tls-secret` |
-//! | `PAYHOOK_TEST_TLS_DIR` | `.services/tls` (CA, client certificate, an unrelated CA) |
+//! | `PAYHOOK_TEST_TLS_DIR` | `$PAYHOOK_SERVICES_DIR/tls`, else `.services/tls` (CA, client certificate, an unrelated CA) |
 //!
 //! The database host and port are those of `PAYHOOK_TEST_DATABASE_URL`. TLS
 //! to Kafka (SSL, SASL_SSL) is only in the `kafka-tls` build; the default
@@ -39,11 +39,15 @@ fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+/// `PAYHOOK_TEST_TLS_DIR`, else `tls/` of `PAYHOOK_SERVICES_DIR` (where
+/// `scripts/services` made it), else `.services/tls`.
 fn tls_dir() -> String {
-    var(
-        "PAYHOOK_TEST_TLS_DIR",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/.services/tls"),
-    )
+    std::env::var("PAYHOOK_TEST_TLS_DIR").unwrap_or_else(|_| {
+        match std::env::var("PAYHOOK_SERVICES_DIR") {
+            Ok(dir) => format!("{dir}/tls"),
+            Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/.services/tls").to_owned(),
+        }
+    })
 }
 
 fn tls_file(name: &str) -> String {
@@ -151,6 +155,24 @@ async fn every_sasl_mechanism_publishes_and_consumes() {
         let order = format!("ord_{}", mech.replace('-', "_").to_lowercase());
         round_trip(&env, &sasl_plaintext(mech, &sasl_password()), &order).await;
     }
+    env.cleanup().await;
+}
+
+/// `Kafka::reconnect` (for a consumer whose connections keep failing) makes
+/// a new client with the same brokers and SASL settings, and it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_client_keeps_its_security_settings() {
+    let env = Env::new().await;
+    let cfg = env.config(&sasl_plaintext("SCRAM-SHA-256", &sasl_password()).pairs());
+    let kafka = payhook::messaging::Kafka::from_config(&cfg).await.unwrap();
+    let fresh = kafka.reconnect().await.unwrap();
+    assert_eq!(
+        fresh.partitions(&env.orders_topic).await.unwrap(),
+        (0..crate::helpers::PARTITIONS as i32).collect::<Vec<_>>()
+    );
+    fresh.partition_client(&env.orders_topic, 0).await.unwrap();
+    // Its Debug, like the original's, shows no password.
+    assert!(!format!("{fresh:?}").contains(&sasl_password()));
     env.cleanup().await;
 }
 
