@@ -808,3 +808,33 @@ async fn a_topic_too_small_for_the_largest_webhook_refuses_start() {
     let _ = env.kafka.delete_topic(&small).await;
     env.cleanup().await;
 }
+
+/// payhook's sessions carry the statement and idle-in-transaction limits,
+/// as the server sees them.
+#[tokio::test]
+async fn sessions_carry_their_server_side_deadlines() {
+    let mut map: HashMap<String, String> = HashMap::new();
+    map.insert("DATABASE_URL".into(), admin_url());
+    map.insert("DATABASE_STATEMENT_TIMEOUT".into(), "1500ms".into());
+    map.insert("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT".into(), "20s".into());
+    let cfg = Config::from_map(&map).unwrap();
+    let pool = db::pool_from_config(&cfg, 1).unwrap();
+    let c = pool.get().await.unwrap();
+    let show = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(show("statement_timeout").await, "1500ms");
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "20s");
+    // The server enforces it: a statement longer than the limit is stopped.
+    let e = c.simple_query("SELECT pg_sleep(3)").await.unwrap_err();
+    assert!(
+        DbError::from(e).to_string().contains("statement timeout"),
+        "not stopped by statement_timeout"
+    );
+}
