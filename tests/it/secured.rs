@@ -20,7 +20,6 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -448,54 +447,111 @@ async fn postgres_refusals_are_clear_and_never_show_the_password() {
     drop_database(&name).await;
 }
 
-/// Everything payhook logs while it serves over SASL and TLS, and fails to
-/// start with wrong passwords: no password may appear in it.
-#[tokio::test(flavor = "current_thread")]
-async fn no_log_line_holds_a_password() {
-    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let writer = {
-        let buf = buf.clone();
-        move || LogWriter(buf.clone())
-    };
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(writer)
-        .with_ansi(false)
-        .finish();
-    // A current-thread runtime: every task of the app logs through this.
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// Runs the payhook binary with `settings` (on top of this test's topics)
+/// until it logs `until` (then SIGTERM) or exits; returns all it printed.
+async fn run_binary(env: &Env, settings: &Settings, until: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    // Through `sh` only to join stderr to stdout; `exec` keeps the pid.
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec \"$0\" serve 2>&1",
+        env!("CARGO_BIN_EXE_payhook"),
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("RUST_LOG", "debug")
+    .env("NO_COLOR", "1")
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    for (k, v) in [
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATABASE_POOL_SIZE", "2"),
+        ("KAFKA_ORDERS_TOPIC", env.orders_topic.as_str()),
+        ("KAFKA_DISPUTES_TOPIC", env.disputes_topic.as_str()),
+        ("KAFKA_DLQ_TOPIC", env.dlq_topic.as_str()),
+        ("WEBHOOK_VERIFY", "off"),
+        ("SHUTDOWN_TIMEOUT", "10s"),
+    ] {
+        cmd.env(k, v);
+    }
+    for (k, v) in &settings.0 {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let pid = child.id().unwrap();
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 8192];
+    let mut stopped = false;
+    loop {
+        let n = tokio::select! {
+            n = out.read(&mut buf) => n.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                assert!(Instant::now() < deadline, "payhook neither logged {until:?} nor exited");
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+        if !stopped && String::from_utf8_lossy(&text).contains(until) {
+            // Our own child, by its pid: a graceful stop, which logs too.
+            stopped = true;
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+    let _ = child.wait().await;
+    String::from_utf8_lossy(&text).into_owned()
+}
 
+/// Everything the payhook binary prints (at debug level) while it serves
+/// over SASL and verify-full TLS, and when logins are refused or a setting
+/// is wrong: no password may appear in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_holds_a_password() {
     let env = Env::new().await;
     let (name, url) = tls_database().await;
     let ca = tls_file("ca.pem");
-    let mut s = sasl_plaintext("SCRAM-SHA-256", &sasl_password())
-        .with("DATABASE_URL", &url)
-        .with("DATABASE_SSLMODE", "verify-full")
-        .with("DATABASE_TLS_CA_FILE", &ca);
-    let app = env.start(&s.pairs()).await;
-    tracing::info!(config = ?env.config(&s.pairs()), "the whole configuration, as Debug");
-    app.stop().await;
-    // And the failures: a refused SASL login, a refused database login.
-    s.0.retain(|(k, _)| k != "KAFKA_SASL_PASSWORD");
-    let s = s.with("KAFKA_SASL_PASSWORD", "wrong-kafka-password-1");
-    if let Err(e) = Application::build(env.config(&s.pairs())).await {
-        tracing::error!("{e}");
-    }
+    let secured = |kafka_password: &str, db_url: &str| {
+        sasl_plaintext("SCRAM-SHA-256", kafka_password)
+            .with("DATABASE_URL", db_url)
+            .with("DATABASE_SSLMODE", "verify-full")
+            .with("DATABASE_TLS_CA_FILE", &ca)
+    };
+    let serving = run_binary(&env, &secured(&sasl_password(), &url), "payhook serving").await;
+    assert!(serving.contains("payhook stopped"), "{serving}");
+    let kafka_refused = run_binary(
+        &env,
+        &secured("wrong-kafka-password-1", &url),
+        "payhook serving",
+    )
+    .await;
+    assert!(
+        kafka_refused.contains("SASL authentication failed"),
+        "{kafka_refused}"
+    );
     let bad_db = url.replace(&pg_tls_password(), "wrong-db-password-2");
-    let s = sasl_plaintext("SCRAM-SHA-256", &sasl_password()).with("DATABASE_URL", &bad_db);
-    if let Err(e) = Application::build(env.config(&s.pairs())).await {
-        tracing::error!("{e}");
-    }
+    let db_refused = run_binary(&env, &secured(&sasl_password(), &bad_db), "payhook serving").await;
+    assert!(
+        db_refused.contains("password authentication failed"),
+        "{db_refused}"
+    );
+    // A configuration error, with the passwords set.
+    let config_error = run_binary(
+        &env,
+        &secured(&sasl_password(), &url).with("DATABASE_SSLMODE", "verify-maybe"),
+        "payhook serving",
+    )
+    .await;
+    assert!(config_error.contains("DATABASE_SSLMODE"), "{config_error}");
 
-    let logs = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("payhook serving"),
-        "nothing was captured: {logs}"
-    );
-    assert!(
-        logs.contains("authentication"),
-        "the failures were not logged: {logs}"
-    );
+    let logs = [serving, kafka_refused, db_refused, config_error].join("\n");
     for secret in [
         sasl_password(),
         pg_tls_password(),
@@ -506,18 +562,6 @@ async fn no_log_line_holds_a_password() {
     }
     drop_database(&name).await;
     env.cleanup().await;
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 // ------------------------------------------------------- hung database ---
