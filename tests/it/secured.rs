@@ -299,6 +299,7 @@ mod kafka_tls {
     async fn an_untrusted_broker_certificate_is_refused() {
         let env = Env::new().await;
         let e = refused(&env, &ssl("other-ca.pem")).await.to_string();
+        eprintln!("kafka, untrusted CA: {e}");
         assert!(
             e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
             "no clear reason: {e}"
@@ -413,6 +414,7 @@ async fn postgres_refusals_are_clear_and_never_show_the_password() {
         ],
     );
     let e = session_is_tls(&cfg).await.unwrap_err().to_string();
+    eprintln!("postgres, untrusted CA: {e}");
     assert!(
         e.contains("certificate") || e.contains("UnknownIssuer"),
         "{e}"
@@ -431,6 +433,7 @@ async fn postgres_refusals_are_clear_and_never_show_the_password() {
     );
     let e = session_is_tls(&cfg).await.unwrap_err();
     let text = format!("{e} {e:?} {cfg:?}");
+    eprintln!("postgres, wrong password: {e}");
     assert!(
         e.to_string().contains("password authentication failed"),
         "{e}"
