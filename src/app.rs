@@ -22,6 +22,7 @@ use crate::{
         dlq::{self, DeadLetter},
         health::ConsumerHealth,
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
+        topics::{self, TopicReport},
     },
     metrics::Metrics,
 };
@@ -39,6 +40,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("kafka topics: {0}")]
+    Topics(#[from] topics::Refused),
     #[error(
         "the database's encoding is {encoding}, not UTF8: Postgres would refuse webhooks \
          whose text that encoding cannot hold. Create the database with ENCODING 'UTF8'"
@@ -62,9 +65,6 @@ pub enum Stopped {
     /// offsets of unfinished work were not stored), but work was cut short.
     TimedOut,
 }
-
-/// How long start-up waits for the database before giving up.
-const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A built, not yet running, service.
 #[derive(Debug)]
@@ -92,7 +92,7 @@ impl Application {
         // Checked first, before anything connects: an unverifiable endpoint
         // must never serve.
         let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
-        let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
+        let pool = db::pool_from_config(&cfg, cfg.database_pool_size)?;
         // Everything the edge accepts must be storable, which it only is in
         // a UTF8 database.
         let encoding = db::server_encoding(&pool).await?;
@@ -107,7 +107,11 @@ impl Application {
         } else {
             db::ping(&pool).await?;
         }
-        let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+        let kafka = Kafka::from_config(&cfg).await?;
+        // Durability, retention, compression and size limits of the three
+        // topics: warnings are logged; a webhook size the broker would
+        // refuse stops start-up.
+        topics::check_at_startup(&cfg).await?;
         let (producer, producer_tasks) = Producer::start(
             &kafka,
             &[&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic],
@@ -338,7 +342,7 @@ fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), Start
 
 /// `payhook migrate`.
 pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
-    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let pool = db::pool_from_config(cfg, 1)?;
     Ok(db::migrations::run(&pool).await?)
 }
 
@@ -346,31 +350,26 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
 /// broker's metadata.
 const TOPICS_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
-/// `payhook topics`: creates the three topics unless they exist, and returns
-/// once the broker's metadata lists each with its partitions (so a `serve`
-/// started right after finds them); returns each topic with whether it was
-/// created now.
-pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
-    let mut out = Vec::new();
-    for topic in [&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic] {
-        let created = kafka
-            .ensure_topic(topic, cfg.partitions, cfg.replication_factor)
-            .await?;
-        out.push((topic.clone(), created));
-    }
-    for (topic, created) in &out {
+/// `payhook topics`: creates the three topics unless they exist, with the
+/// replication factor, `min.insync.replicas` and retention of
+/// [`topics::create_topics`]; returns once the broker's metadata lists each
+/// with its partitions (so a `serve` started right after finds them), with
+/// what it did and what it thinks of each topic.
+pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, StartError> {
+    let reports = topics::create_topics(cfg).await?;
+    let kafka = Kafka::from_config(cfg).await?;
+    for r in &reports {
         // A topic that existed already keeps the partitions it has.
-        let expected = if *created {
+        let expected = if r.created {
             cfg.partitions.get() as usize
         } else {
             1
         };
         kafka
-            .wait_for_topic(topic, expected, TOPICS_VISIBLE_WITHIN)
+            .wait_for_topic(&r.topic, expected, TOPICS_VISIBLE_WITHIN)
             .await?;
     }
-    Ok(out)
+    Ok(reports)
 }
 
 /// What `payhook status` prints: the fleet as Postgres knows it, with each
@@ -384,10 +383,10 @@ pub struct FleetStatus {
 
 /// `payhook status`.
 pub async fn fleet_status(cfg: &Config) -> Result<FleetStatus, StartError> {
-    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let pool = db::pool_from_config(cfg, 1)?;
     let conn = pool.get().await.map_err(DbError::from)?;
     let (members, rows) = db::leases::fleet(&**conn).await?;
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await;
+    let kafka = Kafka::from_config(cfg).await;
     let mut partitions = Vec::with_capacity(rows.len());
     for row in rows {
         let end = match &kafka {
@@ -478,7 +477,7 @@ pub async fn offsets_reset(
             cfg.orders_topic, cfg.disputes_topic
         )));
     };
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let kafka = Kafka::from_config(cfg).await?;
     let partitions = kafka.partitions(topic).await?;
     if !partitions.contains(&partition) {
         return Err(StartError::Invalid(format!(
@@ -510,7 +509,7 @@ pub async fn offsets_reset(
             )));
         }
     };
-    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let pool = db::pool_from_config(cfg, 1)?;
     let conn = pool.get().await.map_err(DbError::from)?;
     let before = if dry_run {
         db::offsets::load(&**conn, group, topic, partition).await?
@@ -531,7 +530,7 @@ pub async fn offsets_reset(
 
 /// `payhook dlq list`: every dead letter, in topic order.
 pub async fn dlq_list(cfg: &Config) -> Result<Vec<DeadLetter>, StartError> {
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let kafka = Kafka::from_config(cfg).await?;
     Ok(dlq::read_all(&kafka, &cfg.dlq_topic).await?)
 }
 
@@ -584,7 +583,7 @@ pub async fn dlq_replay(
     if selection.is_empty() {
         return Err(ReplayError::NothingSelected);
     }
-    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
+    let kafka = Kafka::from_config(cfg).await?;
     let chosen: Vec<DeadLetter> = dlq::read_all(&kafka, &cfg.dlq_topic)
         .await?
         .into_iter()

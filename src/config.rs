@@ -41,7 +41,9 @@
 
 pub mod cli;
 
-use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
+use std::{
+    collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration,
+};
 
 use crate::http::signature::{KeyError, Scheme, SigningKey};
 
@@ -303,6 +305,19 @@ settings! {
             check::whole(1..=1000, "a whole number between 1 and 1000");
         /// Apply the sql/ migrations when serve starts
         run_migrations: bool = RUN_MIGRATIONS("true") check::switch("true or false");
+        /// TLS to Postgres: disable, require or verify-full; empty takes sslmode from DATABASE_URL, else disable
+        database_sslmode: Option<SslMode> = DATABASE_SSLMODE("")
+            check::optional(Check { expected: "disable, require or verify-full", parse: SslMode::parse });
+        /// PEM file of the CAs that may sign the server's certificate (verify-full); empty: Mozilla's roots
+        database_tls_ca_file: Option<PathBuf> = DATABASE_TLS_CA_FILE("") check::optional(check::pem_file());
+        /// Server-side statement_timeout of payhook's sessions; the client gives up one second later
+        database_statement_timeout: Duration = DATABASE_STATEMENT_TIMEOUT("10s") check::duration();
+        /// Server-side idle_in_transaction_session_timeout (longer than KAFKA_PUBLISH_TIMEOUT: a dead letter is published inside a transaction)
+        database_idle_in_transaction_timeout: Duration = DATABASE_IDLE_IN_TRANSACTION_TIMEOUT("10s") check::duration();
+        /// Bound on making a database connection and on waiting for one from the pool
+        database_connect_timeout: Duration = DATABASE_CONNECT_TIMEOUT("5s") check::duration();
+        /// TCP keepalive idle time on database connections (then 1s probes, 3 misses)
+        database_keepalive: Duration = DATABASE_KEEPALIVE("10s") check::duration();
     }
     Kafka {
         /// Bootstrap brokers, comma-separated host:port
@@ -319,9 +334,30 @@ settings! {
         dlq_topic: String = KAFKA_DLQ_TOPIC("payments.dlq") check::name();
         /// Partitions per topic, for payhook topics
         partitions: NonZeroU32 = KAFKA_PARTITIONS("8") check::partitions();
-        /// Replication factor, for payhook topics
-        replication_factor: i16 = KAFKA_REPLICATION_FACTOR("1")
-            check::whole(1..=32, "a whole number between 1 and 32");
+        /// Replication factor, for payhook topics; auto: 3, or the broker count if smaller
+        replication_factor: Option<i16> = KAFKA_REPLICATION_FACTOR("auto") check::auto_or(1..=32);
+        /// min.insync.replicas, for payhook topics; auto: the replication factor minus one, at least 1
+        min_insync_replicas: Option<i16> = KAFKA_MIN_INSYNC_REPLICAS("auto") check::auto_or(1..=32);
+        /// retention.ms of the dead-letter topic payhook topics creates (forever: kept forever)
+        dlq_retention: Option<Duration> = KAFKA_DLQ_RETENTION("365days") check::duration_or_forever();
+        /// serve warns when a source topic deletes records sooner than this (time to fix a stalled partition)
+        min_retention: Duration = KAFKA_MIN_RETENTION("7days") check::duration();
+        /// How payhook reaches the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl (ssl needs the kafka-tls build)
+        kafka_security_protocol: SecurityProtocol = KAFKA_SECURITY_PROTOCOL("plaintext")
+            Check { expected: "plaintext, ssl, sasl_plaintext or sasl_ssl", parse: SecurityProtocol::parse };
+        /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+        kafka_sasl_mechanism: SaslMechanism = KAFKA_SASL_MECHANISM("PLAIN")
+            Check { expected: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", parse: SaslMechanism::parse };
+        /// SASL user name (required with sasl_*)
+        kafka_sasl_username: Option<String> = KAFKA_SASL_USERNAME("") check::optional(check::text("a user name"));
+        /// SASL password (required with sasl_*; never shown)
+        kafka_sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
+        /// PEM file of the CAs that may sign the brokers' certificates; empty: Mozilla's roots
+        kafka_tls_ca_file: Option<PathBuf> = KAFKA_TLS_CA_FILE("") check::optional(check::pem_file());
+        /// Client certificate chain (PEM) for mutual TLS, with KAFKA_TLS_KEY_FILE
+        kafka_tls_cert_file: Option<PathBuf> = KAFKA_TLS_CERT_FILE("") check::optional(check::pem_file());
+        /// Client private key (PEM, PKCS#8) for mutual TLS, with KAFKA_TLS_CERT_FILE
+        kafka_tls_key_file: Option<PathBuf> = KAFKA_TLS_KEY_FILE("") check::optional(check::pem_file());
         /// Longest wait for the broker's acknowledgement before a webhook gets 503
         publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
         /// How long an idle producer lane waits for more records before sending
@@ -362,6 +398,194 @@ settings! {
         log_filter: String = RUST_LOG("info,rskafka=warn,tokio_postgres=warn") check::log_filter();
         /// Log format: json, text, or auto (text when stderr is a terminal, JSON otherwise)
         log_format: LogFormat = LOG_FORMAT("auto") check::log_format();
+    }
+}
+
+/// A string that must never be printed: `Debug` and `Display` show
+/// `<redacted>`. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `KAFKA_SECURITY_PROTOCOL`, in Kafka's own names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "plaintext" => Some(Self::Plaintext),
+            "ssl" => Some(Self::Ssl),
+            "sasl_plaintext" => Some(Self::SaslPlaintext),
+            "sasl_ssl" => Some(Self::SaslSsl),
+            _ => None,
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// `KAFKA_SASL_MECHANISM`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAIN" => Some(Self::Plain),
+            "SCRAM-SHA-256" => Some(Self::ScramSha256),
+            "SCRAM-SHA-512" => Some(Self::ScramSha512),
+            _ => None,
+        }
+    }
+
+    /// The name the broker knows it by.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials (used when the protocol is `sasl_*`).
+#[derive(Clone, Debug)]
+pub struct SaslSettings {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Everything about how payhook reaches the brokers, beyond their addresses.
+#[derive(Clone, Debug)]
+pub struct KafkaSecurity {
+    pub protocol: SecurityProtocol,
+    /// Present exactly when `protocol` is `sasl_plaintext` or `sasl_ssl`.
+    pub sasl: Option<SaslSettings>,
+    /// PEM file of the CAs that may sign the brokers' certificates
+    /// (`KAFKA_TLS_CA_FILE`); `None`: Mozilla's roots, compiled in.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain and private key, PEM, for mutual TLS
+    /// (`KAFKA_TLS_CERT_FILE`, `KAFKA_TLS_KEY_FILE`; both or neither).
+    pub tls_client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl KafkaSecurity {
+    /// Plaintext, no SASL: the local brokers of `./scripts/services`.
+    pub fn plaintext() -> Self {
+        Self {
+            protocol: SecurityProtocol::Plaintext,
+            sasl: None,
+            tls_ca_file: None,
+            tls_client_auth: None,
+        }
+    }
+}
+
+/// `sslmode`, with the meanings libpq gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS, but the server's certificate is not checked: safe against a
+    /// passive eavesdropper, not against an impostor.
+    Require,
+    /// TLS; the certificate must chain to a trusted CA and name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" => Some(Self::Disable),
+            "require" => Some(Self::Require),
+            "verify-full" => Some(Self::VerifyFull),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// How payhook reaches Postgres, beyond the URL.
+#[derive(Clone, Debug)]
+pub struct DatabaseTls {
+    pub mode: SslMode,
+    /// PEM file of the CAs that may sign the server's certificate
+    /// (`DATABASE_TLS_CA_FILE`); `None`: Mozilla's roots, compiled in.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The `sslmode` parameter of a URL, if any.
+fn url_sslmode(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "sslmode")
+        .map(|(_, v)| v)
+}
+
+/// The URL without its `sslmode` parameter: payhook applies the mode itself
+/// (tokio-postgres knows no `verify-full`).
+pub fn strip_sslmode(url: &str) -> String {
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("sslmode="))
+        .collect();
+    if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
     }
 }
 
@@ -479,6 +703,7 @@ impl Config {
                 expected: "a topic name different from the orders and disputes topics",
             });
         }
+        self.check_security(errors);
         // Secrets are read the way their endpoint's scheme reads them. The
         // refusal names the reason, never the value.
         for (var, scheme, secrets) in [
@@ -510,6 +735,42 @@ impl Config {
         }
     }
 
+    /// How payhook reaches the brokers, from the `KAFKA_SECURITY_PROTOCOL`,
+    /// `KAFKA_SASL_*` and `KAFKA_TLS_*` settings (checked together in
+    /// `check_together`).
+    pub fn kafka_security(&self) -> KafkaSecurity {
+        let sasl = self
+            .kafka_security_protocol
+            .uses_sasl()
+            .then(|| SaslSettings {
+                mechanism: self.kafka_sasl_mechanism,
+                username: self.kafka_sasl_username.clone().unwrap_or_default(),
+                password: Secret::new(self.kafka_sasl_password.clone().unwrap_or_default()),
+            });
+        KafkaSecurity {
+            protocol: self.kafka_security_protocol,
+            sasl,
+            tls_ca_file: self.kafka_tls_ca_file.clone(),
+            tls_client_auth: self
+                .kafka_tls_cert_file
+                .clone()
+                .zip(self.kafka_tls_key_file.clone()),
+        }
+    }
+
+    /// How payhook reaches Postgres: `DATABASE_SSLMODE`, else the URL's
+    /// `sslmode`, else `disable` (the two must agree when both are given).
+    pub fn database_tls(&self) -> DatabaseTls {
+        let from_url = url_sslmode(&self.database_url).and_then(SslMode::parse);
+        DatabaseTls {
+            mode: self
+                .database_sslmode
+                .or(from_url)
+                .unwrap_or(SslMode::Disable),
+            ca_file: self.database_tls_ca_file.clone(),
+        }
+    }
+
     /// Scheme and keys of the payment endpoint.
     pub fn webhook_orders(&self) -> WebhookAuth {
         auth(self.webhook_orders_scheme, &self.webhook_orders_secrets)
@@ -521,6 +782,83 @@ impl Config {
             self.webhook_chargebacks_scheme,
             &self.webhook_chargebacks_secrets,
         )
+    }
+}
+
+impl Config {
+    /// The connection settings that only make sense together.
+    fn check_security(&self, errors: &mut Vec<VarError>) {
+        let mut refuse = |var, value: String, expected| {
+            errors.push(VarError {
+                var,
+                value,
+                expected,
+            })
+        };
+        if let Some(v) = url_sslmode(&self.database_url) {
+            match SslMode::parse(v) {
+                None => refuse(
+                    "DATABASE_URL",
+                    format!("...sslmode={v}"),
+                    "sslmode=disable, require or verify-full (payhook supports these three)",
+                ),
+                Some(u) if self.database_sslmode.is_some_and(|m| m != u) => refuse(
+                    "DATABASE_SSLMODE",
+                    self.database_sslmode.map_or("", |m| m.as_str()).to_owned(),
+                    "the same mode as sslmode in DATABASE_URL (or drop one of them)",
+                ),
+                Some(_) => {}
+            }
+        }
+        let protocol = self.kafka_security_protocol;
+        if protocol.uses_sasl() {
+            if self.kafka_sasl_username.as_deref().is_none_or(str::is_empty) {
+                refuse(
+                    "KAFKA_SASL_USERNAME",
+                    String::new(),
+                    "a user name (KAFKA_SECURITY_PROTOCOL is sasl_*)",
+                );
+            }
+            if self.kafka_sasl_password.as_deref().is_none_or(str::is_empty) {
+                refuse(
+                    "KAFKA_SASL_PASSWORD",
+                    String::new(),
+                    "a password (KAFKA_SECURITY_PROTOCOL is sasl_*)",
+                );
+            }
+        }
+        match (&self.kafka_tls_cert_file, &self.kafka_tls_key_file) {
+            (Some(_), None) => refuse(
+                "KAFKA_TLS_KEY_FILE",
+                String::new(),
+                "a private key file to go with KAFKA_TLS_CERT_FILE",
+            ),
+            (None, Some(_)) => refuse(
+                "KAFKA_TLS_CERT_FILE",
+                String::new(),
+                "a certificate file to go with KAFKA_TLS_KEY_FILE",
+            ),
+            _ => {}
+        }
+        let tls_files = self.kafka_tls_ca_file.is_some()
+            || self.kafka_tls_cert_file.is_some()
+            || self.kafka_tls_key_file.is_some();
+        if !protocol.uses_tls() && tls_files {
+            refuse(
+                "KAFKA_SECURITY_PROTOCOL",
+                protocol.as_str().to_owned(),
+                "ssl or sasl_ssl when KAFKA_TLS_* files are set",
+            );
+        }
+        if let (Some(rf), Some(min)) = (self.replication_factor, self.min_insync_replicas) {
+            if min > rf {
+                refuse(
+                    "KAFKA_MIN_INSYNC_REPLICAS",
+                    min.to_string(),
+                    "at most KAFKA_REPLICATION_FACTOR",
+                );
+            }
+        }
     }
 }
 
@@ -669,8 +1007,12 @@ pub mod check {
         Check {
             expected: "a postgres:// URL",
             parse: |s: &str| {
+                // payhook applies sslmode itself (tokio-postgres knows no
+                // verify-full); the mode is checked with DATABASE_SSLMODE.
                 let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
-                    && s.parse::<tokio_postgres::Config>().is_ok();
+                    && super::strip_sslmode(s)
+                        .parse::<tokio_postgres::Config>()
+                        .is_ok();
                 ok.then(|| s.to_owned())
             },
         }
@@ -725,6 +1067,48 @@ pub mod check {
                 } else {
                     (inner.parse)(s).map(Some)
                 }
+            },
+        }
+    }
+
+    /// `auto` (`None`), or a whole number in `range`.
+    pub fn auto_or(range: RangeInclusive<i16>) -> Check<impl Fn(&str) -> Option<Option<i16>>> {
+        Check {
+            expected: "auto, or a whole number between 1 and 32",
+            parse: move |s: &str| {
+                if s.eq_ignore_ascii_case("auto") {
+                    Some(None)
+                } else {
+                    s.parse::<i16>().ok().filter(|n| range.contains(n)).map(Some)
+                }
+            },
+        }
+    }
+
+    /// A duration, or `forever` (`None`).
+    pub fn duration_or_forever() -> Check<impl Fn(&str) -> Option<Option<Duration>>> {
+        Check {
+            expected: "a duration like 365days, or forever",
+            parse: |s: &str| {
+                if s.eq_ignore_ascii_case("forever") {
+                    Some(None)
+                } else {
+                    humantime::parse_duration(s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .map(Some)
+                }
+            },
+        }
+    }
+
+    /// The path of a file that exists (a PEM certificate or key).
+    pub fn pem_file() -> Check<impl Fn(&str) -> Option<std::path::PathBuf>> {
+        Check {
+            expected: "the path of a readable PEM file",
+            parse: |s: &str| {
+                let p = std::path::PathBuf::from(s);
+                p.is_file().then_some(p)
             },
         }
     }

@@ -23,6 +23,10 @@
 //!   services that decide what an event changes. No HTTP, Kafka or SQL here.
 //! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
 //!   carry out the domain's decisions, and the stored consumer offsets.
+//! - [`connect`]: the one place that turns settings into secured
+//!   connections: TLS (the pure-Rust graviola provider), SASL, Postgres
+//!   `sslmode`, and the admin connection that creates and checks topic
+//!   configurations ([`messaging::topics`]).
 //! - [`error`]: the one place that classifies failures as transient or
 //!   permanent, and the one retry policy ([`error::Backoff`]).
 //! - [`metrics`]: Prometheus metrics, served at `GET /metrics`, including
@@ -36,6 +40,7 @@
 
 pub mod app;
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -16,6 +16,7 @@ use payhook::{
     },
     http::probe,
     logging,
+    messaging::topics::Finding,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -182,9 +183,27 @@ fn main() -> ExitCode {
             },
             Command::Topics(_) => match app::create_topics(&cfg).await {
                 Ok(v) => {
-                    for (topic, created) in v {
-                        let what = if created { "created" } else { "exists" };
-                        info!(%topic, partitions = cfg.partitions, "{what}");
+                    for t in v {
+                        let what = if t.created {
+                            "created"
+                        } else {
+                            "exists (left as it is)"
+                        };
+                        info!(
+                            topic = %t.topic,
+                            partitions = cfg.partitions,
+                            replication_factor = t.replication_factor.unwrap_or_default(),
+                            min_insync_replicas = t.min_insync_replicas.as_deref().unwrap_or("?"),
+                            retention_ms = t.retention_ms.as_deref().unwrap_or("?"),
+                            "{what}"
+                        );
+                        for f in t.findings {
+                            match f {
+                                Finding::Note(m) => info!("{m}"),
+                                Finding::Warn(m) => warn!("{m}"),
+                                Finding::Refuse(m) => error!("{m}"),
+                            }
+                        }
                     }
                     ExitCode::SUCCESS
                 }

@@ -41,6 +41,10 @@ pub async fn run(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
+        // payhook's sessions run with DATABASE_STATEMENT_TIMEOUT, sized for
+        // the consumer's small batches. A migration may build an index on a
+        // big table or wait for another instance's migration: no limit here.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await?;
         let done = tx

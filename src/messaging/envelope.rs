@@ -189,9 +189,68 @@ impl Envelope {
     }
 }
 
+/// The largest record batch (Kafka's unit for `max.message.bytes`) that a
+/// webhook body of `max_body` bytes can become, measured on a worst-case
+/// envelope: the longest, most-escaped order id (128 bytes of `"`, each
+/// escaped to two in JSON), the longer event type, a timestamp with
+/// nanoseconds, plus Kafka's record-batch framing with every varint at its
+/// widest. A broker whose limit is at least this accepts every webhook
+/// payhook acknowledges.
+pub fn worst_case_batch_bytes(max_body: usize) -> usize {
+    /// Record batch header (magic 2): base offset .. records count.
+    const BATCH_HEADER: usize = 61;
+    /// Length, attributes, timestamp delta, offset delta, key length, value
+    /// length, header count: varints at their widest.
+    const RECORD_FRAMING: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+    /// Key length and value length varints of one header.
+    const HEADER_FRAMING: usize = 5 + 5;
+    let key = "\"".repeat(crate::domain::types::MAX_ID_BYTES);
+    // A JSON string is a valid payload of any length >= 2.
+    let body = format!("\"{}\"", "a".repeat(max_body.saturating_sub(2)));
+    let payload = RawValue::from_string(body).expect("a JSON string");
+    let mut env = Envelope::new(EventType::DisputeWebhook, &key, payload);
+    env.timestamp = DateTime::from_timestamp(253_402_300_799, 999_999_999).expect("valid");
+    let record = env.to_record();
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| HEADER_FRAMING + k.len() + v.len())
+        .sum();
+    BATCH_HEADER
+        + RECORD_FRAMING
+        + record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worst_case_batch_bounds_real_envelopes() {
+        let max_body = 262_144;
+        let bound = worst_case_batch_bytes(max_body);
+        // The overhead over the body: escaped key twice, JSON skeleton,
+        // headers, framing. About 0.7 KiB, whatever the body size.
+        let overhead = bound - max_body;
+        assert!((600..1000).contains(&overhead), "{overhead}");
+        assert_eq!(worst_case_batch_bytes(1024) - 1024, overhead);
+        // A real envelope with a plain order id and a full-size body stays
+        // under the bound.
+        let body = format!(
+            r#"{{"order_id":"ord_1","pad":"{}"}}"#,
+            "x".repeat(max_body - 29)
+        );
+        assert_eq!(body.len(), max_body);
+        let env = Envelope::new(
+            EventType::OrderWebhook,
+            "ord_1",
+            RawValue::from_string(body).unwrap(),
+        );
+        let r = env.to_record();
+        assert!(r.value.unwrap().len() + r.key.unwrap().len() < bound);
+    }
 
     const BODY: &str = r#"{"provider_event_id":"evt_1","order_id":"ord_42","user_id":"usr_7","status":"succeeded","amount":1999,"currency":"USD","occurred_at":"2026-11-26T10:00:00Z","z":  [1, 2]}"#;
 

@@ -19,8 +19,14 @@ pub mod envelope;
 pub mod health;
 pub mod partitioner;
 pub mod producer;
+pub mod topics;
 
 use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};
+
+use crate::{
+    config::Config,
+    connect::{self, ConnectError, KafkaTransport, admin::AdminError},
+};
 
 use rskafka::{
     BackoffConfig,
@@ -48,6 +54,54 @@ pub enum KafkaError {
     },
     #[error("topic {topic} does not exist (`payhook topics` creates it)")]
     UnknownTopic { topic: String },
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("admin request: {0}")]
+    Admin(#[from] AdminError),
+    #[error("{first}; connecting directly with KAFKA_SECURITY_PROTOCOL={protocol} says: {reason}")]
+    Refused {
+        first: Box<KafkaError>,
+        reason: AdminError,
+        protocol: &'static str,
+    },
+}
+
+async fn build_client(
+    brokers: &[String],
+    request_timeout: Duration,
+    transport: &KafkaTransport,
+) -> Result<Client, KafkaError> {
+    // rskafka's default backoff never gives up. Give its internal retries
+    // a deadline a little under ours, so a call fails with the broker's
+    // own error rather than a bare timeout when it can.
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(request_timeout.mul_f64(0.8)),
+    };
+    let mut builder = ClientBuilder::new(brokers.to_vec())
+        .client_id("payhook")
+        .backoff_config(backoff);
+    if let Some(sasl) = &transport.sasl {
+        builder = builder.sasl_config(sasl.clone());
+    }
+    #[cfg(feature = "kafka-tls")]
+    if let Some(tls) = &transport.tls {
+        builder = builder.tls_config(tls.clone());
+    }
+    #[cfg(not(feature = "kafka-tls"))]
+    if transport.tls.is_some() {
+        return Err(KafkaError::Connect(connect::ConnectError::FeatureMissing {
+            setting: "TLS to Kafka".into(),
+        }));
+    }
+    bounded(
+        "connecting to the brokers",
+        request_timeout,
+        builder.build(),
+    )
+    .await
 }
 
 /// Runs a broker call with a deadline. rskafka keeps retrying internally
@@ -65,40 +119,103 @@ pub async fn bounded<T>(
 }
 
 /// A connected Kafka client with the request timeout that bounds its calls.
-#[derive(Clone, Debug)]
+///
+/// It remembers how it was made (brokers, SASL, TLS), so
+/// [`Kafka::reconnect`] can build a fresh client on new connections when
+/// the old ones stop working.
+#[derive(Clone)]
 pub struct Kafka {
     client: Arc<Client>,
     request_timeout: Duration,
+    brokers: Arc<[String]>,
+    transport: KafkaTransport,
+}
+
+// Hand-written: rskafka's client and SASL settings would print the SASL
+// password.
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("brokers", &self.brokers)
+            .field("request_timeout", &self.request_timeout)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Kafka {
-    /// Connects to the bootstrap brokers and reads the cluster's metadata.
+    /// Connects in plaintext to the bootstrap brokers and reads the
+    /// cluster's metadata (local brokers, tests).
     pub async fn connect(
         brokers: &[String],
         request_timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        // rskafka's default backoff never gives up. Give its internal retries
-        // a deadline a little under ours, so a call fails with the broker's
-        // own error rather than a bare timeout when it can.
-        let backoff = BackoffConfig {
-            init_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
-            base: 2.0,
-            deadline: Some(request_timeout.mul_f64(0.8)),
-        };
-        let client = bounded(
-            "connecting to the brokers",
-            request_timeout,
-            ClientBuilder::new(brokers.to_vec())
-                .client_id("payhook")
-                .backoff_config(backoff)
-                .build(),
+        Self::connect_with(brokers, request_timeout, KafkaTransport::plaintext()).await
+    }
+
+    /// Connects with `KAFKA_SECURITY_PROTOCOL` and the other settings of
+    /// `cfg` (SASL, TLS; see [`crate::connect`]).
+    ///
+    /// rskafka retries a refused login or handshake until its deadline and
+    /// then reports a bare timeout; when connecting fails, payhook's own
+    /// admin connection tries once more to find the reason (a refused
+    /// password, an untrusted certificate, a listener that expects another
+    /// protocol) and reports it.
+    pub async fn from_config(cfg: &Config) -> Result<Self, KafkaError> {
+        let transport = connect::kafka_security(&cfg.kafka_security())?;
+        match Self::connect_with(
+            &cfg.kafka_brokers,
+            cfg.kafka_request_timeout,
+            transport.clone(),
         )
-        .await?;
+        .await
+        {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let reason = connect::admin::diagnose(
+                    &cfg.kafka_brokers,
+                    &transport,
+                    cfg.kafka_request_timeout,
+                )
+                .await;
+                Err(match reason {
+                    Some(reason) => KafkaError::Refused {
+                        first: Box::new(e),
+                        reason,
+                        protocol: cfg.kafka_security_protocol.as_str(),
+                    },
+                    None => e,
+                })
+            }
+        }
+    }
+
+    /// Connects with the given SASL and TLS settings.
+    pub async fn connect_with(
+        brokers: &[String],
+        request_timeout: Duration,
+        transport: KafkaTransport,
+    ) -> Result<Self, KafkaError> {
+        let client = build_client(brokers, request_timeout, &transport).await?;
         Ok(Self {
             client: Arc::new(client),
             request_timeout,
+            brokers: brokers.into(),
+            transport,
         })
+    }
+
+    /// A new client with the same settings, on new connections.
+    ///
+    /// rskafka keeps a broker connection (and each partition client keeps
+    /// its leader's) until an error closes it; a connection to a broker that
+    /// stopped answering without closing it stays "open" and every call on
+    /// it times out. After a few such failures in a row, a caller that owns
+    /// a partition should call this and take a new
+    /// [`partition_client`](Self::partition_client) from the returned value
+    /// instead of retrying on the old one.
+    pub async fn reconnect(&self) -> Result<Self, KafkaError> {
+        Self::connect_with(&self.brokers, self.request_timeout, self.transport.clone()).await
     }
 
     pub fn request_timeout(&self) -> Duration {

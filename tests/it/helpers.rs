@@ -30,12 +30,12 @@ use uuid::Uuid;
 
 pub const PARTITIONS: u32 = 3;
 
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("PAYHOOK_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn brokers() -> String {
+pub fn brokers() -> String {
     std::env::var("PAYHOOK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 

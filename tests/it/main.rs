@@ -14,6 +14,7 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod settings;
+mod secured;
 mod signatures;
 mod stalls;
 mod startup;

@@ -32,7 +32,12 @@ async fn serve_starts_right_after_topics_creates_them() {
     ];
     // What `payhook topics` runs, then what `payhook serve` runs, with
     // nothing in between (as `./scripts/run` does).
-    let created = app::create_topics(&env.config(&settings)).await.unwrap();
+    let created: Vec<(String, bool)> = app::create_topics(&env.config(&settings))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.topic, r.created))
+        .collect();
     assert_eq!(
         created,
         [
