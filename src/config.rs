@@ -812,14 +812,22 @@ impl Config {
         }
         let protocol = self.kafka_security_protocol;
         if protocol.uses_sasl() {
-            if self.kafka_sasl_username.as_deref().is_none_or(str::is_empty) {
+            if self
+                .kafka_sasl_username
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
                 refuse(
                     "KAFKA_SASL_USERNAME",
                     String::new(),
                     "a user name (KAFKA_SECURITY_PROTOCOL is sasl_*)",
                 );
             }
-            if self.kafka_sasl_password.as_deref().is_none_or(str::is_empty) {
+            if self
+                .kafka_sasl_password
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
                 refuse(
                     "KAFKA_SASL_PASSWORD",
                     String::new(),
@@ -1079,7 +1087,10 @@ pub mod check {
                 if s.eq_ignore_ascii_case("auto") {
                     Some(None)
                 } else {
-                    s.parse::<i16>().ok().filter(|n| range.contains(n)).map(Some)
+                    s.parse::<i16>()
+                        .ok()
+                        .filter(|n| range.contains(n))
+                        .map(Some)
                 }
             },
         }

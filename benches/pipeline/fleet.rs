@@ -60,7 +60,10 @@ async fn wait_shared(db: &tokio_postgres::Client, env: &BenchEnv, k: i64) {
         if owned == i64::from(PARTITIONS) && owners == k.min(i64::from(PARTITIONS)) {
             return;
         }
-        assert!(Instant::now() < deadline, "the processes never shared the partitions");
+        assert!(
+            Instant::now() < deadline,
+            "the processes never shared the partitions"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -68,8 +68,15 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = step(&shared, &consumers, &name, ttl, &mut running, &shutdown).await {
-            warn!(member = %shared.member, error = %e, "partition assignment failed; retrying");
+        // Bounded: a database that hangs must not hold the loop (its leases
+        // then expire, and its partitions' commits are fenced).
+        let round = step(&shared, &consumers, &name, ttl, &mut running, &shutdown);
+        match tokio::time::timeout(ttl, round).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(member = %shared.member, error = %e, "partition assignment failed; retrying")
+            }
+            Err(_) => warn!(member = %shared.member, "partition assignment timed out; retrying"),
         }
     }
     // Clean exit: partitions stop between transactions, then the leases go.

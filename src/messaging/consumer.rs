@@ -101,6 +101,11 @@ pub struct ConsumerConfig {
     /// How far after its acceptance an event's `occurred_at` may be
     /// (`OCCURRED_AT_MAX_FUTURE`, the edge's bound).
     pub occurred_at_max_future: Duration,
+    /// Longest a transaction may take before the database counts as hung
+    /// (`DATABASE_STATEMENT_TIMEOUT` + 1 s; a dead letter's transaction also
+    /// gets `KAFKA_PUBLISH_TIMEOUT` for the broker's acknowledgement).
+    pub db_deadline: Duration,
+    pub publish_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -116,6 +121,8 @@ impl ConsumerConfig {
             backoff_max: cfg.retry_backoff_max,
             max_attempts: cfg.consumer_max_attempts,
             occurred_at_max_future: cfg.occurred_at_max_future,
+            db_deadline: crate::db::Session::from_config(cfg).client_deadline(),
+            publish_timeout: cfg.publish_timeout,
         }
     }
 }
@@ -401,14 +408,19 @@ impl PartitionConsumer {
                     if fetch_failures >= FETCH_FAILURES_BEFORE_RECONNECT {
                         // Do not trust a connection that keeps failing: the
                         // leader may have moved, or the socket be half-open.
-                        if let Ok(c) = self
-                            .shared
-                            .kafka
-                            .partition_client(&self.cfg.topic, self.partition)
-                            .await
-                        {
-                            client = c;
-                            fetch_failures = 0;
+                        let fresh = async {
+                            let kafka = self.shared.kafka.reconnect().await?;
+                            kafka
+                                .partition_client(&self.cfg.topic, self.partition)
+                                .await
+                        };
+                        match fresh.await {
+                            Ok(c) => {
+                                info!(%topic, partition, "reconnected to the partition leader");
+                                client = c;
+                                fetch_failures = 0;
+                            }
+                            Err(e) => warn!(%topic, partition, error = %e, "cannot reconnect yet"),
                         }
                     }
                     if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
@@ -673,15 +685,19 @@ impl PartitionConsumer {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let r = fenced(
-            &self.shared.pool,
-            self.shared.member,
-            &self.lease,
-            pos.stored,
-            offset + 1,
-            Work::Publish(publish),
-        )
-        .await;
+        let r = self
+            .bounded(
+                self.cfg.db_deadline + self.cfg.publish_timeout,
+                fenced(
+                    &self.shared.pool,
+                    self.shared.member,
+                    &self.lease,
+                    pos.stored,
+                    offset + 1,
+                    Work::Publish(publish),
+                ),
+            )
+            .await;
         match self.outcome(r, offset + 1) {
             Applied::Committed => {
                 pos.committed(offset + 1);
@@ -724,8 +740,11 @@ impl PartitionConsumer {
     }
 
     async fn stored_offset(&self) -> Result<Option<i64>, DbError> {
-        let conn = self.shared.pool.get().await?;
-        offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await
+        crate::db::bounded("reading the stored offset", self.cfg.db_deadline, async {
+            let conn = self.shared.pool.get().await?;
+            offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await
+        })
+        .await
     }
 
     /// The position fell outside the log: says which records are out of
@@ -777,16 +796,37 @@ impl PartitionConsumer {
     /// Applies `chunk` (in order) and moves the stored offset from
     /// `expected` to `next`, in one fenced transaction.
     async fn apply(&self, expected: Option<i64>, next: i64, chunk: Vec<Event>) -> Applied {
-        let r = fenced(
-            &self.shared.pool,
-            self.shared.member,
-            &self.lease,
-            expected,
-            next,
-            Work::<std::future::Ready<_>>::Events(chunk),
-        )
-        .await;
+        let r = self
+            .bounded(
+                self.cfg.db_deadline,
+                fenced(
+                    &self.shared.pool,
+                    self.shared.member,
+                    &self.lease,
+                    expected,
+                    next,
+                    Work::<std::future::Ready<_>>::Events(chunk),
+                ),
+            )
+            .await;
         self.outcome(r, next)
+    }
+
+    /// A transaction with a client-side deadline: a database that stops
+    /// answering without closing the connection is a transient failure
+    /// after `after`, not a partition stuck for the kernel's keepalive time.
+    async fn bounded(
+        &self,
+        after: Duration,
+        tx: impl Future<Output = Result<Outcome, ProcessError>>,
+    ) -> Result<Outcome, ProcessError> {
+        match tokio::time::timeout(after, tx).await {
+            Ok(r) => r,
+            Err(_) => Err(ProcessError::Db(DbError::Timeout {
+                what: "a consumer transaction",
+                after,
+            })),
+        }
     }
 
     /// Counts a transaction's outcome and sorts it.
