@@ -135,6 +135,11 @@ pub(super) async fn fleet() {
                 "CONSUMER_LEASE_TTL",
                 humantime::format_duration(TTL).to_string(),
             ));
+            // A process frozen inside a transaction holds its lease row's
+            // lock until the server ends its session: within the TTL here
+            // (longer than KAFKA_PUBLISH_TIMEOUT, 2s in this suite).
+            app.env
+                .push(("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3s".to_owned()));
             app
         })
         .collect();
