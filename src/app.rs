@@ -128,6 +128,7 @@ impl Application {
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
             metrics,
+            providers: crate::providers::Endpoints::from_config(&cfg),
         });
         Ok(Self {
             cfg,
@@ -181,6 +182,18 @@ impl Application {
             };
             consumer_tasks.spawn(consumer::run(shared, ccfg, consumers.clone()));
         }
+        // Disputes whose payment never arrived are dead-lettered.
+        consumer_tasks.spawn(
+            crate::messaging::parked::Sweeper {
+                pool: pool.clone(),
+                producer: producer.clone(),
+                dlq_topic: cfg.dlq_topic.clone(),
+                wait: cfg.dispute_payment_wait,
+                interval: cfg.dispute_sweep_interval,
+                metrics: metrics.clone(),
+            }
+            .run(consumers.clone()),
+        );
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({
             let (health, stop) = (health.clone(), consumers.clone());

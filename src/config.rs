@@ -7,7 +7,10 @@
 
 use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
 
-use crate::http::signature::{Scheme, SigningKey};
+use crate::providers::{
+    adyen::HmacKey,
+    signature::{Scheme, SigningKey},
+};
 
 /// Everything payhook reads from its environment.
 #[derive(Clone, Debug)]
@@ -40,6 +43,28 @@ pub struct Config {
     /// Signature scheme and active secrets of the chargeback endpoint
     /// (`WEBHOOK_CHARGEBACKS_SCHEME`, `WEBHOOK_CHARGEBACKS_SECRETS`).
     pub webhook_chargebacks: WebhookAuth,
+
+    /// Active Stripe endpoint secrets, comma-separated
+    /// (`STRIPE_WEBHOOK_SECRETS`). Empty: `/webhooks/stripe` answers 404
+    /// (unless `WEBHOOK_VERIFY=off`).
+    pub stripe_secrets: Vec<SigningKey>,
+    /// The Stripe `metadata` key holding the order id
+    /// (`STRIPE_ORDER_ID_KEY`).
+    pub stripe_order_id_key: String,
+    /// The Stripe `metadata` key holding the user id (`STRIPE_USER_ID_KEY`).
+    pub stripe_user_id_key: String,
+    /// Active Adyen HMAC keys, hex, comma-separated (`ADYEN_HMAC_KEYS`).
+    /// Empty: `/webhooks/adyen` answers 404 (unless `WEBHOOK_VERIFY=off`).
+    pub adyen_hmac_keys: Vec<HmacKey>,
+    /// The Adyen `additionalData` key holding the user id
+    /// (`ADYEN_USER_ID_KEY`).
+    pub adyen_user_id_key: String,
+    /// How long a dispute waits for the payment it names before it is
+    /// dead-lettered (`DISPUTE_PAYMENT_WAIT`).
+    pub dispute_payment_wait: Duration,
+    /// How often waiting disputes are checked for that
+    /// (`DISPUTE_SWEEP_INTERVAL`).
+    pub dispute_sweep_interval: Duration,
 
     /// Postgres connection string (`DATABASE_URL`).
     pub database_url: String,
@@ -196,6 +221,21 @@ impl Config {
             webhook_orders: r.webhook_auth("WEBHOOK_ORDERS_SCHEME", "WEBHOOK_ORDERS_SECRETS"),
             webhook_chargebacks: r
                 .webhook_auth("WEBHOOK_CHARGEBACKS_SCHEME", "WEBHOOK_CHARGEBACKS_SECRETS"),
+            stripe_secrets: r.secrets(
+                "STRIPE_WEBHOOK_SECRETS",
+                "comma-separated Stripe endpoint secrets, each of at least 16 characters, none empty",
+                |s| SigningKey::parse_list(Scheme::Stripe, s).map_err(|e| e.to_string()),
+            ),
+            stripe_order_id_key: r.key_name("STRIPE_ORDER_ID_KEY", "order_id"),
+            stripe_user_id_key: r.key_name("STRIPE_USER_ID_KEY", "user_id"),
+            adyen_hmac_keys: r.secrets(
+                "ADYEN_HMAC_KEYS",
+                "comma-separated hex HMAC keys, each of at least 32 hex digits, none empty",
+                |s| HmacKey::parse_list(s).map_err(|e| e.to_string()),
+            ),
+            adyen_user_id_key: r.key_name("ADYEN_USER_ID_KEY", "shopperReference"),
+            dispute_payment_wait: r.duration("DISPUTE_PAYMENT_WAIT", "96h"),
+            dispute_sweep_interval: r.duration("DISPUTE_SWEEP_INTERVAL", "1m"),
             database_url: r.parse_with(
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/payhook",
@@ -431,6 +471,37 @@ impl Reader<'_> {
         WebhookAuth { scheme, secrets }
     }
 
+    /// A list of secrets; a refused one is reported without its value.
+    fn secrets<T>(
+        &mut self,
+        var: &'static str,
+        expected: &'static str,
+        parse: impl Fn(&str) -> Result<Vec<T>, String>,
+    ) -> Vec<T> {
+        let raw = (self.get)(var).unwrap_or_default();
+        parse(&raw).unwrap_or_else(|why| {
+            self.errors.push(VarError {
+                var,
+                value: format!("<redacted: {why}>"),
+                expected,
+            });
+            Vec::new()
+        })
+    }
+
+    /// A key in a provider's metadata: 1 to 40 visible ASCII characters.
+    fn key_name(&mut self, var: &'static str, default: &str) -> String {
+        self.parse_with(
+            var,
+            default,
+            "1 to 40 visible ASCII characters, like order_id",
+            |s| {
+                (!s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_graphic()))
+                    .then(|| s.to_owned())
+            },
+        )
+    }
+
     fn name(&mut self, var: &'static str, default: &str) -> String {
         self.parse_with(
             var,
@@ -551,6 +622,55 @@ mod tests {
                 "HTTP_MAX_CONNECTIONS"
             ]
         );
+    }
+
+    #[test]
+    fn provider_settings_have_defaults_and_secrets_are_never_echoed() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.stripe_secrets.is_empty() && c.adyen_hmac_keys.is_empty());
+        assert_eq!(
+            (c.stripe_order_id_key.as_str(), c.stripe_user_id_key.as_str()),
+            ("order_id", "user_id")
+        );
+        assert_eq!(c.adyen_user_id_key, "shopperReference");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(96 * 3600));
+        assert_eq!(c.dispute_sweep_interval, Duration::from_secs(60));
+        let c = cfg(&[
+            (
+                "STRIPE_WEBHOOK_SECRETS",
+                "whsec_stripe_test_secret_0123456789,whsec_stripe_rotated_secret_abcdef",
+            ),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+            ),
+            ("STRIPE_ORDER_ID_KEY", "payhook_order"),
+            ("DISPUTE_PAYMENT_WAIT", "2s"),
+        ])
+        .unwrap();
+        assert_eq!(c.stripe_secrets.len(), 2);
+        assert_eq!(c.adyen_hmac_keys.len(), 1);
+        assert_eq!(c.stripe_order_id_key, "payhook_order");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
+        let err = cfg(&[
+            ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
+            ("ADYEN_HMAC_KEYS", "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ"),
+            ("STRIPE_USER_ID_KEY", "has space"),
+            ("DISPUTE_PAYMENT_WAIT", "0s"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.0.iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "STRIPE_WEBHOOK_SECRETS",
+                "STRIPE_USER_ID_KEY",
+                "ADYEN_HMAC_KEYS",
+                "DISPUTE_PAYMENT_WAIT"
+            ]
+        );
+        let text = err.to_string();
+        assert!(!text.contains("short_secret_x") && !text.contains("44782"), "{text}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         request_timeout: cfg.http_request_timeout,
         retry_after: cfg.http_retry_after,
         metrics: Metrics::new(),
+        providers: Default::default(),
     });
     let shutdown = CancellationToken::new();
     let limits = http::Limits {

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "event_order",
         include_str!("../../sql/0002_event_order.sql"),
     ),
+    (3, "providers", include_str!("../../sql/0003_providers.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

@@ -5,9 +5,12 @@
 //!   transaction, with set-based SQL (one statement per table per batch).
 //! - [`offsets`]: consumer positions, written in the same transaction as the
 //!   effects they acknowledge.
+//! - [`parked`]: disputes waiting for their payment, and the lookups that
+//!   resolve a provider's object ids to an order.
 
 pub mod migrations;
 pub mod offsets;
+pub mod parked;
 pub mod store;
 
 use std::time::Duration;

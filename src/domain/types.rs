@@ -192,6 +192,37 @@ impl OccurredAt {
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }
+
+    /// Whole Unix seconds, as Stripe's `created`.
+    pub fn from_unix_seconds(secs: i64) -> Option<Self> {
+        DateTime::from_timestamp(secs, 0).map(Self)
+    }
+
+    /// RFC 3339 in UTC, with as many fraction digits as needed.
+    pub fn to_rfc3339(&self) -> String {
+        self.0
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+}
+
+/// Which provider sent an event, and the provider's ids of the objects it
+/// is about (Stripe: the payment intent and the charge; Adyen: the
+/// `pspReference` and `originalReference`). Stored with the event; a
+/// dispute that names no order is resolved through them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// `generic` for payhook's own format.
+    pub provider: String,
+    pub object_ids: Vec<String>,
+}
+
+impl Origin {
+    pub fn generic() -> Self {
+        Self {
+            provider: "generic".into(),
+            object_ids: Vec::new(),
+        }
+    }
 }
 
 /// Deepest nesting of arrays and objects accepted in a webhook body.

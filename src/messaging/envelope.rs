@@ -8,6 +8,14 @@
 //! The record key is the order id, so one order's events share a partition;
 //! the headers repeat `event_id` and `type` so tools can route and trace a
 //! record without parsing its value.
+//!
+//! An event from a provider (`crate::providers`) carries two more fields:
+//! `provider` (`stripe`, `adyen`) and either `mapped`, the payhook event it
+//! maps onto (the generic shape plus `object_ids`), or `unmappable`, why it
+//! could not be mapped (the consumer dead-letters it with that reason).
+//! `payload` is then the provider's bytes, kept as they were signed. A
+//! dispute whose provider names no order (Stripe) is keyed by the payment
+//! object it names, and decodes to [`Event::PendingChargeback`].
 
 use std::collections::BTreeMap;
 
@@ -19,9 +27,11 @@ use uuid::Uuid;
 
 use crate::domain::{
     ValidationError,
-    disputes::{ChargebackEvent, ChargebackWebhook},
+    disputes::{ChargebackEvent, ChargebackWebhook, PendingChargeback},
     orders::{PaymentEvent, PaymentWebhook, SourcePosition},
+    types::{OrderId, Origin},
 };
+use crate::providers::Mapping;
 
 /// Which kind of webhook an envelope carries, and so which service handles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +68,15 @@ pub struct Envelope {
     pub kind: String,
     pub payload: Box<RawValue>,
     pub timestamp: DateTime<Utc>,
+    /// The provider whose format `payload` is in; absent for payhook's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The payhook event a provider's payload maps onto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<Box<RawValue>>,
+    /// Why a provider's payload could not be mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmappable: Option<String>,
 }
 
 /// Header names on every record payhook produces.
@@ -78,6 +97,14 @@ pub enum DecodeError {
     Payload(ValidationError),
     #[error("envelope key {key:?} differs from the payload's order_id {order_id:?}")]
     KeyMismatch { key: String, order_id: String },
+    #[error("{provider} event cannot be mapped: {reason}")]
+    Unmappable { provider: String, reason: String },
+    #[error("{provider} event has neither a mapped event nor a reason")]
+    NotMapped { provider: String },
+    #[error("`object_ids` must be a list of at most 8 ids")]
+    ObjectIds,
+    #[error("{provider} dispute names no order, and its key {key:?} is not among its object_ids")]
+    UnresolvableDispute { provider: String, key: String },
 }
 
 /// A decoded record, ready for its service.
@@ -85,6 +112,9 @@ pub enum DecodeError {
 pub enum Event {
     Payment(PaymentEvent),
     Chargeback(ChargebackEvent),
+    /// A dispute whose order is found from the payment events stored
+    /// (`crate::messaging::parked`).
+    PendingChargeback(PendingChargeback),
 }
 
 impl Envelope {
@@ -97,7 +127,33 @@ impl Envelope {
             kind: kind.as_str().to_owned(),
             payload,
             timestamp: Utc::now(),
+            provider: None,
+            mapped: None,
+            unmappable: None,
         }
+    }
+
+    /// Wraps one event of a provider: its raw bytes and what they map onto.
+    pub fn from_provider(
+        kind: EventType,
+        key: &str,
+        payload: Box<RawValue>,
+        provider: &str,
+        mapping: Mapping,
+    ) -> Self {
+        let mut e = Self::new(kind, key, payload);
+        match mapping {
+            Mapping::Generic => {}
+            Mapping::Mapped(v) => {
+                e.provider = Some(provider.to_owned());
+                e.mapped = serde_json::value::to_raw_value(&v).ok();
+            }
+            Mapping::Unmappable(reason) => {
+                e.provider = Some(provider.to_owned());
+                e.unmappable = Some(reason);
+            }
+        }
+        e
     }
 
     /// The Kafka record: key = order id, value = envelope JSON, headers
@@ -129,8 +185,30 @@ impl Envelope {
     pub fn into_event(self, source: SourcePosition) -> Result<Event, DecodeError> {
         let kind = EventType::parse(&self.kind)
             .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
-        let json: serde_json::Value = serde_json::from_str(self.payload.get())?;
-        let payload = self.payload.get().to_owned();
+        // payhook's own format is its payload; a provider's is `mapped`.
+        let (json, origin) = match &self.provider {
+            None => (serde_json::from_str(self.payload.get())?, Origin::generic()),
+            Some(provider) => {
+                if let Some(reason) = &self.unmappable {
+                    return Err(DecodeError::Unmappable {
+                        provider: provider.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                let mapped = self.mapped.as_ref().ok_or_else(|| DecodeError::NotMapped {
+                    provider: provider.clone(),
+                })?;
+                let json: serde_json::Value = serde_json::from_str(mapped.get())?;
+                let object_ids = object_ids(&json)?;
+                (
+                    json,
+                    Origin {
+                        provider: provider.clone(),
+                        object_ids,
+                    },
+                )
+            }
+        };
         let check_key = |order_id: &str| {
             if order_id == self.key {
                 Ok(())
@@ -148,8 +226,35 @@ impl Envelope {
                 Ok(Event::Payment(PaymentEvent {
                     event_id: self.event_id,
                     webhook,
-                    payload,
+                    payload: self.payload.get().to_owned(),
                     source,
+                    origin,
+                }))
+            }
+            EventType::DisputeWebhook if origin.provider != "generic" && !has_order(&json) => {
+                // Keyed by a payment object it names; the order comes later.
+                if !origin.object_ids.contains(&self.key) {
+                    return Err(DecodeError::UnresolvableDispute {
+                        provider: origin.provider,
+                        key: self.key,
+                    });
+                }
+                let mut with_key = json;
+                with_key["order_id"] = serde_json::Value::from(self.key.as_str());
+                let webhook =
+                    ChargebackWebhook::from_json(&with_key).map_err(DecodeError::Payload)?;
+                let record_value =
+                    serde_json::to_string(&self).expect("an envelope always serializes");
+                Ok(Event::PendingChargeback(PendingChargeback {
+                    event: ChargebackEvent {
+                        event_id: self.event_id,
+                        webhook,
+                        payload: self.payload.get().to_owned(),
+                        source,
+                        origin,
+                    },
+                    record_key: self.key,
+                    record_value,
                 }))
             }
             EventType::DisputeWebhook => {
@@ -158,12 +263,39 @@ impl Envelope {
                 Ok(Event::Chargeback(ChargebackEvent {
                     event_id: self.event_id,
                     webhook,
-                    payload,
+                    payload: self.payload.get().to_owned(),
                     source,
+                    origin,
                 }))
             }
         }
     }
+}
+
+fn has_order(json: &serde_json::Value) -> bool {
+    json.get("order_id").is_some_and(|v| !v.is_null())
+}
+
+/// Most object ids an event may name.
+const MAX_OBJECT_IDS: usize = 8;
+
+/// `object_ids`: absent, or a short list of valid ids.
+fn object_ids(json: &serde_json::Value) -> Result<Vec<String>, DecodeError> {
+    let Some(v) = json.get("object_ids") else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or(DecodeError::ObjectIds)?;
+    if list.len() > MAX_OBJECT_IDS {
+        return Err(DecodeError::ObjectIds);
+    }
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .filter(|s| OrderId::parse(s).is_ok())
+                .map(str::to_owned)
+                .ok_or(DecodeError::ObjectIds)
+        })
+        .collect()
 }
 
 #[cfg(test)]

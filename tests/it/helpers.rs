@@ -454,6 +454,7 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         retry_after: Duration::from_secs(5),
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
+        providers: Default::default(),
     };
     (state, recorder)
 }
