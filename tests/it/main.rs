@@ -11,5 +11,6 @@ mod hostile;
 mod http_edge;
 mod openapi;
 mod pipeline;
+mod providers;
 mod signatures;
 mod stalls;
