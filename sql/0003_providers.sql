@@ -2,8 +2,12 @@
 --
 -- Every stored event says which provider sent it and the provider's ids of
 -- the objects it is about (Stripe: payment intent and charge; Adyen:
--- pspReference and originalReference). payload stays the provider's event
--- as received.
+-- pspReference and originalReference). payload (jsonb) holds the event as
+-- a value; payload_raw holds a provider event's bytes exactly as received
+-- (jsonb re-spaces and re-orders keys, and Stripe's signature covers the
+-- bytes). For an Adyen item it is the item's NotificationRequestItem object
+-- as it stood in the signed batch; the item carries its own signature.
+-- payhook's own (generic) events leave it NULL: their hot path is unchanged.
 --
 -- A provider's dispute may name its payment objects instead of the order
 -- (Stripe). The consumer resolves it from payment_events.provider_object_ids;
@@ -15,14 +19,16 @@
 
 ALTER TABLE payment_events
     ADD COLUMN provider            text   NOT NULL DEFAULT 'generic',
-    ADD COLUMN provider_object_ids text[] NOT NULL DEFAULT '{}';
+    ADD COLUMN provider_object_ids text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN payload_raw         text;
 -- Partial: payhook's own events name no objects and cost the index nothing.
 CREATE INDEX payment_events_objects_idx ON payment_events
     USING gin (provider_object_ids) WHERE provider <> 'generic';
 
 ALTER TABLE chargeback_events
     ADD COLUMN provider            text   NOT NULL DEFAULT 'generic',
-    ADD COLUMN provider_object_ids text[] NOT NULL DEFAULT '{}';
+    ADD COLUMN provider_object_ids text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN payload_raw         text;
 
 CREATE TABLE parked_disputes (
     provider_event_id text        PRIMARY KEY,

@@ -55,9 +55,11 @@ fn ids(rows: Vec<tokio_postgres::Row>) -> Result<Vec<ProviderEventId>, DbError> 
 const INSERT_PAYMENTS: &str = "
 INSERT INTO payment_events (provider_event_id, event_id, order_id, user_id, status, amount,
                             currency, occurred_at, payload, kafka_topic, kafka_partition,
-                            kafka_offset, provider, provider_object_ids)
+                            kafka_offset, provider, provider_object_ids,
+                            payload_raw)
 SELECT p, e, o, u, s, a, c, t, j::jsonb, $10, $11, k, pr,
-       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb))
+       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
+       CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
             $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
      AS x(p, e, o, u, s, a, c, t, j, k, pr, ids)
@@ -88,9 +90,11 @@ ON CONFLICT (order_id) DO UPDATE
 const INSERT_CHARGEBACKS: &str = "
 INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, reason, amount,
                                currency, occurred_at, payload, kafka_topic, kafka_partition,
-                               kafka_offset, provider, provider_object_ids)
+                               kafka_offset, provider, provider_object_ids,
+                            payload_raw)
 SELECT p, e, o, s, r, a, c, t, j::jsonb, $10, $11, k, pr,
-       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb))
+       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
+       CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
             $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
      AS x(p, e, o, s, r, a, c, t, j, k, pr, ids)

@@ -55,10 +55,16 @@ fn stripe_dispute(pi: &str, status: &str) -> Value {
            "status": status})
 }
 
+/// A Stripe body as Stripe sends it: pretty-printed, so that storing it
+/// byte for byte is not the same as storing its value.
+fn stripe_body(event: &Value) -> String {
+    serde_json::to_string_pretty(event).unwrap()
+}
+
 /// Posts a Stripe event signed with the Stripe scheme; returns status and
 /// body text.
 async fn stripe(app: &TestApp, event: &Value) -> (u16, String) {
-    let body = event.to_string();
+    let body = stripe_body(event);
     let ts = unix_now();
     let sig = sign_stripe(STRIPE_SECRET, ts, body.as_bytes());
     let r = app
@@ -119,7 +125,7 @@ fn adyen_batch(items: &[Value]) -> String {
         .iter()
         .map(|i| json!({ "NotificationRequestItem": i }))
         .collect();
-    json!({"live": "false", "notificationItems": wrapped}).to_string()
+    serde_json::to_string_pretty(&json!({"live": "false", "notificationItems": wrapped})).unwrap()
 }
 
 async fn adyen(app: &TestApp, body: String) -> (u16, String) {
@@ -221,7 +227,7 @@ async fn stripe_events_end_as_order_and_dispute_rows() {
     let row = env
         .db
         .query_one(
-            "SELECT payload, provider, provider_object_ids FROM payment_events
+            "SELECT payload, provider, provider_object_ids, payload_raw FROM payment_events
              WHERE provider_event_id = 'evt_s1'",
             &[],
         )
@@ -229,6 +235,7 @@ async fn stripe_events_end_as_order_and_dispute_rows() {
         .unwrap();
     let payload: Value = row.get(0);
     assert_eq!(payload, pay);
+    assert_eq!(row.get::<_, String>(3), stripe_body(&pay), "byte for byte");
     assert_eq!(row.get::<_, String>(1), "stripe");
     assert_eq!(
         row.get::<_, Vec<String>>(2),
@@ -237,12 +244,15 @@ async fn stripe_events_end_as_order_and_dispute_rows() {
     let row = env
         .db
         .query_one(
-            "SELECT payload, provider FROM chargeback_events WHERE provider_event_id = 'evt_s2'",
+            "SELECT payload, provider, payload_raw FROM chargeback_events
+             WHERE provider_event_id = 'evt_s2'",
             &[],
         )
         .await
         .unwrap();
     assert_eq!(row.get::<_, Value>(0), disputed);
+    assert_eq!(row.get::<_, String>(1), "stripe");
+    assert_eq!(row.get::<_, String>(2), stripe_body(&disputed));
     assert_eq!(env.end_offsets(&env.orders_topic).await, before);
     let m = metrics(&app).await;
     assert!(
@@ -274,7 +284,9 @@ async fn a_stripe_payment_without_metadata_is_accepted_and_dead_lettered_with_it
     // The dead letter holds the event byte for byte.
     let original: Value = serde_json::from_slice(letters[0].record.value.as_deref().unwrap())
         .unwrap();
-    assert_eq!(original["payload"].to_string(), ev.to_string());
+    let payload = std::str::from_utf8(letters[0].record.value.as_deref().unwrap()).unwrap();
+    assert!(payload.contains(&stripe_body(&ev)), "{payload}");
+    assert_eq!(original["payload"], ev);
     app.stop().await;
     env.cleanup().await;
 }
@@ -542,7 +554,7 @@ async fn an_adyen_batch_ends_as_order_and_dispute_rows() {
     let row = env
         .db
         .query_one(
-            "SELECT payload, provider_object_ids FROM payment_events
+            "SELECT payload, provider_object_ids, payload_raw FROM payment_events
              WHERE provider_event_id = '8815000000000002:REFUND:true'",
             &[],
         )
@@ -551,6 +563,9 @@ async fn an_adyen_batch_ends_as_order_and_dispute_rows() {
     let stored: Value = row.get(0);
     let sent: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(stored, sent["notificationItems"][1]["NotificationRequestItem"]);
+    let raw: String = row.get(2);
+    assert!(raw.contains('\n') && body.contains(&raw), "{raw}");
+    assert_eq!(serde_json::from_str::<Value>(&raw).unwrap(), stored);
     assert_eq!(
         row.get::<_, Vec<String>>(1),
         ["8815000000000002".to_owned(), "8815000000000001".to_owned()]
