@@ -377,4 +377,90 @@ mod tests {
             Err(DecodeError::Payload(_))
         ));
     }
+
+    const STRIPE_BODY: &str = "{\n  \"id\": \"evt_1\",\n  \"type\": \"x\"\n}";
+
+    fn provider_env(kind: EventType, key: &str, mapping: Mapping) -> Envelope {
+        let raw = RawValue::from_string(STRIPE_BODY.to_owned()).unwrap();
+        let env = Envelope::from_provider(kind, key, raw, "stripe", mapping);
+        // Through the wire form, as the consumer sees it.
+        Envelope::decode(env.to_record().value.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn a_provider_event_decodes_from_its_mapping_and_keeps_its_bytes() {
+        let mapped = serde_json::json!({"provider_event_id": "evt_1", "order_id": "ord_42",
+            "user_id": "u", "status": "succeeded", "amount": 5, "currency": "EUR",
+            "occurred_at": "2026-11-26T10:00:00Z", "object_ids": ["pi_1", "ch_1"]});
+        let env = provider_env(EventType::OrderWebhook, "ord_42", Mapping::Mapped(mapped));
+        match env.into_event(src()).unwrap() {
+            Event::Payment(p) => {
+                assert_eq!(p.payload, STRIPE_BODY);
+                assert_eq!(p.origin.provider, "stripe");
+                assert_eq!(p.origin.object_ids, ["pi_1", "ch_1"]);
+                assert_eq!(p.webhook.order_id.as_str(), "ord_42");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The generic envelope has none of the provider fields on the wire.
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let record = Envelope::new(EventType::OrderWebhook, "ord_42", raw).to_record();
+        let wire: serde_json::Value = serde_json::from_slice(&record.value.unwrap()).unwrap();
+        let keys: Vec<&String> = wire.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event_id", "key", "payload", "timestamp", "type"]);
+    }
+
+    #[test]
+    fn a_dispute_without_order_is_pending_under_one_of_its_objects() {
+        let mapped = serde_json::json!({"provider_event_id": "evt_d", "status": "opened",
+            "amount": 5, "currency": "EUR", "occurred_at": "2026-11-26T10:00:00Z",
+            "object_ids": ["pi_1", "ch_1"]});
+        let env = provider_env(
+            EventType::DisputeWebhook,
+            "pi_1",
+            Mapping::Mapped(mapped.clone()),
+        );
+        let value = serde_json::to_string(&env).unwrap();
+        match env.into_event(src()).unwrap() {
+            Event::PendingChargeback(d) => {
+                assert_eq!(d.record_key, "pi_1");
+                assert_eq!(d.record_value, value);
+                let c = d.resolve(OrderId::parse("ord_9").unwrap());
+                assert_eq!(c.webhook.order_id.as_str(), "ord_9");
+                assert_eq!(c.payload, STRIPE_BODY);
+            }
+            other => panic!("{other:?}"),
+        }
+        let env = provider_env(EventType::DisputeWebhook, "pi_other", Mapping::Mapped(mapped));
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::UnresolvableDispute { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unmappable_provider_event_is_a_decode_error_with_its_reason() {
+        let env = provider_env(
+            EventType::OrderWebhook,
+            "pi_1",
+            Mapping::Unmappable("no metadata.order_id".into()),
+        );
+        let e = env.into_event(src()).unwrap_err();
+        assert!(e.to_string().contains("no metadata.order_id"), "{e}");
+        let mut env = provider_env(
+            EventType::OrderWebhook,
+            "pi_1",
+            Mapping::Unmappable("x".into()),
+        );
+        env.unmappable = None;
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::NotMapped { .. })
+        ));
+        let bad_ids = serde_json::json!({"provider_event_id": "e", "order_id": "o",
+            "user_id": "u", "status": "pending", "amount": 1, "currency": "EUR",
+            "occurred_at": "2026-11-26T10:00:00Z", "object_ids": "pi_1"});
+        let env = provider_env(EventType::OrderWebhook, "o", Mapping::Mapped(bad_ids));
+        assert!(matches!(env.into_event(src()), Err(DecodeError::ObjectIds)));
+    }
 }
