@@ -629,7 +629,10 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert!(c.stripe_secrets.is_empty() && c.adyen_hmac_keys.is_empty());
         assert_eq!(
-            (c.stripe_order_id_key.as_str(), c.stripe_user_id_key.as_str()),
+            (
+                c.stripe_order_id_key.as_str(),
+                c.stripe_user_id_key.as_str()
+            ),
             ("order_id", "user_id")
         );
         assert_eq!(c.adyen_user_id_key, "shopperReference");
@@ -654,7 +657,10 @@ mod tests {
         assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
         let err = cfg(&[
             ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
-            ("ADYEN_HMAC_KEYS", "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ"),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ",
+            ),
             ("STRIPE_USER_ID_KEY", "has space"),
             ("DISPUTE_PAYMENT_WAIT", "0s"),
         ])
@@ -670,7 +676,10 @@ mod tests {
             ]
         );
         let text = err.to_string();
-        assert!(!text.contains("short_secret_x") && !text.contains("44782"), "{text}");
+        assert!(
+            !text.contains("short_secret_x") && !text.contains("44782"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -167,10 +167,7 @@ pub async fn stats(
     client: &tokio_postgres::Client,
 ) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
     let r = client
-        .query_one(
-            "SELECT count(*), min(parked_at) FROM parked_disputes",
-            &[],
-        )
+        .query_one("SELECT count(*), min(parked_at) FROM parked_disputes", &[])
         .await?;
     Ok((r.get(0), r.get(1)))
 }

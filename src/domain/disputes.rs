@@ -10,8 +10,7 @@ use uuid::Uuid;
 use super::apply::{EventStore, Keyed, Outcome, apply_batch};
 use super::orders::SourcePosition;
 use super::types::{
-    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, Reason,
-    ValidationError,
+    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, Reason, ValidationError,
 };
 
 /// Where a dispute stands.

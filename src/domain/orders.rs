@@ -13,8 +13,7 @@ use uuid::Uuid;
 pub use super::apply::Outcome;
 use super::apply::{EventStore, Keyed, apply_batch};
 use super::types::{
-    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, UserId,
-    ValidationError,
+    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, UserId, ValidationError,
 };
 
 /// Where a payment currently stands, as the provider reports it.

@@ -200,8 +200,7 @@ impl OccurredAt {
 
     /// RFC 3339 in UTC, with as many fraction digits as needed.
     pub fn to_rfc3339(&self) -> String {
-        self.0
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        self.0.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
     }
 }
 

@@ -33,18 +33,14 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::error::{ApiError, Body, json_response};
+use crate::messaging::{
+    Kafka,
+    envelope::{Envelope, EventType},
+    health::{ConsumerHealth, PartitionReport},
+    producer::Publish,
+};
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
-use crate::providers::{
-    self, Provider, Refusal, Stream, generic::Generic, signature::Verifier,
-};
-use crate::{
-    messaging::{
-        Kafka,
-        envelope::{Envelope, EventType},
-        health::{ConsumerHealth, PartitionReport},
-        producer::Publish,
-    },
-};
+use crate::providers::{self, Provider, Refusal, Stream, generic::Generic, signature::Verifier};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 

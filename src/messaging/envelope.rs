@@ -431,7 +431,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let env = provider_env(EventType::DisputeWebhook, "pi_other", Mapping::Mapped(mapped));
+        let env = provider_env(
+            EventType::DisputeWebhook,
+            "pi_other",
+            Mapping::Mapped(mapped),
+        );
         assert!(matches!(
             env.into_event(src()),
             Err(DecodeError::UnresolvableDispute { .. })

@@ -92,10 +92,12 @@ pub async fn settle(
             .flat_map(|p| p.origin.object_ids.iter().cloned())
             .collect();
         for w in parked::waiting(tx, provider, &ids).await? {
-            let Some(payment) = payments
-                .iter()
-                .find(|p| p.origin.object_ids.iter().any(|id| w.object_ids.contains(id)))
-            else {
+            let Some(payment) = payments.iter().find(|p| {
+                p.origin
+                    .object_ids
+                    .iter()
+                    .any(|id| w.object_ids.contains(id))
+            }) else {
                 continue;
             };
             match decode(&w) {
@@ -227,8 +229,8 @@ impl Sweeper {
     pub async fn sweep_once(&self) -> Result<usize, SweepError> {
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         let tx = conn.transaction().await.map_err(DbError::from)?;
-        let before = Utc::now()
-            - chrono::Duration::from_std(self.wait).unwrap_or(chrono::Duration::MAX);
+        let before =
+            Utc::now() - chrono::Duration::from_std(self.wait).unwrap_or(chrono::Duration::MAX);
         let expired = parked::expired(&tx, before, SWEEP_BATCH).await?;
         let wait = humantime::format_duration(self.wait).to_string();
         for w in &expired {
@@ -258,7 +260,7 @@ impl Sweeper {
 
     async fn refresh_gauges(&self) -> Result<(), DbError> {
         let conn = self.pool.get().await?;
-        let (n, oldest) = parked::stats(&**conn).await?;
+        let (n, oldest) = parked::stats(&conn).await?;
         self.metrics.parked_disputes.set(n);
         let age = oldest.map_or(0, |t| (Utc::now() - t).num_seconds().max(0));
         self.metrics.parked_dispute_oldest_seconds.set(age);

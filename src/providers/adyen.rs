@@ -51,8 +51,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment,
-    signature::SignatureError,
+    Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, signature::SignatureError,
 };
 use crate::domain::{ValidationError, types::parse_json_body};
 
@@ -233,7 +232,9 @@ impl Adyen {
         );
         f.insert(
             "amount".into(),
-            item.pointer("/amount/value").cloned().unwrap_or(Value::Null),
+            item.pointer("/amount/value")
+                .cloned()
+                .unwrap_or(Value::Null),
         );
         f.insert(
             "currency".into(),
@@ -307,8 +308,11 @@ impl Provider for Adyen {
         // (depth-checked, as every body), then every item is verified
         // before any is mapped.
         parse_json_body(body)?;
-        let batch: Batch<'_> = serde_json::from_slice(body)
-            .map_err(|e| invalid(&format!("no notificationItems[].NotificationRequestItem ({e})")))?;
+        let batch: Batch<'_> = serde_json::from_slice(body).map_err(|e| {
+            invalid(&format!(
+                "no notificationItems[].NotificationRequestItem ({e})"
+            ))
+        })?;
         if batch.items.is_empty() {
             return Err(invalid("notificationItems is empty").into());
         }
@@ -471,7 +475,9 @@ mod tests {
         assert_eq!(HmacKey::parse("0011"), Err(HmacKeyError::TooShort));
         assert_eq!(HmacKey::parse_list(" ").unwrap().len(), 0);
         assert_eq!(
-            HmacKey::parse_list(&format!("{DOC_KEY},{KEY_B}")).unwrap().len(),
+            HmacKey::parse_list(&format!("{DOC_KEY},{KEY_B}"))
+                .unwrap()
+                .len(),
             2
         );
         assert!(HmacKey::parse_list(&format!("{DOC_KEY},")).is_err());
@@ -497,8 +503,18 @@ mod tests {
             ("CANCELLATION", "true", Stream::Orders, "failed"),
             ("REFUND", "true", Stream::Orders, "refunded"),
             ("CANCEL_OR_REFUND", "true", Stream::Orders, "refunded"),
-            ("REQUEST_FOR_INFORMATION", "true", Stream::Disputes, "opened"),
-            ("NOTIFICATION_OF_CHARGEBACK", "true", Stream::Disputes, "opened"),
+            (
+                "REQUEST_FOR_INFORMATION",
+                "true",
+                Stream::Disputes,
+                "opened",
+            ),
+            (
+                "NOTIFICATION_OF_CHARGEBACK",
+                "true",
+                Stream::Disputes,
+                "opened",
+            ),
             ("CHARGEBACK", "true", Stream::Disputes, "opened"),
             ("CHARGEBACK_REVERSED", "true", Stream::Disputes, "won"),
             ("PREARBITRATION_WON", "true", Stream::Disputes, "won"),
@@ -551,7 +567,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!(m["status"], "failed");
-        assert_eq!(out.ignored, vec!["CAPTURE", "REFUND:false", "REPORT_AVAILABLE"]);
+        assert_eq!(
+            out.ignored,
+            vec!["CAPTURE", "REFUND:false", "REPORT_AVAILABLE"]
+        );
     }
 
     #[test]
@@ -583,7 +602,10 @@ mod tests {
         let mut no_user = item("AUTHORISATION", "true", "1");
         no_user["additionalData"] = json!({});
         let mut no_order = item("REFUND", "true", "2");
-        no_order.as_object_mut().unwrap().remove("merchantReference");
+        no_order
+            .as_object_mut()
+            .unwrap()
+            .remove("merchantReference");
         let out = a
             .accept(&HeaderMap::new(), &batch(&[no_user, no_order]), 0)
             .unwrap();

@@ -13,9 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{Accepted, Item, Mapping, Provider, Refusal, Stream, raw_of, signature::Verifier};
-use crate::domain::{
-    disputes::ChargebackWebhook, orders::PaymentWebhook, types::parse_json_body,
-};
+use crate::domain::{disputes::ChargebackWebhook, orders::PaymentWebhook, types::parse_json_body};
 
 /// One generic endpoint.
 #[derive(Clone, Copy, Debug)]

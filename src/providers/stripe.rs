@@ -110,7 +110,10 @@ impl Common<'_> {
     fn amount_currency(&self, fields: &mut Map<String, Value>, amount_field: &str) {
         fields.insert(
             "amount".into(),
-            self.object.get(amount_field).cloned().unwrap_or(Value::Null),
+            self.object
+                .get(amount_field)
+                .cloned()
+                .unwrap_or(Value::Null),
         );
         fields.insert(
             "currency".into(),
@@ -353,11 +356,19 @@ mod tests {
             ("payment_intent.payment_failed", "failed"),
             ("payment_intent.canceled", "failed"),
         ] {
-            let body = event("evt_1", t, intent(json!({"order_id": "ord_1", "user_id": "u_1"})));
+            let body = event(
+                "evt_1",
+                t,
+                intent(json!({"order_id": "ord_1", "user_id": "u_1"})),
+            );
             let item = one(s.accept(&signed(&body), &body, NOW).unwrap());
             assert_eq!(item.stream, Stream::Orders);
             assert_eq!(item.key, "ord_1");
-            assert_eq!(item.raw.get().as_bytes(), &body[..], "raw kept byte for byte");
+            assert_eq!(
+                item.raw.get().as_bytes(),
+                &body[..],
+                "raw kept byte for byte"
+            );
             let m = mapped(&item.mapping);
             assert_eq!(m["status"], status, "{t}");
             assert_eq!(m["provider_event_id"], "evt_1");
@@ -444,7 +455,10 @@ mod tests {
             "payment_intent.succeeded",
             intent(json!({"payhook_order": "ord_9", "user_id": "u"})),
         );
-        assert_eq!(one(custom.accept(&HeaderMap::new(), &body, NOW).unwrap()).key, "ord_9");
+        assert_eq!(
+            one(custom.accept(&HeaderMap::new(), &body, NOW).unwrap()).key,
+            "ord_9"
+        );
     }
 
     #[test]

@@ -19,8 +19,7 @@ use payhook::{
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADYEN_DOC_KEY, ORDERS_SECRET, STRIPE_SECRET, fake_state, sign_standard, sign_stripe,
-    unix_now,
+    ADYEN_DOC_KEY, ORDERS_SECRET, STRIPE_SECRET, fake_state, sign_standard, sign_stripe, unix_now,
 };
 
 const ORDERS: &str = "/webhooks/payments/orders";
@@ -418,14 +417,18 @@ async fn webhook_answers(path: &'static str, valid: Value) -> BTreeSet<(u16, Str
             let mut v = valid.clone();
             v["notificationItems"][0]["NotificationRequestItem"]["eventCode"] =
                 json!("REPORT_AVAILABLE");
-            v["notificationItems"][0]["NotificationRequestItem"]["additionalData"]
-                ["hmacSignature"] = json!(adyen_signature(
-                &v["notificationItems"][0]["NotificationRequestItem"]
-            ));
+            v["notificationItems"][0]["NotificationRequestItem"]["additionalData"]["hmacSignature"] = json!(
+                adyen_signature(&v["notificationItems"][0]["NotificationRequestItem"])
+            );
             v
         };
         let b = ignored.to_string().into_bytes();
-        let a = send(request("POST", path, &signed(path, &b), b.clone()), false, five).await;
+        let a = send(
+            request("POST", path, &signed(path, &b), b.clone()),
+            false,
+            five,
+        )
+        .await;
         assert_eq!((a.status, a.published), (200, 0), "ignored type");
         seen.insert((a.status, a.code), "ignored".into());
         // Without secrets the endpoint is off.
@@ -503,7 +506,11 @@ async fn request_examples_pass_the_real_parsers_and_are_accepted() {
                 Duration::from_secs(5),
             )
             .await;
-            assert_eq!((a.status, a.published), (status, 1), "{path} example {name}");
+            assert_eq!(
+                (a.status, a.published),
+                (status, 1),
+                "{path} example {name}"
+            );
         }
     }
 }

@@ -114,10 +114,9 @@ fn sign_adyen(item: &mut Value) {
     let mut mac =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(ADYEN_KEY).unwrap()).unwrap();
     mac.update(signing.as_bytes());
-    item["additionalData"]["hmacSignature"] =
-        base64::engine::general_purpose::STANDARD
-            .encode(mac.finalize().into_bytes())
-            .into();
+    item["additionalData"]["hmacSignature"] = base64::engine::general_purpose::STANDARD
+        .encode(mac.finalize().into_bytes())
+        .into();
 }
 
 fn adyen_batch(items: &[Value]) -> String {
@@ -282,8 +281,8 @@ async fn a_stripe_payment_without_metadata_is_accepted_and_dead_lettered_with_it
     assert!(why.contains("metadata.order_id"), "{why}");
     assert_eq!(letters[0].error_class(), Some("permanent"));
     // The dead letter holds the event byte for byte.
-    let original: Value = serde_json::from_slice(letters[0].record.value.as_deref().unwrap())
-        .unwrap();
+    let original: Value =
+        serde_json::from_slice(letters[0].record.value.as_deref().unwrap()).unwrap();
     let payload = std::str::from_utf8(letters[0].record.value.as_deref().unwrap()).unwrap();
     assert!(payload.contains(&stripe_body(&ev)), "{payload}");
     assert_eq!(original["payload"], ev);
@@ -294,7 +293,9 @@ async fn a_stripe_payment_without_metadata_is_accepted_and_dead_lettered_with_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
     let env = Env::new().await;
-    let app = env.start(&verified(&[("DISPUTE_PAYMENT_WAIT", "5m")])).await;
+    let app = env
+        .start(&verified(&[("DISPUTE_PAYMENT_WAIT", "5m")]))
+        .await;
     let created = stripe_event(
         "evt_w1",
         "charge.dispute.created",
@@ -314,15 +315,15 @@ async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 2);
     assert_eq!(env.count("SELECT count(*) FROM disputes").await, 0);
-    wait_for(|| async {
-        metrics(&app)
-            .await
-            .contains("payhook_parked_disputes 2")
-    })
-    .await;
+    wait_for(|| async { metrics(&app).await.contains("payhook_parked_disputes 2") }).await;
 
     // The payment arrives, naming the charge only (as a refund does).
-    let refund = stripe_event("evt_w3", "charge.refunded", T0 + 300, charge("pi_w1", "ord_w1"));
+    let refund = stripe_event(
+        "evt_w3",
+        "charge.refunded",
+        T0 + 300,
+        charge("pi_w1", "ord_w1"),
+    );
     assert_eq!(stripe(&app, &refund).await.0, 202);
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 0);
@@ -352,7 +353,12 @@ async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
         3
     );
     assert_eq!(dispute(&env, "ord_w1").await.unwrap().0, "lost");
-    assert!(payhook::app::dlq_list(&env.config(&[])).await.unwrap().is_empty());
+    assert!(
+        payhook::app::dlq_list(&env.config(&[]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.stop().await;
     env.cleanup().await;
 }
@@ -360,7 +366,9 @@ async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_whose_payment_never_arrives_is_dead_lettered_after_the_wait() {
     let env = Env::new().await;
-    let app = env.start(&verified(&[("DISPUTE_PAYMENT_WAIT", "2s")])).await;
+    let app = env
+        .start(&verified(&[("DISPUTE_PAYMENT_WAIT", "2s")]))
+        .await;
     let ev = stripe_event(
         "evt_n1",
         "charge.dispute.created",
@@ -409,8 +417,18 @@ fn lifecycle(k: usize) -> Vec<Value> {
             T0,
             intent(&pi, &ord, "requires_payment_method"),
         ),
-        stripe_event(&e("b"), "payment_intent.processing", T0, intent(&pi, &ord, "processing")),
-        stripe_event(&e("c"), "payment_intent.succeeded", T0 + 1, intent(&pi, &ord, "succeeded")),
+        stripe_event(
+            &e("b"),
+            "payment_intent.processing",
+            T0,
+            intent(&pi, &ord, "processing"),
+        ),
+        stripe_event(
+            &e("c"),
+            "payment_intent.succeeded",
+            T0 + 1,
+            intent(&pi, &ord, "succeeded"),
+        ),
         stripe_event(&e("d"), "charge.refunded", T0 + 1, charge(&pi, &ord)),
         stripe_event(
             &e("e"),
@@ -424,7 +442,12 @@ fn lifecycle(k: usize) -> Vec<Value> {
             T0 + 2,
             stripe_dispute(&pi, "needs_response"),
         ),
-        stripe_event(&e("g"), "charge.dispute.closed", T0 + 3, stripe_dispute(&pi, "won")),
+        stripe_event(
+            &e("g"),
+            "charge.dispute.closed",
+            T0 + 3,
+            stripe_dispute(&pi, "won"),
+        ),
         stripe_event(
             &e("h"),
             "charge.dispute.funds_reinstated",
@@ -562,7 +585,10 @@ async fn an_adyen_batch_ends_as_order_and_dispute_rows() {
         .unwrap();
     let stored: Value = row.get(0);
     let sent: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(stored, sent["notificationItems"][1]["NotificationRequestItem"]);
+    assert_eq!(
+        stored,
+        sent["notificationItems"][1]["NotificationRequestItem"]
+    );
     let raw: String = row.get(2);
     assert!(raw.contains('\n') && body.contains(&raw), "{raw}");
     assert_eq!(serde_json::from_str::<Value>(&raw).unwrap(), stored);
@@ -572,7 +598,9 @@ async fn an_adyen_batch_ends_as_order_and_dispute_rows() {
     );
     let m = metrics(&app).await;
     assert!(
-        m.contains(r#"payhook_provider_events_ignored_total{provider="adyen",event_type="CAPTURE"} 2"#),
+        m.contains(
+            r#"payhook_provider_events_ignored_total{provider="adyen",event_type="CAPTURE"} 2"#
+        ),
         "{m}"
     );
     app.stop().await;
