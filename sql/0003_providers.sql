@@ -34,8 +34,9 @@ CREATE TABLE parked_disputes (
     provider_event_id text        PRIMARY KEY,
     provider          text        NOT NULL,
     object_ids        text[]      NOT NULL CHECK (cardinality(object_ids) > 0),
-    -- The Kafka record as it arrived (key and envelope), so it can be
-    -- decoded again when its payment arrives, or dead-lettered as it was.
+    -- The Kafka record (key, and the envelope as the consumer decoded it;
+    -- its payload is the provider's bytes as received), so it can be decoded
+    -- again when its payment arrives, or dead-lettered whole.
     record_key        text        NOT NULL,
     record_value      text        NOT NULL,
     kafka_topic       text        NOT NULL,

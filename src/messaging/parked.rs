@@ -10,6 +10,15 @@
 //! waiting only delays when the dispute's events are applied, and the
 //! dispute takes the greatest of them whatever their arrival.
 //!
+//! Both transactions first take an advisory lock per object id
+//! ([`crate::db::parked::lock_objects`], sorted, so two never wait on each
+//! other in a cycle): whichever commits first, the other's next statement
+//! sees it, so a dispute and its payment consumed at the same moment never
+//! both miss each other (`tests/it/providers.rs` holds a payment's
+//! transaction open while the dispute's runs, both ways round). Only payment
+//! events received from the same provider resolve its disputes: a Stripe
+//! dispute is not matched against payhook's own (generic) payment events.
+//!
 //! A dispute whose payment never arrives is **dead-lettered** by the
 //! [`Sweeper`] once it has waited `DISPUTE_PAYMENT_WAIT`, with a reason that
 //! says which objects it waited for; `payhook dlq replay` sends it back once

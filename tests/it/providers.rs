@@ -654,3 +654,147 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The consumer's decoded event for one Stripe event, as it would come off
+/// the topic.
+fn decoded(event: &Value, offset: i64) -> payhook::messaging::envelope::Event {
+    use payhook::{
+        messaging::envelope::{Envelope, EventType},
+        providers::{Provider, Stream, stripe::Stripe},
+    };
+    let stripe = Stripe {
+        verifier: None,
+        order_id_key: "order_id".into(),
+        user_id_key: "user_id".into(),
+    };
+    let body = stripe_body(event);
+    let item = stripe
+        .accept(&Default::default(), body.as_bytes(), 0)
+        .unwrap()
+        .items
+        .remove(0);
+    let kind = match item.stream {
+        Stream::Orders => EventType::OrderWebhook,
+        Stream::Disputes => EventType::DisputeWebhook,
+    };
+    let env = Envelope::from_provider(kind, &item.key, item.raw, "stripe", item.mapping);
+    Envelope::decode(env.to_record().value.as_deref())
+        .unwrap()
+        .into_event(payhook::domain::orders::SourcePosition {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_and_its_payment_applied_at_the_same_moment_never_miss_each_other() {
+    use payhook::{
+        db::store::PgStore,
+        domain::{disputes::DisputeService, orders::OrderService},
+        messaging::{envelope::Event, parked::settle},
+    };
+    let env = Env::new().await;
+    let pool = payhook::db::pool(&env.db_url, 4, Duration::from_secs(5)).unwrap();
+    let payment_of = |pi: &str, order: &str| match decoded(
+        &stripe_event(
+            &format!("evt_pay_{pi}"),
+            "payment_intent.succeeded",
+            T0,
+            intent(pi, order, "succeeded"),
+        ),
+        1,
+    ) {
+        Event::Payment(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let dispute_of = |pi: &str| match decoded(
+        &stripe_event(
+            &format!("evt_dp_{pi}"),
+            "charge.dispute.created",
+            T0 + 5,
+            stripe_dispute(pi, "needs_response"),
+        ),
+        2,
+    ) {
+        Event::PendingChargeback(d) => d,
+        other => panic!("{other:?}"),
+    };
+    // The dispute's transaction, as the consumer runs it.
+    let dispute_tx = |pool: deadpool_postgres::Pool, d| async move {
+        let mut c = pool.get().await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        let s = settle(&tx, &[], vec![d]).await.unwrap();
+        DisputeService
+            .process_chargebacks(&mut PgStore::new(&tx), &s.resolved)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (s.parked, s.resolved.len())
+    };
+
+    // 1. The payment's transaction holds its objects when the dispute's
+    //    starts: the dispute waits for it, then finds the payment.
+    let payment = payment_of("pi_r1", "ord_r1");
+    let mut c = pool.get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    OrderService
+        .process_payment_webhooks(&mut PgStore::new(&tx), std::slice::from_ref(&payment))
+        .await
+        .unwrap();
+    let s = settle(&tx, std::slice::from_ref(&payment), vec![])
+        .await
+        .unwrap();
+    assert_eq!((s.parked, s.resolved.len()), (0, 0));
+    let other = tokio::spawn(dispute_tx(pool.clone(), dispute_of("pi_r1")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "the dispute must wait for the payment's lock"
+    );
+    tx.commit().await.unwrap();
+    drop(c);
+    assert_eq!(other.await.unwrap(), (0, 1), "resolved, not parked");
+
+    // 2. The dispute's transaction parks first and holds its objects: the
+    //    payment's waits, then releases it.
+    let mut c = pool.get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    let s = settle(&tx, &[], vec![dispute_of("pi_r2")]).await.unwrap();
+    assert_eq!((s.parked, s.resolved.len()), (1, 0));
+    let payment = payment_of("pi_r2", "ord_r2");
+    let pool2 = pool.clone();
+    let other = tokio::spawn(async move {
+        let mut c = pool2.get().await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        OrderService
+            .process_payment_webhooks(&mut PgStore::new(&tx), std::slice::from_ref(&payment))
+            .await
+            .unwrap();
+        let s = settle(&tx, std::slice::from_ref(&payment), vec![])
+            .await
+            .unwrap();
+        DisputeService
+            .process_chargebacks(&mut PgStore::new(&tx), &s.resolved)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        s.released
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "the payment must wait for the dispute's lock"
+    );
+    tx.commit().await.unwrap();
+    drop(c);
+    assert_eq!(other.await.unwrap(), 1, "the waiting dispute is released");
+
+    for order in ["ord_r1", "ord_r2"] {
+        assert_eq!(dispute(&env, order).await.unwrap().0, "opened", "{order}");
+    }
+    assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 0);
+    drop(pool);
+    env.cleanup().await;
+}
