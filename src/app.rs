@@ -1,6 +1,7 @@
 //! Wiring: build the pieces from a [`Config`], run them, stop them in order.
 //!
-//! `serve` = HTTP server + producer + one consumer per topic. Shutdown order:
+//! `serve` = HTTP server + producer + one consumer per topic + the sweep of
+//! disputes waiting for their payment. Shutdown order:
 //! stop accepting and let in-flight requests finish (they get their true
 //! answer), then let the producer send and answer what it has queued, then
 //! let each partition consumer finish its current transaction.

@@ -382,7 +382,11 @@ async fn a_dispute_whose_payment_never_arrives_is_dead_lettered_after_the_wait()
     let cfg = env.config(&[]);
     wait_for(|| async { !payhook::app::dlq_list(&cfg).await.unwrap().is_empty() }).await;
     // Not before the configured time.
-    assert!(started.elapsed() >= Duration::from_secs(2));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    eprintln!(
+        "dispute dead-lettered {waited:?} after it was posted (DISPUTE_PAYMENT_WAIT=2s, sweep every 100ms)"
+    );
     let letters = payhook::app::dlq_list(&cfg).await.unwrap();
     assert_eq!(letters.len(), 1);
     let why = letters[0].error_message().unwrap();
