@@ -18,7 +18,7 @@ use crate::{
     db::{self, DbError},
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
-        Kafka, KafkaError,
+        Kafka, KafkaError, assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
         health::ConsumerHealth,
@@ -40,6 +40,11 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "the database's encoding is {encoding}, not UTF8: Postgres would refuse webhooks \
+         whose text that encoding cannot hold. Create the database with ENCODING 'UTF8'"
+    )]
+    DatabaseEncoding { encoding: String },
     #[error(
         "{var} is empty: an endpoint without a secret would accept forged webhooks. \
          Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
@@ -74,6 +79,10 @@ pub struct Application {
     producer: Producer,
     producer_tasks: ProducerTasks,
     health: ConsumerHealth,
+    /// This process in the consumer fleet (`consumer_members`).
+    member: uuid::Uuid,
+    /// `ADMIN_ADDR`, when set.
+    admin_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -85,6 +94,12 @@ impl Application {
         // must never serve.
         let (orders_verifier, chargebacks_verifier) = verifiers(&cfg)?;
         let pool = db::pool(&cfg.database_url, cfg.database_pool_size, DB_TIMEOUT)?;
+        // Everything the edge accepts must be storable, which it only is in
+        // a UTF8 database.
+        let encoding = db::server_encoding(&pool).await?;
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StartError::DatabaseEncoding { encoding });
+        }
         if cfg.run_migrations {
             let applied = db::migrations::run(&pool).await?;
             if !applied.is_empty() {
@@ -107,6 +122,15 @@ impl Application {
                     addr: cfg.http_addr,
                     source,
                 })?;
+        let admin_listener = match cfg.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let member = uuid::Uuid::new_v4();
         let metrics = Metrics::new();
         let health = ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone());
         let state = Arc::new(AppState {
@@ -116,6 +140,7 @@ impl Application {
                 pool: pool.clone(),
                 topic: cfg.orders_topic.clone(),
                 health: health.clone(),
+                member,
             }),
             orders: Endpoint {
                 topic: cfg.orders_topic.clone(),
@@ -128,7 +153,9 @@ impl Application {
             max_body_bytes: cfg.http_max_body_bytes,
             request_timeout: cfg.http_request_timeout,
             retry_after: cfg.http_retry_after,
+            occurred_at_max_future: cfg.occurred_at_max_future,
             metrics,
+            ops_on_public: admin_listener.is_none(),
             providers: crate::providers::Endpoints::from_config(&cfg),
         });
         Ok(Self {
@@ -140,7 +167,21 @@ impl Application {
             producer,
             producer_tasks,
             health,
+            member,
+            admin_listener,
         })
+    }
+
+    /// This process's member id in the consumer fleet.
+    pub fn member_id(&self) -> uuid::Uuid {
+        self.member
+    }
+
+    /// The admin listener's address, when `ADMIN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (port 0 becomes a real port).
@@ -162,27 +203,36 @@ impl Application {
             producer,
             producer_tasks,
             health,
+            member,
+            admin_listener,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
-        for (group, topic) in [
+        let consumer_configs = [
             (&cfg.orders_consumer_group, &cfg.orders_topic),
             (&cfg.disputes_consumer_group, &cfg.disputes_topic),
-        ] {
-            let ccfg = ConsumerConfig::from_config(&cfg, group, topic);
-            let shared = consumer::Shared {
-                kafka: kafka.clone(),
-                pool: pool.clone(),
-                dead_letters: DeadLetters {
-                    producer: producer.clone(),
-                    topic: cfg.dlq_topic.clone(),
-                },
-                metrics: metrics.clone(),
-                health: health.clone(),
-            };
-            consumer_tasks.spawn(consumer::run(shared, ccfg, consumers.clone()));
-        }
+        ]
+        .map(|(group, topic)| ConsumerConfig::from_config(&cfg, group, topic))
+        .to_vec();
+        let shared = consumer::Shared {
+            member,
+            kafka: kafka.clone(),
+            pool: pool.clone(),
+            dead_letters: DeadLetters {
+                producer: producer.clone(),
+                topic: cfg.dlq_topic.clone(),
+            },
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        consumer_tasks.spawn(assignment::run(
+            shared,
+            consumer_configs,
+            member_name(),
+            cfg.consumer_lease_ttl,
+            consumers.clone(),
+        ));
         // Disputes whose payment never arrived are dead-lettered.
         consumer_tasks.spawn(
             crate::messaging::parked::Sweeper {
@@ -217,7 +267,28 @@ impl Application {
                 header_timeout: cfg.http_header_timeout,
                 max_connections: cfg.http_max_connections,
             };
-            http::serve(listener, state, limits, shutdown.clone(), grace).await;
+            let admin = admin_listener.map(|l| {
+                tokio::spawn(http::serve(
+                    l,
+                    Arc::clone(&state),
+                    limits,
+                    shutdown.clone(),
+                    grace,
+                    http::Surface::Admin,
+                ))
+            });
+            http::serve(
+                listener,
+                state,
+                limits,
+                shutdown.clone(),
+                grace,
+                http::Surface::Public,
+            )
+            .await;
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
             // Each partition finishes its current transaction (or dead
             // letter) and stops.
             consumers.cancel();
@@ -247,6 +318,17 @@ impl Application {
     }
 }
 
+/// How this process is named in `payhook status`: host and pid.
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "payhook".into());
+    format!("{host}:{}", std::process::id())
+}
+
 /// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
 /// (said loudly in the log).
 fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), StartError> {
@@ -274,8 +356,14 @@ pub async fn migrate(cfg: &Config) -> Result<Vec<i32>, StartError> {
     Ok(db::migrations::run(&pool).await?)
 }
 
-/// `payhook topics`: creates the three topics unless they exist; returns each
-/// topic with whether it was created now.
+/// How long `payhook topics` waits for the topics it created to show in the
+/// broker's metadata.
+const TOPICS_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// `payhook topics`: creates the three topics unless they exist, and returns
+/// once the broker's metadata lists each with its partitions (so a `serve`
+/// started right after finds them); returns each topic with whether it was
+/// created now.
 pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartError> {
     let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await?;
     let mut out = Vec::new();
@@ -285,7 +373,56 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<(String, bool)>, StartErr
             .await?;
         out.push((topic.clone(), created));
     }
+    for (topic, created) in &out {
+        // A topic that existed already keeps the partitions it has.
+        let expected = if *created {
+            cfg.partitions.get() as usize
+        } else {
+            1
+        };
+        kafka
+            .wait_for_topic(topic, expected, TOPICS_VISIBLE_WITHIN)
+            .await?;
+    }
     Ok(out)
+}
+
+/// What `payhook status` prints: the fleet as Postgres knows it, with each
+/// partition's log end from the broker.
+#[derive(Debug)]
+pub struct FleetStatus {
+    pub members: Vec<db::leases::MemberRow>,
+    /// Each partition with its log end (`None` if the broker did not say).
+    pub partitions: Vec<(db::leases::PartitionRow, Option<i64>)>,
+}
+
+/// `payhook status`.
+pub async fn fleet_status(cfg: &Config) -> Result<FleetStatus, StartError> {
+    let pool = db::pool(&cfg.database_url, 1, DB_TIMEOUT)?;
+    let conn = pool.get().await.map_err(DbError::from)?;
+    let (members, rows) = db::leases::fleet(&**conn).await?;
+    let kafka = Kafka::connect(&cfg.kafka_brokers, cfg.kafka_request_timeout).await;
+    let mut partitions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let end = match &kafka {
+            Ok(k) => match k.partition_client(&row.topic, row.partition).await {
+                Ok(c) => crate::messaging::bounded(
+                    "reading the latest offset",
+                    k.request_timeout(),
+                    c.get_offset(rskafka::client::partition::OffsetAt::Latest),
+                )
+                .await
+                .ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        partitions.push((row, end));
+    }
+    Ok(FleetStatus {
+        members,
+        partitions,
+    })
 }
 
 /// Where `payhook offsets reset` moves a partition.
@@ -494,6 +631,7 @@ pub async fn dlq_replay(
             linger: Duration::ZERO,
             queue_per_partition: 64,
             publish_timeout: cfg.publish_timeout,
+            metadata_refresh: Duration::from_secs(30),
         },
     )
     .await?;

@@ -17,6 +17,9 @@ use crate::providers::{
 pub struct Config {
     /// Where the HTTP server listens (`HTTP_ADDR`).
     pub http_addr: SocketAddr,
+    /// A separate listener for `/metrics`, `/status` and the probes
+    /// (`ADMIN_ADDR`); `None` serves them with the webhooks.
+    pub admin_addr: Option<SocketAddr>,
     /// Largest webhook body accepted, in bytes (`HTTP_MAX_BODY_BYTES`).
     pub http_max_body_bytes: usize,
     /// Value of `Retry-After` on a 503 (`HTTP_RETRY_AFTER`).
@@ -30,6 +33,11 @@ pub struct Config {
     /// Connections served at once (`HTTP_MAX_CONNECTIONS`); beyond it new
     /// connections wait in the kernel's backlog.
     pub http_max_connections: usize,
+
+    /// How far after its acceptance a webhook's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`); later ones are refused with a 400, and the
+    /// consumer dead-letters a record whose payload breaks it.
+    pub occurred_at_max_future: Duration,
 
     /// Check webhook signatures (`WEBHOOK_VERIFY`, `on` unless set to
     /// `off`). Off is for local use only.
@@ -101,6 +109,9 @@ pub struct Config {
     /// Records that may wait per partition for the producer
     /// (`KAFKA_PRODUCER_QUEUE`); beyond it requests wait, then get a 503.
     pub producer_queue: usize,
+    /// How often the producer looks for partitions added to its topics
+    /// (`KAFKA_METADATA_REFRESH`); consumers look on every lease renewal.
+    pub kafka_metadata_refresh: Duration,
     /// Upper bound for any single broker call (`KAFKA_REQUEST_TIMEOUT`).
     /// rskafka 0.6 has no request timeout of its own and retries forever.
     pub kafka_request_timeout: Duration,
@@ -120,6 +131,10 @@ pub struct Config {
     /// How long a partition with lag may go without moving before it is
     /// reported stalled (`CONSUMER_STALL_AFTER`).
     pub consumer_stall_after: Duration,
+    /// How long a partition lease lasts without renewal
+    /// (`CONSUMER_LEASE_TTL`): a process that dies or hangs loses its
+    /// partitions after this long. Leases are renewed every quarter of it.
+    pub consumer_lease_ttl: Duration,
     /// First pause after a failure (`RETRY_BACKOFF_MIN`).
     pub retry_backoff_min: Duration,
     /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
@@ -184,6 +199,18 @@ impl Config {
                 "127.0.0.1:8080",
                 "an address like 127.0.0.1:8080",
             ),
+            admin_addr: r.parse_with(
+                "ADMIN_ADDR",
+                "",
+                "an address like 127.0.0.1:9090, or empty for none",
+                |s| {
+                    if s.is_empty() {
+                        Some(None)
+                    } else {
+                        s.parse().ok().map(Some)
+                    }
+                },
+            ),
             http_max_body_bytes: r.parse_with(
                 "HTTP_MAX_BODY_BYTES",
                 "262144",
@@ -205,6 +232,16 @@ impl Config {
                     s.parse::<usize>()
                         .ok()
                         .filter(|n| (1..=100_000).contains(n))
+                },
+            ),
+            occurred_at_max_future: r.parse_with(
+                "OCCURRED_AT_MAX_FUTURE",
+                "1d",
+                "a duration between 1m and 365d, like 1d",
+                |s| {
+                    humantime::parse_duration(s).ok().filter(|d| {
+                        (Duration::from_secs(60)..=Duration::from_secs(365 * 86_400)).contains(d)
+                    })
                 },
             ),
             webhook_verify: r.parse_with("WEBHOOK_VERIFY", "on", "on or off", parse_bool),
@@ -327,6 +364,7 @@ impl Config {
                 },
             ),
             fetch_max_wait: r.duration("KAFKA_FETCH_MAX_WAIT", "250ms"),
+            kafka_metadata_refresh: r.duration("KAFKA_METADATA_REFRESH", "30s"),
             consumer_max_batch: r.parse_with(
                 "CONSUMER_MAX_BATCH",
                 "2000",
@@ -344,6 +382,7 @@ impl Config {
                 |s| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
             ),
             consumer_stall_after: r.duration("CONSUMER_STALL_AFTER", "1m"),
+            consumer_lease_ttl: r.duration("CONSUMER_LEASE_TTL", "10s"),
             retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
             retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),
@@ -546,6 +585,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.publish_timeout, Duration::from_millis(250));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn occurred_at_max_future_defaults_to_a_day_and_is_bounded() {
+        assert_eq!(
+            cfg(&[]).unwrap().occurred_at_max_future,
+            Duration::from_secs(86_400)
+        );
+        let c = cfg(&[("OCCURRED_AT_MAX_FUTURE", "2h")]).unwrap();
+        assert_eq!(c.occurred_at_max_future, Duration::from_secs(7200));
+        for bad in ["0s", "30s", "400d", "soon"] {
+            let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
+            assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
+        }
     }
 
     #[test]

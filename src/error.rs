@@ -62,6 +62,10 @@ pub enum ProcessError {
         expected: Option<i64>,
         found: Option<i64>,
     },
+    #[error("the partition's lease (epoch {epoch}) is no longer this process's")]
+    LeaseLost { epoch: i64 },
+    #[error("dead letter not acknowledged: {0}")]
+    DeadLetter(String),
 }
 
 impl ProcessError {
@@ -77,7 +81,9 @@ impl ProcessError {
             },
             // Broker trouble passes; a fenced write means our position is
             // stale, and re-reading it fixes that.
-            Self::Kafka(_) | Self::Fenced { .. } => ErrorClass::Transient,
+            Self::Kafka(_) | Self::Fenced { .. } | Self::LeaseLost { .. } | Self::DeadLetter(_) => {
+                ErrorClass::Transient
+            }
         }
     }
 }

@@ -30,6 +30,10 @@ enum Command {
     /// Inspect and replay dead letters (KAFKA_DLQ_TOPIC).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Print the consumer fleet from Postgres: members, their last
+    /// heartbeat, which partitions each owns, each partition's stored offset,
+    /// log end and lag.
+    Status,
     /// Move a consumer's stored position deliberately.
     #[command(subcommand)]
     Offsets(OffsetsCommand),
@@ -119,6 +123,13 @@ fn main() -> ExitCode {
                         let what = if created { "created" } else { "exists" };
                         info!(%topic, partitions = cfg.partitions, "{what}");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Command::Status => match app::fleet_status(&cfg).await {
+                Ok(s) => {
+                    print_status(&s);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -220,6 +231,55 @@ fn print_dead_letters(letters: &[payhook::messaging::dlq::DeadLetter], full: boo
         );
     }
     println!("{} dead letter(s)", letters.len());
+}
+
+fn print_status(s: &app::FleetStatus) {
+    let short = |id: &uuid::Uuid| id.simple().to_string()[..8].to_owned();
+    println!("members");
+    println!(
+        "  {:<10} {:<28} {:<7} {:<22} {:>8}",
+        "member", "name", "state", "last heartbeat", "owns"
+    );
+    for m in &s.members {
+        let owns = s
+            .partitions
+            .iter()
+            .filter(|(p, _)| p.lease_valid && p.owner == Some(m.member_id))
+            .count();
+        println!(
+            "  {:<10} {:<28} {:<7} {:<22} {:>8}",
+            short(&m.member_id),
+            m.name,
+            if m.alive { "alive" } else { "expired" },
+            m.heartbeat_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            owns
+        );
+    }
+    println!("partitions");
+    println!(
+        "  {:<20} {:<28} {:>4} {:<10} {:>6} {:>12} {:>12} {:>10}",
+        "group", "topic", "part", "owner", "epoch", "stored", "log end", "lag"
+    );
+    for (p, end) in &s.partitions {
+        let owner = match p.owner {
+            Some(o) if p.lease_valid => short(&o),
+            Some(o) => format!("{}(exp)", &short(&o)[..4]),
+            None => "-".into(),
+        };
+        let opt = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+        let lag = end.map(|e| e - p.stored_offset.unwrap_or(0));
+        println!(
+            "  {:<20} {:<28} {:>4} {:<10} {:>6} {:>12} {:>12} {:>10}",
+            p.group,
+            p.topic,
+            p.partition,
+            owner,
+            p.epoch,
+            opt(p.stored_offset),
+            opt(*end),
+            opt(lag)
+        );
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

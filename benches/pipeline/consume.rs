@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use payhook::{
     messaging::{
+        assignment,
         consumer::{self, ConsumerConfig, DeadLetters},
         health::ConsumerHealth,
         producer::{Producer, ProducerConfig},
@@ -45,6 +46,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let t0 = Instant::now();
     let metrics = Metrics::new();
     let shared = consumer::Shared {
+        member: uuid::Uuid::new_v4(),
         kafka: env.kafka.clone(),
         pool,
         dead_letters: DeadLetters {
@@ -54,7 +56,13 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
         health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
         metrics,
     };
-    let task = tokio::spawn(consumer::run(shared, ccfg, shutdown.clone()));
+    let task = tokio::spawn(assignment::run(
+        shared,
+        vec![ccfg],
+        "bench".into(),
+        cfg.consumer_lease_ttl,
+        shutdown.clone(),
+    ));
     let deadline = t0 + Duration::from_secs(600);
     loop {
         if env.stored_total(&db, &group).await as u64 >= n {

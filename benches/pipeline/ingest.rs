@@ -60,11 +60,14 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
             pool: env.pool(1),
             topic: cfg.orders_topic.clone(),
             health: ConsumerHealth::new(cfg.consumer_stall_after, Metrics::new()),
+            member: uuid::Uuid::new_v4(),
         }),
         max_body_bytes: cfg.http_max_body_bytes,
         request_timeout: cfg.http_request_timeout,
         retry_after: cfg.http_retry_after,
+        occurred_at_max_future: cfg.occurred_at_max_future,
         metrics: Metrics::new(),
+        ops_on_public: true,
         providers: Default::default(),
     });
     let shutdown = CancellationToken::new();
@@ -78,6 +81,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         limits,
         shutdown.clone(),
         Duration::from_secs(10),
+        http::Surface::Public,
     ));
 
     // Sample resident memory while the load runs.

@@ -16,7 +16,12 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "event_order",
         include_str!("../../sql/0002_event_order.sql"),
     ),
-    (3, "providers", include_str!("../../sql/0003_providers.sql")),
+    (
+        3,
+        "partition_leases",
+        include_str!("../../sql/0003_partition_leases.sql"),
+    ),
+    (4, "providers", include_str!("../../sql/0004_providers.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

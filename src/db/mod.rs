@@ -4,10 +4,13 @@
 //! - [`store`]: [`store::PgStore`], the domain's storage traits over one
 //!   transaction, with set-based SQL (one statement per table per batch).
 //! - [`offsets`]: consumer positions, written in the same transaction as the
-//!   effects they acknowledge.
+//!   effects they acknowledge, fenced by the partition's lease.
+//! - [`leases`]: which process owns which partition, with epochs (fencing
+//!   tokens), heartbeats and expiry.
 //! - [`parked`]: disputes waiting for their payment, and the lookups that
 //!   resolve a provider's object ids to an order.
 
+pub mod leases;
 pub mod migrations;
 pub mod offsets;
 pub mod parked;
@@ -87,4 +90,14 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// The database's character encoding (`server_encoding`). payhook needs
+/// `UTF8`: in any other encoding Postgres refuses the webhooks whose text
+/// it cannot represent (a `\u20ac` escape or a `€` in a LATIN1 database),
+/// which the edge cannot know about and would have accepted.
+pub async fn server_encoding(pool: &Pool) -> Result<String, DbError> {
+    let client = pool.get().await?;
+    let row = client.query_one("SHOW server_encoding", &[]).await?;
+    Ok(row.get(0))
 }

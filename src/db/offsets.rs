@@ -7,8 +7,9 @@
 //! committing N+1 acknowledges N and everything before it).
 
 use tokio_postgres::GenericClient;
+use uuid::Uuid;
 
-use super::DbError;
+use super::{DbError, leases::Lease};
 
 /// The stored position, if any.
 pub async fn load(
@@ -27,42 +28,86 @@ pub async fn load(
     Ok(row.map(|r| r.get(0)))
 }
 
+/// Why a fenced commit matched nothing. The caller must roll back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// The lease is no longer this member's at this epoch (taken over,
+    /// released, or expired): stop consuming the partition.
+    Lease,
+    /// The lease holds, but the stored position is not the expected one
+    /// (an operator's `payhook offsets reset`): resume from it.
+    Offset(Option<i64>),
+}
+
 /// Moves the position from `expected` to `next`, inside the caller's
-/// transaction. Returns `Err(found)` if the stored position is not
-/// `expected` (another consumer moved it): the caller must roll back.
+/// transaction and **before** its effects: the update requires, and
+/// share-locks, the lease row of `member` at `lease.epoch`, unexpired (see
+/// [`super::leases`] for why a stale owner therefore cannot commit). The
+/// offset row stays locked until the caller commits.
 pub async fn advance(
     tx: &impl GenericClient,
-    group: &str,
-    topic: &str,
-    partition: i32,
+    member: Uuid,
+    lease: &Lease,
     expected: Option<i64>,
     next: i64,
-) -> Result<Result<(), Option<i64>>, DbError> {
+) -> Result<Result<(), Fenced>, DbError> {
+    const OWNED: &str = "EXISTS (SELECT 1 FROM partition_leases l
+                 WHERE l.consumer_group = $1 AND l.topic = $2 AND l.partition = $3
+                   AND l.owner = $5 AND l.epoch = $6 AND l.expires_at > now()
+                 FOR SHARE)";
+    let (group, topic, partition) = (&lease.group, &lease.topic, lease.partition);
     let updated = match expected {
         Some(expected) => {
             tx.execute(
-                "UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
-                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3
-                   AND next_offset = $5",
-                &[&group, &topic, &partition, &next, &expected],
+                &format!(
+                    "UPDATE consumer_offsets
+                        SET next_offset = $4, lease_epoch = $6, updated_at = now()
+                      WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+                        AND next_offset = $7 AND {OWNED}"
+                ),
+                &[
+                    group,
+                    topic,
+                    &partition,
+                    &next,
+                    &member,
+                    &lease.epoch,
+                    &expected,
+                ],
             )
             .await?
         }
         None => {
             tx.execute(
-                "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-                &[&group, &topic, &partition, &next],
+                &format!(
+                    "INSERT INTO consumer_offsets
+                            (consumer_group, topic, partition, next_offset, lease_epoch)
+                     SELECT $1, $2, $3, $4, $6 WHERE {OWNED}
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[group, topic, &partition, &next, &member, &lease.epoch],
             )
             .await?
         }
     };
     if updated == 1 {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(load(tx, group, topic, partition).await?))
+        return Ok(Ok(()));
     }
+    let still_ours = tx
+        .query_opt(
+            "SELECT 1 FROM partition_leases
+              WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+                AND owner = $4 AND epoch = $5 AND expires_at > now()",
+            &[group, topic, &partition, &member, &lease.epoch],
+        )
+        .await?
+        .is_some();
+    if !still_ours {
+        return Ok(Err(Fenced::Lease));
+    }
+    Ok(Err(Fenced::Offset(
+        load(tx, group, topic, partition).await?,
+    )))
 }
 
 /// Sets the position to `next` whatever it was (an operator's decision:

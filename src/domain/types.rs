@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 /// Why a webhook body was refused: a stable `code`, the `field` at fault (if
@@ -193,6 +193,35 @@ impl OccurredAt {
         self.0
     }
 
+    /// Refuses a time more than `max_future` after `accepted_at`, the moment
+    /// the webhook was accepted (the envelope's `timestamp`).
+    ///
+    /// The state of an order follows its latest event, so one event dated
+    /// far ahead would freeze the order until that date. The edge checks
+    /// against the envelope it is about to publish (its clock, now); the
+    /// consumer checks the same envelope again against the same timestamp,
+    /// so the verdict never depends on when or how often a record is read.
+    pub fn check_not_after(
+        self,
+        accepted_at: DateTime<Utc>,
+        max_future: std::time::Duration,
+    ) -> Result<Self, ValidationError> {
+        let ahead = chrono::TimeDelta::from_std(max_future).unwrap_or(chrono::TimeDelta::MAX);
+        match accepted_at.checked_add_signed(ahead) {
+            Some(latest) if self.0 > latest => Err(ValidationError::invalid(
+                "occurred_at",
+                format_args!(
+                    "is {}, more than {} after the webhook was accepted ({}): \
+                     an event cannot happen that far in the future (OCCURRED_AT_MAX_FUTURE)",
+                    self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                    humantime::format_duration(max_future),
+                    accepted_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                ),
+            )),
+            _ => Ok(self),
+        }
+    }
+
     /// Whole Unix seconds, as Stripe's `created`.
     pub fn from_unix_seconds(secs: i64) -> Option<Self> {
         DateTime::from_timestamp(secs, 0).map(Self)
@@ -200,7 +229,7 @@ impl OccurredAt {
 
     /// RFC 3339 in UTC, with as many fraction digits as needed.
     pub fn to_rfc3339(&self) -> String {
-        self.0.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
 }
 
@@ -224,6 +253,11 @@ impl Origin {
     }
 }
 
+/// Default of `OCCURRED_AT_MAX_FUTURE`: how far after its acceptance an
+/// event may say it occurred. Clocks differ by seconds, not days.
+pub const DEFAULT_OCCURRED_AT_MAX_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
 /// Deepest nesting of arrays and objects accepted in a webhook body.
 ///
 /// serde_json alone would stop at 128 levels, an implementation detail that
@@ -234,46 +268,247 @@ impl Origin {
 /// few levels; 32 leaves ample room.
 pub const MAX_JSON_DEPTH: usize = 32;
 
+/// Largest payload accepted anywhere: the ceiling of `HTTP_MAX_BODY_BYTES`,
+/// and what the consumer accepts from a record written by another client.
+/// It keeps every string and container far below `jsonb`'s own limit of
+/// 268,435,455 bytes each, so size is never what makes Postgres refuse one.
+pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+const _: () = assert!(MAX_PAYLOAD_BYTES < 0x0FFF_FFFF);
+
+/// Largest decimal exponent (either sign) written in a JSON number.
+/// PostgreSQL up to 14 refuses `numeric` input whose exponent is beyond
+/// ±1000 (15 accepts more); 1000 keeps the payload storable on either.
+pub const MAX_NUMBER_EXPONENT: i64 = 1000;
+
+/// Most digits after the decimal point a JSON number may have once its
+/// exponent is applied (`1.5e-3` has 4): Postgres `numeric`'s display scale
+/// is at most 16383 (`NUMERIC_DSCALE_MAX`); `1e-16384` and `0.` followed by
+/// 16384 digits are refused ("value overflows numeric format").
+pub const MAX_NUMBER_SCALE: i64 = 16383;
+
+/// Most digits before the decimal point (`numeric`'s weight limit). serde_json
+/// already refuses numbers beyond `f64` (about 1.8e308), so this is stated
+/// for completeness of the rule.
+pub const MAX_NUMBER_INTEGER_DIGITS: i64 = 131_072;
+
 /// Parses a webhook body: valid JSON nested at most [`MAX_JSON_DEPTH`]
-/// levels. The depth is checked first, by a scan that uses no recursion, so
-/// no input can make the parser recurse deeply.
+/// levels, that Postgres can store as `jsonb` exactly as received.
+///
+/// The same function checks the body at the edge and the payload when the
+/// consumer decodes a record, so a payload that Postgres would refuse is a
+/// `400` at the edge and a permanent decode failure (dead letter) in the
+/// consumer, never a write that fails and is retried forever.
+///
+/// A lexical scan runs first and uses no recursion, so no input can make the
+/// parser recurse deeply. It refuses, as `invalid_json`:
+/// - nesting deeper than [`MAX_JSON_DEPTH`];
+/// - the escape `\u0000` anywhere (key or value): `jsonb` cannot hold a NUL
+///   character (SQLSTATE 22P05);
+/// - a UTF-16 surrogate escape that is not a high one followed by a low one
+///   (`\ud800`, `\udc00`, `\ud800\u0041`): not a Unicode character,
+///   refused by Postgres (22P02) and by serde_json;
+/// - a number Postgres `numeric` cannot hold, or that PostgreSQL 14 and older
+///   would refuse: exponent beyond ±[`MAX_NUMBER_EXPONENT`], more than
+///   [`MAX_NUMBER_SCALE`] digits after the point once the exponent is applied,
+///   or more than [`MAX_NUMBER_INTEGER_DIGITS`] before it;
+/// - a body over [`MAX_PAYLOAD_BYTES`].
+///
+/// What is left is storable: a raw NUL or other control character and
+/// invalid UTF-8 are invalid JSON (serde_json refuses them), and every other
+/// escape and character is a Unicode scalar value that `jsonb` keeps
+/// (`tests/it/storable.rs` checks this against the real database).
 pub fn parse_json_body(body: &[u8]) -> Result<Value, ValidationError> {
-    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+    if body.len() > MAX_PAYLOAD_BYTES {
         return Err(ValidationError::invalid_json(format!(
-            "the body is nested deeper than {MAX_JSON_DEPTH} levels"
+            "the body is larger than {MAX_PAYLOAD_BYTES} bytes"
         )));
+    }
+    match scan_json(body) {
+        Scan::Fine => {}
+        Scan::TooDeep => {
+            return Err(ValidationError::invalid_json(format!(
+                "the body is nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        Scan::Unstorable(detail) => return Err(ValidationError::invalid_json(detail)),
     }
     serde_json::from_slice(body)
         .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))
 }
 
-/// Whether `[` / `{` nest deeper than `max` outside strings. Exact for valid
-/// JSON; for invalid JSON the parser that runs next reports the error.
-fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
+/// What the lexical scan of a body found.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    Fine,
+    TooDeep,
+    /// Valid-looking JSON that Postgres would refuse to store; says why.
+    Unstorable(String),
+}
+
+/// One pass over the bytes, outside and inside strings. Exact for valid
+/// JSON; for invalid JSON whatever it reports is still true of the text, and
+/// otherwise the parser that runs next reports the error.
+fn scan_json(body: &[u8]) -> Scan {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => match scan_string(body, i + 1) {
+                Ok(next) => i = next,
+                Err(detail) => return Scan::Unstorable(detail),
+            },
+            b'-' | b'0'..=b'9' => match scan_number(body, i) {
+                Ok(next) => i = next,
+                Err(detail) => return Scan::Unstorable(detail),
+            },
             b'[' | b'{' => {
                 depth += 1;
-                if depth > max {
-                    return true;
+                if depth > MAX_JSON_DEPTH {
+                    return Scan::TooDeep;
                 }
+                i += 1;
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
         }
     }
-    false
+    Scan::Fine
+}
+
+/// The four hex digits of a `\u` escape at `at` (pointing at the `\`).
+fn unicode_escape(body: &[u8], at: usize) -> Option<u16> {
+    let hex = body.get(at + 2..at + 6)?;
+    if body.get(at + 1) != Some(&b'u') {
+        return None;
+    }
+    let hex = std::str::from_utf8(hex).ok()?;
+    u16::from_str_radix(hex, 16).ok()
+}
+
+/// Scans a string from just after its opening quote; returns the index just
+/// after its closing quote (or the end), or why Postgres would refuse it.
+fn scan_string(body: &[u8], mut i: usize) -> Result<usize, String> {
+    while i < body.len() {
+        match body[i] {
+            b'"' => return Ok(i + 1),
+            b'\\' => match body.get(i + 1) {
+                Some(b'u') => {
+                    let Some(unit) = unicode_escape(body, i) else {
+                        // Malformed: the parser reports it.
+                        i += 2;
+                        continue;
+                    };
+                    match unit {
+                        0 => {
+                            return Err(format!(
+                                "the body contains the escape \\u0000 (at byte {i}): \
+                                 Postgres cannot store a NUL character in JSON"
+                            ));
+                        }
+                        0xD800..=0xDBFF => {
+                            match unicode_escape(body, i + 6) {
+                                Some(0xDC00..=0xDFFF) => i += 12,
+                                _ => return Err(lone_surrogate(unit, i)),
+                            }
+                            continue;
+                        }
+                        0xDC00..=0xDFFF => return Err(lone_surrogate(unit, i)),
+                        _ => i += 6,
+                    }
+                }
+                Some(_) => i += 2,
+                None => i += 1,
+            },
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+fn lone_surrogate(unit: u16, at: usize) -> String {
+    format!(
+        "the body contains the escape \\u{unit:04x} (at byte {at}), half of a UTF-16 \
+         surrogate pair without its other half: not a Unicode character"
+    )
+}
+
+/// Scans a number starting at `start`; returns the index after it, or why
+/// Postgres `numeric` cannot hold it.
+fn scan_number(body: &[u8], start: usize) -> Result<usize, String> {
+    let mut i = start;
+    if body.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while body.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        (*i - from) as i64
+    };
+    let int_start = i;
+    let mut int_digits = digits(&mut i);
+    // Leading zeros carry no weight (JSON allows one, before a point).
+    int_digits -= body[int_start..i]
+        .iter()
+        .take_while(|&&b| b == b'0')
+        .count() as i64;
+    let mut frac_digits = 0;
+    if body.get(i) == Some(&b'.') {
+        i += 1;
+        frac_digits = digits(&mut i);
+    }
+    let mut exponent: i64 = 0;
+    if matches!(body.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative = match body.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        while let Some(d) = body.get(i).filter(|b| b.is_ascii_digit()) {
+            // Saturates far beyond any limit below.
+            exponent = (exponent * 10 + i64::from(d - b'0')).min(1 << 40);
+            i += 1;
+        }
+        if negative {
+            exponent = -exponent;
+        }
+    }
+    let why = if exponent.abs() > MAX_NUMBER_EXPONENT {
+        Some(format!("its exponent is beyond ±{MAX_NUMBER_EXPONENT}"))
+    } else if frac_digits - exponent > MAX_NUMBER_SCALE {
+        Some(format!(
+            "it has more than {MAX_NUMBER_SCALE} digits after the decimal point"
+        ))
+    } else if int_digits + exponent > MAX_NUMBER_INTEGER_DIGITS {
+        Some(format!(
+            "it has more than {MAX_NUMBER_INTEGER_DIGITS} digits before the decimal point"
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(i.max(start + 1)),
+        Some(why) => {
+            let text = String::from_utf8_lossy(&body[start..i]);
+            let shown: String = text.chars().take(24).collect();
+            let more = if shown.len() < text.len() { "..." } else { "" };
+            Err(format!(
+                "the body contains the number {shown}{more} (at byte {start}), which Postgres \
+                 cannot store: {why}"
+            ))
+        }
+    }
 }
 
 /// Field access over a parsed JSON object, with errors that name the field.
@@ -414,6 +649,118 @@ mod tests {
         assert!(parse_json_body(deep_string.as_bytes()).is_ok());
         let e = parse_json_body(b"{not json").unwrap_err();
         assert!(e.detail.contains("not valid JSON"), "{}", e.detail);
+    }
+
+    /// Every case Postgres refuses to store as `jsonb` (established against
+    /// PostgreSQL 15: SQLSTATE 22P05 for `\u0000`, 22P02 for surrogates,
+    /// 22003 for the numbers) is refused here with a detail saying why.
+    #[test]
+    fn bodies_postgres_cannot_store_are_refused() {
+        let zeros = |n: usize| "0".repeat(n);
+        let cases: Vec<(String, &str)> = vec![
+            (r#"{"a":"\u0000"}"#.into(), "\\u0000"),
+            (r#"{"a":"x\u0000y"}"#.into(), "\\u0000"),
+            (r#"{"\u0000":1}"#.into(), "\\u0000"),
+            (r#"{"a":["ok","\u0000"]}"#.into(), "NUL"),
+            (r#"{"a":"\ud800"}"#.into(), "\\ud800"),
+            (r#"{"a":"\udc00"}"#.into(), "\\udc00"),
+            (r#"{"a":"\udc00\ud800"}"#.into(), "surrogate"),
+            (r#"{"a":"\ud800\u0041"}"#.into(), "surrogate"),
+            (r#"{"a":"\uD83Dx"}"#.into(), "surrogate"),
+            (r#"{"a":1e-16384}"#.into(), "exponent"),
+            (r#"{"a":1e-1001}"#.into(), "exponent"),
+            (r#"{"a":0e2000}"#.into(), "exponent"),
+            (r#"{"a":1E+1001}"#.into(), "exponent"),
+            (r#"{"a":1e-99999999999999999999999}"#.into(), "exponent"),
+            (format!(r#"{{"a":0.{}1}}"#, zeros(16383)), "16383 digits"),
+            (format!(r#"{{"a":1.{}}}"#, zeros(16384)), "16383 digits"),
+            (
+                format!(r#"{{"a":-0.{}e-1000}}"#, zeros(15384)),
+                "16383 digits",
+            ),
+            (
+                format!(r#"{{"a":1{}}}"#, zeros(131_072)),
+                "before the decimal point",
+            ),
+        ];
+        for (body, why) in &cases {
+            let e = parse_json_body(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_json", "{}", &body[..body.len().min(40)]);
+            assert!(e.detail.contains(why), "{why}: {}", e.detail);
+            assert!(e.detail.len() < 300, "a bounded detail: {}", e.detail.len());
+        }
+        // The same checks in a field the validators read.
+        let e = parse_json_body(br#"{"order_id":"o\u0000"}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        // Too large for any payload, whatever the body limit says.
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        let e = parse_json_body(big.as_bytes()).unwrap_err();
+        assert!(e.detail.contains("larger than"), "{}", e.detail);
+    }
+
+    /// The refusals are exact: the neighbours of each limit, and text that
+    /// only looks like a hazard, are accepted.
+    #[test]
+    fn storable_bodies_are_accepted() {
+        let zeros = |n: usize| "0".repeat(n);
+        let ok: Vec<String> = vec![
+            r#"{"a":"\\u0000"}"#.into(),
+            r#"{"a":"\\\\u0000"}"#.into(),
+            r#"{"a":"\u0001\u001f\u007f"}"#.into(),
+            r#"{"a":"\ud83d\ude00 \uD83D\uDE00 \ufffe\uffff"}"#.into(),
+            r#"{"a":"é ✓ 😀 \u00e9 \u2028"}"#.into(),
+            r#"{"a":"\"\\\/\b\f\n\r\t"}"#.into(),
+            r#"{"a":[1e-1000, 1e308, -0, 0.0, 1E+5, 12.5e-3, -1.7976931348623157e308]}"#.into(),
+            format!(r#"{{"a":0.{}1}}"#, zeros(16382)),
+            format!(r#"{{"a":0.{}1e1000}}"#, zeros(17382)),
+            format!(r#"{{"a":1{}}}"#, zeros(300)),
+            r#"{"1e-99999":"1e-99999 \\ud800 [[[[ \\u0000"}"#.into(),
+        ];
+        for body in &ok {
+            let r = parse_json_body(body.as_bytes());
+            assert!(r.is_ok(), "{}: {r:?}", &body[..body.len().min(60)]);
+        }
+    }
+
+    #[test]
+    fn occurred_at_may_not_be_far_ahead_of_acceptance() {
+        let accepted = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let day = DEFAULT_OCCURRED_AT_MAX_FUTURE;
+        let at = |s: &str| OccurredAt::parse(s).unwrap();
+        assert!(
+            at("2026-11-27T10:00:00Z")
+                .check_not_after(accepted, day)
+                .is_ok()
+        );
+        assert!(
+            at("1999-01-01T00:00:00Z")
+                .check_not_after(accepted, day)
+                .is_ok()
+        );
+        let e = at("2026-11-27T10:00:00.001Z")
+            .check_not_after(accepted, day)
+            .unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_field", Some("occurred_at")));
+        assert!(e.detail.contains("OCCURRED_AT_MAX_FUTURE"), "{}", e.detail);
+        assert!(e.detail.contains("2026-11-26T10:00:00Z"), "{}", e.detail);
+        let e = at("9999-12-31T23:59:59Z")
+            .check_not_after(accepted, day)
+            .unwrap_err();
+        assert!(e.detail.contains("1day"), "{}", e.detail);
+        // The bound is the setting's, and never overflows.
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(
+            at("2026-11-26T11:00:01Z")
+                .check_not_after(accepted, hour)
+                .is_err()
+        );
+        assert!(
+            at("9999-12-31T23:59:59Z")
+                .check_not_after(accepted, std::time::Duration::MAX)
+                .is_ok()
+        );
     }
 
     #[test]

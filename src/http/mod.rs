@@ -15,4 +15,4 @@ pub mod server;
 pub use crate::providers::signature;
 
 pub use routes::{AppState, Endpoint};
-pub use server::{Limits, serve};
+pub use server::{Limits, Surface, serve};

@@ -7,8 +7,13 @@
 //! | POST   | `/webhooks/stripe`               | Stripe events: 202 `{"event_id"}`, or 200 for a type payhook does not map |
 //! | POST   | `/webhooks/adyen`                | Adyen batches: 200 `[accepted]` once every item is acknowledged |
 //! | GET    | `/healthz`                       | 200 while the process runs (liveness) |
-//! | GET    | `/readyz`                        | 200 when the broker and the database answer, else 503 naming what is down |
+//! | GET    | `/readyz`                        | 200 when the broker answers (intake needs nothing else), else 503; lists stalled or stopped partitions |
 //! | GET    | `/metrics`                       | Prometheus text |
+//! | GET    | `/status`                        | the consumer side: database, owned partitions, their offsets, lag and health |
+//!
+//! With `ADMIN_ADDR` set, `/metrics` and `/status` are served only on that
+//! listener ([`handle_admin`]), so they need not face the internet;
+//! `/healthz` and `/readyz` are on both, for load balancers.
 //!
 //! A webhook goes through the checks cheapest first, and nothing is published
 //! unless all pass: the path and method (404, 405), `Content-Type` (415), the
@@ -20,17 +25,28 @@
 //! this module reads the body, asks the provider to verify, split and map
 //! it, publishes every event, and answers as the provider says once the
 //! broker has acknowledged them all.
+//!
+//! A refusal must reach a client that is still sending its body. Closing a
+//! socket with unread data makes the kernel answer with a reset, which the
+//! client sees instead of the answer (typically a broken pipe while it
+//! writes). So when a request is refused before its body was read to the
+//! end — 404, 405, 415, 413, 408 — the rest of the body is read and thrown
+//! away in the background, as nginx's lingering close does: at most
+//! [`LINGER_MAX_BYTES`] for at most [`LINGER_TIMEOUT`]. hyper writes the
+//! answer meanwhile; once the body is drained the connection is kept alive
+//! as usual, and if a bound runs out first hyper closes it. A client that
+//! sent `Expect: 100-continue` has sent nothing yet and is not asked to.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::error::{ApiError, Body, json_response};
 use crate::messaging::{
@@ -59,7 +75,13 @@ pub struct AppState {
     /// How long the body may take to arrive.
     pub request_timeout: Duration,
     pub retry_after: Duration,
+    /// How far after its acceptance a webhook's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`).
+    pub occurred_at_max_future: Duration,
     pub metrics: Metrics,
+    /// Whether `/metrics` and `/status` are served with the webhooks
+    /// (false when `ADMIN_ADDR` gives them a listener of their own).
+    pub ops_on_public: bool,
     /// `/webhooks/stripe` and `/webhooks/adyen`, when switched on.
     pub providers: providers::Endpoints,
 }
@@ -72,42 +94,122 @@ pub struct Endpoint {
     pub verifier: Option<Verifier>,
 }
 
+/// Most bytes of an unread body read and thrown away after an early
+/// refusal, so that the client can finish sending and read the answer.
+pub const LINGER_MAX_BYTES: u64 = 4 << 20;
+/// Longest time spent on that (nginx's `lingering_timeout` default).
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body and how far it has been read.
+struct RequestBody<B> {
+    body: B,
+    /// Whether anyone asked for its data yet (hyper sends `100 Continue` on
+    /// the first read).
+    polled: bool,
+    finished: bool,
+}
+
+impl<B> RequestBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// After the answer is decided: if the body was not read to its end,
+    /// drain the rest in the background (bounded), unless the client waits
+    /// for `100 Continue` and so has sent none of it.
+    fn linger(self, headers: &HeaderMap) {
+        if self.finished || self.body.is_end_stream() {
+            return;
+        }
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !self.polled {
+            return;
+        }
+        tokio::spawn(drain(self.body, LINGER_MAX_BYTES, LINGER_TIMEOUT));
+    }
+}
+
+/// Reads and discards `body` until its end, `max_bytes`, an error or
+/// `timeout`, whichever comes first. Returns the bytes read.
+async fn drain<B>(mut body: B, max_bytes: u64, timeout: Duration) -> u64
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(timeout, async {
+        while read < max_bytes {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+    read
+}
+
 /// Routes one request. Never fails: every error becomes an answer.
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
-    let result = match (req.uri().path(), req.method()) {
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody {
+        body,
+        polled: false,
+        finished: false,
+    };
+    let resp = route(&state, &parts, &mut body).await;
+    body.linger(&parts.headers);
+    resp
+}
+
+async fn route<B>(
+    state: &AppState,
+    parts: &hyper::http::request::Parts,
+    body: &mut RequestBody<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let result = match (parts.uri.path(), &parts.method) {
         ("/webhooks/payments/orders", &Method::POST) => {
             let generic = Generic {
                 stream: Stream::Orders,
                 verifier: state.orders.verifier.as_ref(),
             };
-            let r = ingest(&state, req, &generic).await;
-            count(&state, "orders", r)
+            let r = ingest(state, parts, body, &generic).await;
+            count(state, "orders", r)
         }
         ("/webhooks/payments/chargebacks", &Method::POST) => {
             let generic = Generic {
                 stream: Stream::Disputes,
                 verifier: state.chargebacks.verifier.as_ref(),
             };
-            let r = ingest(&state, req, &generic).await;
-            count(&state, "chargebacks", r)
+            let r = ingest(state, parts, body, &generic).await;
+            count(state, "chargebacks", r)
         }
         ("/webhooks/stripe", &Method::POST) => {
             let r = match &state.providers.stripe {
-                Some(p) => ingest(&state, req, p).await,
+                Some(p) => ingest(state, parts, body, p).await,
                 None => Err(ApiError::NotFound),
             };
-            count(&state, "stripe", r)
+            count(state, "stripe", r)
         }
         ("/webhooks/adyen", &Method::POST) => {
             let r = match &state.providers.adyen {
-                Some(p) => ingest(&state, req, p).await,
+                Some(p) => ingest(state, parts, body, p).await,
                 None => Err(ApiError::NotFound),
             };
-            count(&state, "adyen", r)
+            count(state, "adyen", r)
         }
         (
             "/webhooks/payments/orders"
@@ -116,24 +218,54 @@ where
             | "/webhooks/adyen",
             _,
         ) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        ("/healthz", &Method::GET | &Method::HEAD) => {
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
+            Ok(probe(state, parts.uri.path()).await)
         }
-        ("/healthz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(&state).await),
-        ("/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/metrics", &Method::GET | &Method::HEAD) => {
-            let mut resp = Response::new(Body::new(Bytes::from(state.metrics.render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(resp)
-        }
-        ("/metrics", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/metrics" | "/status", m) if state.ops_on_public => ops(state, m, parts.uri.path()).await,
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Routes one request on the admin listener (`ADMIN_ADDR`): probes,
+/// metrics and status, nothing else.
+pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
+    let path = req.uri().path();
+    let result = match (path, req.method()) {
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, path).await),
+        ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/metrics" | "/status", m) => ops(&state, m, path).await,
+        _ => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+async fn probe(state: &AppState, path: &str) -> Response<Body> {
+    if path == "/healthz" {
+        json_response(StatusCode::OK, &json!({"status": "ok"}))
+    } else {
+        readyz(state).await
+    }
+}
+
+/// `/metrics` and `/status`.
+async fn ops(state: &AppState, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {
+    if !matches!(method, &Method::GET | &Method::HEAD) {
+        return Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" });
+    }
+    if path == "/status" {
+        return Ok(json_response(
+            StatusCode::OK,
+            &state.readiness.status().await,
+        ));
+    }
+    let mut resp = Response::new(Body::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 /// Counts a webhook answer by endpoint and status.
@@ -169,14 +301,23 @@ pub trait Readiness: Send + Sync + std::fmt::Debug {
     fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
         Vec::new()
     }
+
+    /// The consumer side, for `/status` (nothing by default).
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async { json!({"partitions": []}) })
+    }
 }
 
-/// The real probe: the broker answers a metadata request and the database a
-/// query, each within [`READY_CHECK_TIMEOUT`].
+/// The real probe. Readiness asks only what taking webhooks needs: the
+/// broker answers a metadata request within [`READY_CHECK_TIMEOUT`]. A
+/// database outage does not make a replica unready (Kafka holds the
+/// webhooks meanwhile); it shows in `/status`, with the partitions.
 #[derive(Clone, Debug)]
 pub struct ServiceProbe {
     pub kafka: Kafka,
     pub pool: Pool,
+    /// This process in the consumer fleet.
+    pub member: uuid::Uuid,
     /// A topic whose metadata is asked for.
     pub topic: String,
     /// What the partition consumers report.
@@ -186,28 +327,40 @@ pub struct ServiceProbe {
 impl Readiness for ServiceProbe {
     fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>> {
         Box::pin(async move {
-            let (kafka, db) = tokio::join!(
-                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)),
-                tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)),
-            );
-            let late = || format!("no answer within {READY_CHECK_TIMEOUT:?}");
-            let mut down = Vec::new();
+            let kafka =
+                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)).await;
             match kafka {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => down.push(("kafka", e.to_string())),
-                Err(_) => down.push(("kafka", late())),
+                Ok(Ok(_)) => Vec::new(),
+                Ok(Err(e)) => vec![("kafka", e.to_string())],
+                Err(_) => vec![("kafka", format!("no answer within {READY_CHECK_TIMEOUT:?}"))],
             }
-            match db {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => down.push(("database", e.to_string())),
-                Err(_) => down.push(("database", late())),
-            }
-            down
         })
     }
 
     fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
         self.health.unhealthy()
+    }
+
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let db = tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)).await;
+            let database = match db {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {READY_CHECK_TIMEOUT:?}"),
+            };
+            let partitions = self.health.report();
+            let count =
+                |f: fn(&PartitionReport) -> bool| partitions.iter().filter(|p| f(p)).count();
+            json!({
+                "member_id": self.member,
+                "database": database,
+                "owned": partitions.len(),
+                "stalled": count(|p| p.stalled),
+                "stopped": count(|p| p.stopped.is_some()),
+                "partitions": partitions,
+            })
+        })
     }
 }
 
@@ -254,8 +407,8 @@ async fn readyz(state: &AppState) -> Response<Body> {
     )
 }
 
-fn is_json(req: &Request<impl Sized>) -> bool {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return false;
     };
     let Ok(ct) = ct.to_str() else { return false };
@@ -271,13 +424,13 @@ fn is_json(req: &Request<impl Sized>) -> bool {
 
 async fn read_body<B>(
     headers: &HeaderMap,
-    body: B,
+    body: &mut RequestBody<B>,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     // Refuse a declared oversize body before reading any of it.
     let declared = headers
@@ -288,33 +441,61 @@ where
         return Err(ApiError::PayloadTooLarge { limit });
     }
     // A slow client must not hold a connection (and a permit) forever.
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| ApiError::RequestTimeout(timeout))?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
+    let collect = async {
+        // Most bodies arrive in one chunk: keep it as it is.
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        let mut len = 0usize;
+        loop {
+            body.polled = true;
+            let Some(frame) = body.body.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(|e| ApiError::BadBody(e.into().to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            match &first {
+                None => first = Some(data),
+                Some(f) => {
+                    if rest.is_empty() {
+                        rest.extend_from_slice(f);
+                    }
+                    rest.extend_from_slice(&data);
+                }
+            }
         }
-        Err(e) => Err(ApiError::BadBody(e.to_string())),
-    }
+        body.finished = true;
+        Ok(if rest.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            rest.freeze()
+        })
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?
 }
 
 /// Verifies, splits and maps a webhook through its provider, publishes
 /// every event, and answers only once the broker has acknowledged them all.
 async fn ingest<B>(
     state: &AppState,
-    req: Request<B>,
+    parts: &hyper::http::request::Parts,
+    body: &mut RequestBody<B>,
     provider: &dyn Provider,
 ) -> Result<Response<Body>, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
-    if !is_json(&req) {
+    if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let (parts, body) = req.into_parts();
     let body = read_body(
         &parts.headers,
         body,
@@ -323,6 +504,8 @@ where
     )
     .await?;
     let name = provider.name();
+    // The provider checks the signature on the bytes as received before
+    // anything looks inside them, then splits and maps.
     let accepted = match provider.accept(&parts.headers, &body, unix_now()) {
         Ok(a) => a,
         Err(Refusal::Unauthorized(reason)) => {
@@ -344,18 +527,20 @@ where
             .inc();
     }
     // The payload travels byte for byte as the provider sent it.
-    let envelopes: Vec<(&str, Envelope)> = accepted
-        .items
-        .into_iter()
-        .map(|item| {
-            let (kind, topic) = match item.stream {
-                Stream::Orders => (EventType::OrderWebhook, &state.orders.topic),
-                Stream::Disputes => (EventType::DisputeWebhook, &state.chargebacks.topic),
-            };
-            let env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
-            (topic.as_str(), env)
-        })
-        .collect();
+    let mut envelopes: Vec<(&str, Envelope)> = Vec::with_capacity(accepted.items.len());
+    for item in accepted.items {
+        let (kind, topic) = match item.stream {
+            Stream::Orders => (EventType::OrderWebhook, &state.orders.topic),
+            Stream::Disputes => (EventType::DisputeWebhook, &state.chargebacks.topic),
+        };
+        let refuse_if_late = item.refuse_if_after;
+        let env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
+        // The consumer checks the same bound against the same timestamp.
+        if let Some(occurred_at) = refuse_if_late {
+            occurred_at.check_not_after(env.timestamp, state.occurred_at_max_future)?;
+        }
+        envelopes.push((topic.as_str(), env));
+    }
     let started = std::time::Instant::now();
     let published = futures::future::join_all(
         envelopes
@@ -370,15 +555,17 @@ where
             .observe(started.elapsed().as_secs_f64());
     }
     let mut first_error = None;
-    for ((_, env), r) in envelopes.iter().zip(published) {
+    for ((topic, env), r) in envelopes.iter().zip(published) {
         match r {
+            // Counted by payhook_webhooks_total; a line per webhook only
+            // when asked for (RUST_LOG=payhook=debug).
             Ok(p) => {
-                info!(event_id = %env.event_id, key = %env.key, provider = name, r#type = %env.kind,
-                      partition = p.partition, offset = p.offset, "webhook accepted")
+                debug!(event_id = %env.event_id, key = %env.key, provider = name, r#type = %env.kind,
+                       %topic, partition = p.partition, offset = p.offset, "webhook accepted")
             }
             Err(source) => {
                 warn!(event_id = %env.event_id, key = %env.key, provider = name, r#type = %env.kind,
-                      error = %source, "webhook not accepted");
+                      %topic, error = %source, "webhook not accepted");
                 first_error.get_or_insert(source);
             }
         }

@@ -24,7 +24,17 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::routes::{AppState, handle};
+use super::routes::{AppState, handle, handle_admin};
+
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Webhooks and probes (and `/metrics`, `/status` unless `ADMIN_ADDR`
+    /// is set).
+    Public,
+    /// `ADMIN_ADDR`: probes, `/metrics` and `/status` only.
+    Admin,
+}
 
 /// Connection-level limits.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +53,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
+    surface: Surface,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -73,7 +84,12 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let svc = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
+            async move {
+                Ok::<_, Infallible>(match surface {
+                    Surface::Public => handle(state, req).await,
+                    Surface::Admin => handle_admin(state, req).await,
+                })
+            }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

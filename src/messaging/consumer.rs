@@ -51,15 +51,15 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use rskafka::client::{
     error::{Error as RsError, ProtocolError, RequestError},
     partition::{OffsetAt, PartitionClient},
 };
 use rskafka::record::RecordAndOffset;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use uuid::Uuid;
 
 use super::{
     Kafka, KafkaError, bounded,
@@ -69,10 +69,10 @@ use super::{
     producer::Producer,
 };
 use crate::{
-    db::{DbError, offsets, store::PgStore},
+    db::{DbError, leases::Lease, offsets, store::PgStore},
     domain::{
         disputes::{ChargebackEvent, DisputeService},
-        orders::{OrderService, PaymentEvent, SourcePosition},
+        orders::{OrderService, Outcome, PaymentEvent, SourcePosition},
     },
     error::{Backoff, ErrorClass, ProcessError},
     metrics::{Metrics, RecordLabels},
@@ -98,6 +98,9 @@ pub struct ConsumerConfig {
     /// Attempts after which a transient failure of one record is treated as
     /// permanent; `None` retries without limit.
     pub max_attempts: Option<u32>,
+    /// How far after its acceptance an event's `occurred_at` may be
+    /// (`OCCURRED_AT_MAX_FUTURE`, the edge's bound).
+    pub occurred_at_max_future: Duration,
 }
 
 impl ConsumerConfig {
@@ -112,6 +115,7 @@ impl ConsumerConfig {
             backoff_min: cfg.retry_backoff_min,
             backoff_max: cfg.retry_backoff_max,
             max_attempts: cfg.consumer_max_attempts,
+            occurred_at_max_future: cfg.occurred_at_max_future,
         }
     }
 }
@@ -119,6 +123,8 @@ impl ConsumerConfig {
 /// What a consumer shares with the rest of the service.
 #[derive(Clone, Debug)]
 pub struct Shared {
+    /// This process, as the lease tables know it.
+    pub member: Uuid,
     pub kafka: Kafka,
     pub pool: Pool,
     pub dead_letters: DeadLetters,
@@ -126,38 +132,25 @@ pub struct Shared {
     pub health: ConsumerHealth,
 }
 
-/// Consumes every partition of `cfg.topic` until `shutdown` is cancelled.
-/// Each partition stops after finishing its current transaction.
-pub async fn run(shared: Shared, cfg: ConsumerConfig, shutdown: CancellationToken) {
-    let cfg = Arc::new(cfg);
-    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
-    let partitions = loop {
-        match shared.kafka.partitions(&cfg.topic).await {
-            Ok(p) => break p,
-            Err(e) => {
-                warn!(topic = %cfg.topic, error = %e, "cannot list partitions; retrying");
-                if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-                    return;
-                }
-            }
-        }
-    };
-    info!(topic = %cfg.topic, group = %cfg.group, partitions = partitions.len(), "consuming");
-    let mut tasks = JoinSet::new();
-    for partition in partitions {
-        let p = PartitionConsumer {
-            shared: shared.clone(),
-            cfg: Arc::clone(&cfg),
-            partition,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(p.run());
+/// Consumes one partition, held under `lease`, until `stop` is cancelled
+/// (it then finishes its current transaction) or the lease turns out to be
+/// lost (a commit is fenced). [`super::assignment`] decides which partitions
+/// this process consumes and runs one of these for each.
+pub async fn consume_partition(
+    shared: Shared,
+    cfg: Arc<ConsumerConfig>,
+    lease: Lease,
+    stop: CancellationToken,
+) {
+    PartitionConsumer {
+        partition: lease.partition,
+        shared,
+        cfg,
+        lease,
+        shutdown: stop,
     }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            error!(topic = %cfg.topic, error = %e, "partition consumer task failed");
-        }
-    }
+    .run()
+    .await
 }
 
 /// Sleeps, or returns `true` early if shutdown was requested.
@@ -172,6 +165,8 @@ struct PartitionConsumer {
     shared: Shared,
     cfg: Arc<ConsumerConfig>,
     partition: i32,
+    /// The lease this loop consumes under; every commit presents its epoch.
+    lease: Lease,
     shutdown: CancellationToken,
 }
 
@@ -237,9 +232,24 @@ enum Stop {
 enum Applied {
     /// Committed; the position moved.
     Committed,
-    /// The stored offset was not where we thought; resume from it.
-    Fenced,
+    /// The stored offset was not where we thought (an operator moved it);
+    /// resume from what it is.
+    Moved(Option<i64>),
+    /// The lease is no longer ours: stop consuming this partition.
+    LeaseLost,
     Failed(ProcessError),
+}
+
+/// What the partition loop does after processing a fetch.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Everything fetched was handled; fetch more.
+    Go,
+    /// A transient failure (logged): back off, then re-fetch from the
+    /// position, which never moved past an unapplied record.
+    Pause,
+    /// The lease was lost: end the loop; the partition is someone else's.
+    Lost,
 }
 
 /// The error, if `e` says the fetched data could not be decoded (a codec
@@ -409,14 +419,25 @@ impl PartitionConsumer {
             fetch_failures = 0;
             one_batch = false;
             health.fetched(&topic, partition, high_watermark);
-            let outcome = self
+            match self
                 .process(&records, &mut pos, &mut failure, &mut suspect)
-                .await;
-            if outcome.is_err() && sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
-                break;
-            }
-            if failure.is_none() && outcome.is_ok() {
-                backoff.reset();
+                .await
+            {
+                Flow::Go => {
+                    if failure.is_none() {
+                        backoff.reset();
+                    }
+                }
+                Flow::Pause => {
+                    if sleep_or_shutdown(backoff.next_delay(), &self.shutdown).await {
+                        break;
+                    }
+                }
+                Flow::Lost => {
+                    warn!(%topic, partition, epoch = self.lease.epoch,
+                          "lease lost (taken over or expired); stopping this partition");
+                    break;
+                }
             }
         }
         info!(%topic, partition, offset = pos.next, "partition consumer stopped");
@@ -433,7 +454,7 @@ impl PartitionConsumer {
         pos: &mut Position,
         failure: &mut Option<FailureState>,
         suspect: &mut Option<Suspect>,
-    ) -> Result<(), ()> {
+    ) -> Flow {
         let topic = &self.cfg.topic;
         let partition = self.partition;
         let mut i = records.partition_point(|r| r.offset < pos.next);
@@ -446,7 +467,10 @@ impl PartitionConsumer {
             if chunk.is_empty() {
                 // records[i] itself cannot be decoded: dead-letter it.
                 let e = poison.expect("an empty chunk means the first record failed to decode");
-                self.give_up(&records[i], &e, 1, Utc::now(), pos).await?;
+                let flow = self.give_up(&records[i], &e, 1, Utc::now(), pos).await;
+                if flow != Flow::Go {
+                    return flow;
+                }
                 *failure = None;
                 i += 1;
                 continue;
@@ -470,11 +494,13 @@ impl PartitionConsumer {
                     });
                     i += n;
                 }
-                Applied::Fenced => {
+                Applied::Moved(found) => {
+                    pos.resume_from(found);
                     *suspect = None;
                     *failure = None;
-                    return Err(());
+                    return Flow::Pause;
                 }
+                Applied::LeaseLost => return Flow::Lost,
                 Applied::Failed(e) => {
                     let class = e.class();
                     self.shared
@@ -497,7 +523,7 @@ impl PartitionConsumer {
                         match class {
                             // The data is at fault: halve at once.
                             ErrorClass::Permanent => continue,
-                            ErrorClass::Transient => return Err(()),
+                            ErrorClass::Transient => return Flow::Pause,
                         }
                     }
                     // This one record failed on its own.
@@ -514,8 +540,12 @@ impl PartitionConsumer {
                         },
                     };
                     if class == ErrorClass::Permanent || self.over_limit(f.attempts) {
-                        self.give_up(&records[i], &e, f.attempts, f.first_failure, pos)
-                            .await?;
+                        let flow = self
+                            .give_up(&records[i], &e, f.attempts, f.first_failure, pos)
+                            .await;
+                        if flow != Flow::Go {
+                            return flow;
+                        }
                         i += 1;
                         continue;
                     }
@@ -523,11 +553,11 @@ impl PartitionConsumer {
                           class = class_name(class), "applying a record failed; will retry it");
                     self.shared.health.failing(topic, partition, e.to_string());
                     *failure = Some(f);
-                    return Err(());
+                    return Flow::Pause;
                 }
             }
         }
-        Ok(())
+        Flow::Go
     }
 
     /// Decodes up to `limit` records from the start of `records`, stopping
@@ -544,7 +574,9 @@ impl PartitionConsumer {
                 partition: self.partition,
                 offset: r.offset,
             };
-            match Envelope::decode(r.record.value.as_deref()).and_then(|e| e.into_event(source)) {
+            let decoded = Envelope::decode(r.record.value.as_deref())
+                .and_then(|e| e.into_event_within(source, self.cfg.occurred_at_max_future));
+            match decoded {
                 Ok(ev) => chunk.push(ev),
                 Err(source) => {
                     return (
@@ -586,7 +618,7 @@ impl PartitionConsumer {
         attempts: u32,
         first_failure: DateTime<Utc>,
         pos: &mut Position,
-    ) -> Result<(), ()> {
+    ) -> Flow {
         let f = Failure {
             source: SourcePosition {
                 topic: self.cfg.topic.clone(),
@@ -601,15 +633,18 @@ impl PartitionConsumer {
         self.dead_letter_and_skip(record, f, pos).await
     }
 
-    /// Publishes the dead letter, waits for the broker's acknowledgement,
-    /// then moves the stored offset past the record. A crash in between
-    /// repeats the dead letter on restart; it never loses it.
+    /// Publishes the dead letter and moves the stored offset past the
+    /// record, in that order, inside one fenced transaction: the lease is
+    /// checked and locked first, so only the partition's owner ever writes a
+    /// dead letter, and the offset moves only once the broker has
+    /// acknowledged it. A crash in between repeats the dead letter on
+    /// restart; it never loses it.
     async fn dead_letter_and_skip(
         &self,
         record: &RecordAndOffset,
         f: Failure,
         pos: &mut Position,
-    ) -> Result<(), ()> {
+    ) -> Flow {
         let topic = &self.cfg.topic;
         let partition = self.partition;
         let offset = record.offset;
@@ -630,22 +665,39 @@ impl PartitionConsumer {
                "record cannot be applied; sending it to the dead-letter topic");
         let letter = dlq::dead_letter(&record.record, &f);
         let dl = &self.shared.dead_letters;
-        if let Err(e) = dl.producer.publish(&dl.topic, letter).await {
-            warn!(%topic, partition, offset, error = %e, "dead letter not acknowledged; partition stays on the record");
-            self.shared.health.failing(topic, partition, e.to_string());
-            return Err(());
-        }
-        match self.apply(pos.stored, offset + 1, Vec::new()).await {
+        let publish = async {
+            dl.producer
+                .publish(&dl.topic, letter)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let r = fenced(
+            &self.shared.pool,
+            self.shared.member,
+            &self.lease,
+            pos.stored,
+            offset + 1,
+            Work::Publish(publish),
+        )
+        .await;
+        match self.outcome(r, offset + 1) {
             Applied::Committed => {
                 pos.committed(offset + 1);
                 self.shared.health.advanced(topic, partition, offset + 1);
                 self.count("dead_lettered", 1);
-                Ok(())
+                Flow::Go
             }
-            Applied::Fenced => Err(()),
+            Applied::Moved(found) => {
+                pos.resume_from(found);
+                Flow::Pause
+            }
+            Applied::LeaseLost => Flow::Lost,
             Applied::Failed(e) => {
-                warn!(%topic, partition, offset, error = %e, "dead letter sent but offset not stored; will repeat it");
-                Err(())
+                warn!(%topic, partition, offset, error = %e,
+                      "dead letter or its offset not stored; partition stays on the record");
+                self.shared.health.failing(topic, partition, e.to_string());
+                Flow::Pause
             }
         }
     }
@@ -722,21 +774,24 @@ impl PartitionConsumer {
     }
 
     /// Applies `chunk` (in order) and moves the stored offset from
-    /// `expected` to `next`, in one transaction. With an empty chunk it only
-    /// moves the offset: that is how a dead-lettered record is stepped over.
+    /// `expected` to `next`, in one fenced transaction.
     async fn apply(&self, expected: Option<i64>, next: i64, chunk: Vec<Event>) -> Applied {
-        let topic = &self.cfg.topic;
-        let partition = self.partition;
-        let r = apply(
+        let r = fenced(
             &self.shared.pool,
-            &self.cfg.group,
-            topic,
-            partition,
+            self.shared.member,
+            &self.lease,
             expected,
             next,
-            chunk,
+            Work::<std::future::Ready<_>>::Events(chunk),
         )
         .await;
+        self.outcome(r, next)
+    }
+
+    /// Counts a transaction's outcome and sorts it.
+    fn outcome(&self, r: Result<Outcome, ProcessError>, next: i64) -> Applied {
+        let topic = &self.cfg.topic;
+        let partition = self.partition;
         let outcome = if r.is_ok() { "commit" } else { "rollback" };
         self.shared
             .metrics
@@ -755,9 +810,10 @@ impl PartitionConsumer {
                 Applied::Committed
             }
             Err(ProcessError::Fenced { found, .. }) => {
-                warn!(%topic, partition, ?found, "stored offset moved under us; resuming from it");
-                Applied::Fenced
+                warn!(%topic, partition, ?found, "stored offset was moved; resuming from it");
+                Applied::Moved(found)
             }
+            Err(ProcessError::LeaseLost { .. }) => Applied::LeaseLost,
             Err(e) => Applied::Failed(e),
         }
     }
@@ -784,18 +840,54 @@ fn class_name(c: ErrorClass) -> &'static str {
 }
 
 /// The fenced transaction: moves the stored offset from `expected` to
-/// `next` **first** (which locks the offset row until commit and proves the
-/// position is ours), then writes the effects of `chunk`. A consumer whose
-/// position is stale finds out before writing anything.
-async fn apply(
+/// `next` **first**, which requires this member's lease at its epoch and
+/// locks the lease and offset rows until commit, then runs `work` (the
+/// effects, or publishing a dead letter), then commits. A consumer whose
+/// lease or position is stale finds out before doing anything.
+async fn fenced<P>(
     pool: &Pool,
-    group: &str,
-    topic: &str,
-    partition: i32,
+    member: Uuid,
+    lease: &Lease,
     expected: Option<i64>,
     next: i64,
-    chunk: Vec<Event>,
-) -> Result<crate::domain::orders::Outcome, ProcessError> {
+    work: Work<P>,
+) -> Result<Outcome, ProcessError>
+where
+    P: Future<Output = Result<(), String>>,
+{
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
+    match offsets::advance(&*tx, member, lease, expected, next).await? {
+        Ok(()) => {}
+        // Dropping `tx` rolls back; nothing was written.
+        Err(offsets::Fenced::Lease) => {
+            return Err(ProcessError::LeaseLost { epoch: lease.epoch });
+        }
+        Err(offsets::Fenced::Offset(found)) => {
+            return Err(ProcessError::Fenced { expected, found });
+        }
+    }
+    let outcome = match work {
+        Work::Events(chunk) => apply_events(&tx, chunk).await?,
+        Work::Publish(publish) => {
+            publish.await.map_err(ProcessError::DeadLetter)?;
+            Outcome::default()
+        }
+    };
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(outcome)
+}
+
+/// What a fenced transaction does between its fence and its commit.
+enum Work<P> {
+    /// Apply these events.
+    Events(Vec<Event>),
+    /// Publish a dead letter and wait for the broker's acknowledgement.
+    Publish(P),
+}
+
+/// The effects of a run of events, inside the fenced transaction.
+async fn apply_events(tx: &Transaction<'_>, chunk: Vec<Event>) -> Result<Outcome, DbError> {
     let mut payments: Vec<PaymentEvent> = Vec::new();
     let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
     let mut pending = Vec::new();
@@ -806,33 +898,26 @@ async fn apply(
             Event::PendingChargeback(d) => pending.push(d),
         }
     }
-    let mut conn = pool.get().await.map_err(DbError::from)?;
-    let tx = conn.transaction().await.map_err(DbError::from)?;
-    if let Err(found) = offsets::advance(&*tx, group, topic, partition, expected, next).await? {
-        // Dropping `tx` rolls back; nothing was written.
-        return Err(ProcessError::Fenced { expected, found });
-    }
-    let mut store = PgStore::new(&tx);
+    let mut store = PgStore::new(tx);
     let a = OrderService
         .process_payment_webhooks(&mut store, &payments)
         .await?;
     // Disputes that name a payment, not an order: resolved (or parked) now,
     // and those that waited for these payments released.
-    let settled = super::parked::settle(&tx, &payments, pending).await?;
+    let settled = super::parked::settle(tx, &payments, pending).await?;
     chargebacks.extend(settled.resolved);
     let b = DisputeService
         .process_chargebacks(&mut store, &chargebacks)
         .await?;
-    tx.commit().await.map_err(DbError::from)?;
     for p in &payments {
-        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, %topic, partition,
-               offset = p.source.offset, "payment applied");
+        debug!(event_id = %p.event_id, order_id = %p.webhook.order_id, topic = %p.source.topic,
+               partition = p.source.partition, offset = p.source.offset, "payment applied");
     }
     for c in &chargebacks {
-        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, %topic, partition,
-               offset = c.source.offset, "chargeback applied");
+        debug!(event_id = %c.event_id, order_id = %c.webhook.order_id, topic = %c.source.topic,
+               partition = c.source.partition, offset = c.source.offset, "chargeback applied");
     }
-    Ok(crate::domain::orders::Outcome {
+    Ok(Outcome {
         stored: a.stored + b.stored,
         duplicates: a.duplicates + b.duplicates,
         changed: a.changed + b.changed,

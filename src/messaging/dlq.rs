@@ -10,12 +10,24 @@
 //! | `dlq.error.message` | the error, as logged |
 //! | `dlq.attempts` | attempts made |
 //! | `dlq.first_failure` | RFC 3339 time of the first failure |
+//! | `dlq.original.timestamp` | RFC 3339 (milliseconds) timestamp of the original record |
+//!
+//! The dead letter's own record timestamp is the time it is written, not the
+//! original's: topic retention (`retention.ms`) counts from a record's
+//! timestamp, so a dead letter stamped with an old original's time could be
+//! deleted as soon as it is written. The original's time is kept in
+//! `dlq.original.timestamp`.
 //!
 //! The consumer moves its offset past a record only after the broker has
 //! acknowledged its dead letter; dying between the two repeats the dead
 //! letter, never loses it. `payhook dlq list` shows them; `payhook dlq replay`
 //! sends chosen ones back to their source topic (harmless for events already
-//! applied: events are idempotent by `provider_event_id`).
+//! applied: events are idempotent by `provider_event_id`). A replayed record
+//! is stamped with the time of the replay, for the same reason: it is a new
+//! record in its source topic and must outlive that topic's retention until
+//! it is consumed. What the pipeline needs of the original time travels
+//! inside the envelope (`timestamp`, when the webhook was accepted), which is
+//! replayed byte for byte.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +48,7 @@ pub const H_ERROR_CLASS: &str = "dlq.error.class";
 pub const H_ERROR_MESSAGE: &str = "dlq.error.message";
 pub const H_ATTEMPTS: &str = "dlq.attempts";
 pub const H_FIRST_FAILURE: &str = "dlq.first_failure";
+pub const H_ORIGINAL_TIMESTAMP: &str = "dlq.original.timestamp";
 
 /// Why and where a record failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +68,7 @@ fn class_name(c: ErrorClass) -> &'static str {
 }
 
 /// The dead letter for `original`: same key, value and headers, plus the
-/// `dlq.*` headers.
+/// `dlq.*` headers, stamped with the time it is written (now).
 pub fn dead_letter(original: &Record, f: &Failure) -> Record {
     let mut headers = original.headers.clone();
     let mut put = |k: &str, v: String| {
@@ -71,11 +84,17 @@ pub fn dead_letter(original: &Record, f: &Failure) -> Record {
         H_FIRST_FAILURE,
         f.first_failure.to_rfc3339_opts(SecondsFormat::Millis, true),
     );
+    put(
+        H_ORIGINAL_TIMESTAMP,
+        original
+            .timestamp
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
     Record {
         key: original.key.clone(),
         value: original.value.clone(),
         headers,
-        timestamp: original.timestamp,
+        timestamp: Utc::now(),
     }
 }
 
@@ -124,6 +143,13 @@ impl DeadLetter {
         self.header(H_FIRST_FAILURE)
     }
 
+    /// The original record's timestamp (older dead letters lack it).
+    pub fn original_timestamp(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(self.header(H_ORIGINAL_TIMESTAMP)?)
+            .ok()
+            .map(|t| t.to_utc())
+    }
+
     /// The envelope's event id, when the record had one.
     pub fn event_id(&self) -> Option<Uuid> {
         self.header(HEADER_EVENT_ID)?.parse().ok()
@@ -138,7 +164,8 @@ impl DeadLetter {
     }
 
     /// The record as it was before it failed: key, value and original
-    /// headers, without the `dlq.*` ones.
+    /// headers, without the `dlq.*` ones, stamped now (see the module doc:
+    /// a replayed record must outlive its topic's retention).
     pub fn original(&self) -> Record {
         let headers: BTreeMap<String, Vec<u8>> = self
             .record
@@ -214,7 +241,9 @@ mod tests {
             key: Some(b"ord_1".to_vec()),
             value: Some(b"not json".to_vec()),
             headers,
-            timestamp: Utc::now(),
+            timestamp: DateTime::parse_from_rfc3339("2025-01-02T03:04:05.678Z")
+                .unwrap()
+                .to_utc(),
         };
         let f = Failure {
             source: SourcePosition {
@@ -229,11 +258,19 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         };
+        let before = Utc::now();
         let dl = DeadLetter {
             partition: 0,
             offset: 7,
             record: dead_letter(&original, &f),
         };
+        // Stamped when written; the original's time in a header.
+        assert!(dl.record.timestamp >= before, "{}", dl.record.timestamp);
+        assert_eq!(
+            dl.record.headers[H_ORIGINAL_TIMESTAMP],
+            b"2025-01-02T03:04:05.678Z"
+        );
+        assert_eq!(dl.original_timestamp(), Some(original.timestamp));
         assert_eq!(dl.record.key, original.key);
         assert_eq!(dl.record.value, original.value);
         assert_eq!(dl.source_topic(), Some("payments.orders"));
@@ -248,5 +285,7 @@ mod tests {
         let back = dl.original();
         assert_eq!(back.headers, original.headers);
         assert_eq!(back.value, original.value);
+        // A replay is a new record in its topic: stamped now too.
+        assert!(back.timestamp >= before);
     }
 }

@@ -17,7 +17,7 @@
 //! dispute whose provider names no order (Stripe) is keyed by the payment
 //! object it names, and decodes to [`Event::PendingChargeback`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use rskafka::record::Record;
@@ -29,7 +29,7 @@ use crate::domain::{
     ValidationError,
     disputes::{ChargebackEvent, ChargebackWebhook, PendingChargeback},
     orders::{PaymentEvent, PaymentWebhook, SourcePosition},
-    types::{OrderId, Origin},
+    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, OccurredAt, OrderId, Origin, parse_json_body},
 };
 use crate::providers::Mapping;
 
@@ -181,13 +181,35 @@ impl Envelope {
     }
 
     /// Validates the payload again (topics can be written by anyone) and
-    /// builds the event for the matching service.
+    /// builds the event for the matching service, with the default
+    /// `OCCURRED_AT_MAX_FUTURE`; see [`Self::into_event_within`].
     pub fn into_event(self, source: SourcePosition) -> Result<Event, DecodeError> {
+        self.into_event_within(source, DEFAULT_OCCURRED_AT_MAX_FUTURE)
+    }
+
+    /// Validates the payload again with the checks of the edge, and builds
+    /// the event for the matching service:
+    /// - the payload must pass [`parse_json_body`] (JSON that Postgres can
+    ///   store as `jsonb`) and its type's validator;
+    /// - its `occurred_at` may be at most `max_future` after this envelope's
+    ///   `timestamp` (when the webhook was accepted), never the clock of the
+    ///   reader, so the verdict is the same on every read;
+    /// - the envelope key must be the payload's `order_id`.
+    ///
+    /// Every failure is permanent: the same bytes fail the same way.
+    pub fn into_event_within(
+        self,
+        source: SourcePosition,
+        max_future: Duration,
+    ) -> Result<Event, DecodeError> {
         let kind = EventType::parse(&self.kind)
             .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
+        // The payload is stored as `jsonb` whoever sent it: the edge's checks.
+        let payload_json =
+            parse_json_body(self.payload.get().as_bytes()).map_err(DecodeError::Payload)?;
         // payhook's own format is its payload; a provider's is `mapped`.
         let (json, origin) = match &self.provider {
-            None => (serde_json::from_str(self.payload.get())?, Origin::generic()),
+            None => (payload_json, Origin::generic()),
             Some(provider) => {
                 if let Some(reason) = &self.unmappable {
                     return Err(DecodeError::Unmappable {
@@ -198,7 +220,8 @@ impl Envelope {
                 let mapped = self.mapped.as_ref().ok_or_else(|| DecodeError::NotMapped {
                     provider: provider.clone(),
                 })?;
-                let json: serde_json::Value = serde_json::from_str(mapped.get())?;
+                let json =
+                    parse_json_body(mapped.get().as_bytes()).map_err(DecodeError::Payload)?;
                 let object_ids = object_ids(&json)?;
                 (
                     json,
@@ -209,7 +232,13 @@ impl Envelope {
                 )
             }
         };
-        let check_key = |order_id: &str| {
+        let not_too_late = |occurred_at: OccurredAt| {
+            occurred_at
+                .check_not_after(self.timestamp, max_future)
+                .map_err(DecodeError::Payload)
+        };
+        let check = |order_id: &str, occurred_at: OccurredAt| {
+            not_too_late(occurred_at)?;
             if order_id == self.key {
                 Ok(())
             } else {
@@ -222,7 +251,7 @@ impl Envelope {
         match kind {
             EventType::OrderWebhook => {
                 let webhook = PaymentWebhook::from_json(&json).map_err(DecodeError::Payload)?;
-                check_key(webhook.order_id.as_str())?;
+                check(webhook.order_id.as_str(), webhook.occurred_at)?;
                 Ok(Event::Payment(PaymentEvent {
                     event_id: self.event_id,
                     webhook,
@@ -243,6 +272,7 @@ impl Envelope {
                 with_key["order_id"] = serde_json::Value::from(self.key.as_str());
                 let webhook =
                     ChargebackWebhook::from_json(&with_key).map_err(DecodeError::Payload)?;
+                not_too_late(webhook.occurred_at)?;
                 let record_value =
                     serde_json::to_string(&self).expect("an envelope always serializes");
                 Ok(Event::PendingChargeback(PendingChargeback {
@@ -259,7 +289,7 @@ impl Envelope {
             }
             EventType::DisputeWebhook => {
                 let webhook = ChargebackWebhook::from_json(&json).map_err(DecodeError::Payload)?;
-                check_key(webhook.order_id.as_str())?;
+                check(webhook.order_id.as_str(), webhook.occurred_at)?;
                 Ok(Event::Chargeback(ChargebackEvent {
                     event_id: self.event_id,
                     webhook,
@@ -466,5 +496,62 @@ mod tests {
             "occurred_at": "2026-11-26T10:00:00Z", "object_ids": "pi_1"});
         let env = provider_env(EventType::OrderWebhook, "o", Mapping::Mapped(bad_ids));
         assert!(matches!(env.into_event(src()), Err(DecodeError::ObjectIds)));
+    }
+
+    /// A record written straight to the topic with a payload the edge would
+    /// refuse is a permanent decode failure, not a write Postgres refuses.
+    #[test]
+    fn payloads_postgres_cannot_store_do_not_decode() {
+        for hazard in [r#""\u0000""#, r#""\udc00""#, "1e-20000"] {
+            let body = BODY.replace("[1, 2]", hazard);
+            let raw = RawValue::from_string(body).unwrap();
+            let env = Envelope::new(EventType::OrderWebhook, "ord_42", raw);
+            match env.into_event(src()) {
+                Err(DecodeError::Payload(e)) => assert_eq!(e.code, "invalid_json", "{hazard}"),
+                other => panic!("{hazard}: {other:?}"),
+            }
+        }
+        let deep = BODY.replace("[1, 2]", &format!("{}{}", "[".repeat(40), "]".repeat(40)));
+        let env = Envelope::new(
+            EventType::OrderWebhook,
+            "ord_42",
+            RawValue::from_string(deep).unwrap(),
+        );
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
+    /// The future bound is checked against the envelope's own timestamp, so
+    /// the verdict does not depend on when the record is read.
+    #[test]
+    fn occurred_at_is_bounded_by_the_envelope_timestamp() {
+        let raw = || RawValue::from_string(BODY.to_owned()).unwrap();
+        let accepted = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        // occurred_at is 2026-11-26T10:00:00Z.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T09:59:59Z");
+        match env.into_event(src()) {
+            Err(DecodeError::Payload(e)) => {
+                assert_eq!(e.field, Some("occurred_at"));
+                assert!(e.detail.contains("2026-11-25T09:59:59Z"), "{}", e.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T10:00:00Z");
+        assert!(env.into_event(src()).is_ok());
+        // A shorter setting moves the bound.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-25T10:00:00Z");
+        assert!(matches!(
+            env.into_event_within(src(), Duration::from_secs(3600)),
+            Err(DecodeError::Payload(_))
+        ));
+        // Read long after acceptance, an old envelope still decodes.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = accepted("2026-11-26T09:00:00Z");
+        assert!(env.into_event(src()).is_ok());
     }
 }

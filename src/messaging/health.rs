@@ -131,6 +131,21 @@ impl ConsumerHealth {
         });
     }
 
+    /// The partition is no longer this process's (released, taken over):
+    /// it leaves the report and its gauges.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(topic.to_owned(), partition));
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition,
+        };
+        let m = &self.metrics;
+        for family in [&m.next_offset, &m.lag, &m.stalled, &m.stopped] {
+            family.remove(&labels);
+        }
+    }
+
     /// Every partition, in topic and partition order.
     pub fn report(&self) -> Vec<PartitionReport> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -14,6 +14,7 @@
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
 //! here is wrapped in [`bounded`].
 
+pub mod assignment;
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
@@ -33,6 +34,9 @@ use rskafka::{
         partition::{PartitionClient, UnknownTopicHandling},
     },
 };
+
+/// How often [`Kafka::wait_for_topic`] asks for metadata.
+const TOPIC_POLL: Duration = Duration::from_millis(100);
 
 /// A Kafka failure.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,38 @@ impl Kafka {
             })?;
         parts.sort_unstable();
         Ok(parts)
+    }
+
+    /// The partition ids of `topic` once the broker's metadata lists it
+    /// with at least `min_partitions` partitions, polling for at most
+    /// `within`. A topic reaches the metadata a moment after its creation
+    /// is acknowledged; this is how `payhook topics` and start-up wait for
+    /// it. After `within`, the last error (usually
+    /// [`KafkaError::UnknownTopic`]).
+    pub async fn wait_for_topic(
+        &self,
+        topic: &str,
+        min_partitions: usize,
+        within: Duration,
+    ) -> Result<Vec<i32>, KafkaError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let e = match self.partitions(topic).await {
+                Ok(p) if p.len() >= min_partitions.max(1) => return Ok(p),
+                Ok(p) => KafkaError::UnknownTopic {
+                    topic: format!(
+                        "{topic} (only {} of {min_partitions} partitions are known yet)",
+                        p.len()
+                    ),
+                },
+                Err(e) => e,
+            };
+            let retry = matches!(e, KafkaError::UnknownTopic { .. });
+            if !retry || tokio::time::Instant::now() + TOPIC_POLL > deadline {
+                return Err(e);
+            }
+            tokio::time::sleep(TOPIC_POLL).await;
+        }
     }
 
     /// A client bound to one partition's leader (its own connection).

@@ -157,8 +157,12 @@ enum ParkedError {
     NotPending,
 }
 
+/// Decodes a parked record again. Its `occurred_at` passed the
+/// `OCCURRED_AT_MAX_FUTURE` check when it was parked; that is not asked
+/// again (the setting may have changed since).
 fn decode(w: &Parked) -> Result<PendingChargeback, ParkedError> {
-    match Envelope::decode(Some(w.record_value.as_bytes()))?.into_event(w.source.clone())? {
+    let env = Envelope::decode(Some(w.record_value.as_bytes()))?;
+    match env.into_event_within(w.source.clone(), Duration::MAX)? {
         Event::PendingChargeback(d) => Ok(d),
         _ => Err(ParkedError::NotPending),
     }

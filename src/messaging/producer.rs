@@ -18,7 +18,12 @@
 //! waiting for queue space and for the acknowledgement together take at most
 //! `publish_timeout`, after which the caller answers 503.
 
-use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use rskafka::{
@@ -27,16 +32,99 @@ use rskafka::{
 };
 use tokio::{
     sync::{mpsc, oneshot},
-    task::JoinSet,
     time::Instant,
 };
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use super::{Kafka, KafkaError, bounded, partitioner::partition_for_key};
 
-/// Largest produce request we build, under the broker's default
-/// `message.max.bytes` (1 MiB) with room for framing.
-const MAX_BATCH_BYTES: usize = 900 * 1024;
+/// Largest record batch a lane builds, counted as [`batch_bytes`] counts
+/// (an upper bound of its encoded size), under the broker's default
+/// `message.max.bytes` (1 MiB, which applies to a whole batch). A record that
+/// alone is larger still goes, alone: whether the broker takes it is the
+/// broker's `message.max.bytes` to decide (its refusal is a 503 for that
+/// webhook only), and `HTTP_MAX_BODY_BYTES` is checked against that limit
+/// with [`max_batch_bytes_for_body`].
+pub const MAX_BATCH_BYTES: usize = 900 * 1024;
+
+/// The fixed part of a v2 record batch: base offset (8), length (4),
+/// leader epoch (4), magic (1), CRC (4), attributes (2), last offset delta
+/// (4), first and max timestamps (8 + 8), producer id (8) and epoch (2),
+/// base sequence (4), record count (4).
+pub const BATCH_OVERHEAD: usize = 61;
+
+/// An upper bound of one record's encoded size inside a batch: its key,
+/// value and headers plus the most their varints can take (length 5,
+/// attributes 1, timestamp delta 10, offset delta 5, key and value lengths
+/// 5 + 5, header count 5, and 5 + 5 per header).
+pub fn record_bytes(r: &Record) -> usize {
+    r.approximate_size() + 36 + 10 * r.headers.len()
+}
+
+/// An upper bound of the encoded size of a batch of `records`.
+pub fn batch_bytes<'a>(records: impl IntoIterator<Item = &'a Record>) -> usize {
+    BATCH_OVERHEAD + records.into_iter().map(record_bytes).sum::<usize>()
+}
+
+/// The largest batch a webhook body of `body_len` bytes can make on its own:
+/// the worst-case envelope around it (longest order id, every character of
+/// it escaped, the longer type name, a timestamp with nanoseconds), in a
+/// batch of one. The start-up check compares this for `HTTP_MAX_BODY_BYTES`
+/// with the broker's maximum message size.
+pub fn max_batch_bytes_for_body(body_len: usize) -> usize {
+    use crate::domain::types::MAX_ID_BYTES;
+    // {"event_id":"<36>","key":"<id, each byte escaped: 2x>","type":"<15>",
+    //  "payload":<body>,"timestamp":"<at most 35>"}
+    let value = r#"{"event_id":"","key":"","type":"","payload":,"timestamp":""}"#.len()
+        + 36
+        + 2 * MAX_ID_BYTES
+        + "dispute.webhook".len()
+        + body_len
+        + 35;
+    // Headers `event_id` (a UUID) and `type`; the key is the order id.
+    let headers = "event_id".len() + 36 + "type".len() + "dispute.webhook".len();
+    BATCH_OVERHEAD + MAX_ID_BYTES + value + headers + 36 + 2 * 10
+}
+
+/// A batch being built: records in queue order, never over
+/// [`MAX_BATCH_BYTES`] unless it holds a single record.
+struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Batch {
+    /// A batch starts with any one record, however large.
+    fn start(first: Pending, limit: usize) -> Self {
+        Self {
+            bytes: BATCH_OVERHEAD + record_bytes(&first.record),
+            records: vec![first],
+            limit,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= self.limit
+    }
+
+    /// Adds `p` if the batch stays within its limit once `p` is in it;
+    /// otherwise hands it back, to start the next batch.
+    fn push(&mut self, p: Pending) -> Result<(), Pending> {
+        let size = record_bytes(&p.record);
+        if self.bytes + size > self.limit {
+            return Err(p);
+        }
+        self.bytes += size;
+        self.records.push(p);
+        Ok(())
+    }
+}
+
+/// How long [`Producer::start`] waits for a topic to appear in the broker's
+/// metadata before failing with "topic ... does not exist".
+pub const TOPIC_WAIT: Duration = Duration::from_secs(10);
 
 /// Where an acknowledged record landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +154,9 @@ pub struct ProducerConfig {
     pub linger: Duration,
     pub queue_per_partition: usize,
     pub publish_timeout: Duration,
+    /// How often topics are checked for new partitions
+    /// (`KAFKA_METADATA_REFRESH`).
+    pub metadata_refresh: Duration,
 }
 
 impl ProducerConfig {
@@ -76,6 +167,7 @@ impl ProducerConfig {
             linger: cfg.linger,
             queue_per_partition: cfg.producer_queue,
             publish_timeout: cfg.publish_timeout,
+            metadata_refresh: cfg.kafka_metadata_refresh,
         }
     }
 }
@@ -113,66 +205,170 @@ struct Pending {
 /// Cheap to clone; every clone feeds the same lanes.
 #[derive(Clone)]
 pub struct Producer {
-    topics: Arc<HashMap<String, Vec<mpsc::Sender<Pending>>>>,
+    inner: Arc<Inner>,
     publish_timeout: Duration,
+}
+
+/// Each topic's lanes, in partition order. The list of a topic only ever
+/// grows (partitions added at runtime, see [`refresh`]); publishing takes a
+/// snapshot of it.
+type Lanes = Arc<[mpsc::Sender<Pending>]>;
+
+struct Inner {
+    topics: RwLock<HashMap<String, Lanes>>,
+    /// Cancelled when the last [`Producer`] clone goes, so the metadata
+    /// refresh stops and the lanes can drain.
+    closed: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("Producer")
-            .field("topics", &self.topics.keys().collect::<Vec<_>>())
+            .field("topics", &topics.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-/// The lane tasks; await [`ProducerTasks::drained`] after the last
-/// [`Producer`] clone is dropped to know every queued record was answered.
+/// Every lane (and the metadata refresh) holds a clone of one sender that
+/// never sends: await [`ProducerTasks::drained`] after the last [`Producer`]
+/// clone is dropped to know every queued record was answered.
 #[derive(Debug)]
-pub struct ProducerTasks(JoinSet<()>);
+pub struct ProducerTasks(mpsc::Receiver<()>);
 
 impl ProducerTasks {
     pub async fn drained(mut self) {
-        while self.0.join_next().await.is_some() {}
+        while self.0.recv().await.is_some() {}
     }
 }
 
+/// Starts a lane for each of `partitions` of `topic`.
+fn spawn_lanes(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    cfg: &ProducerConfig,
+    alive: &mpsc::Sender<()>,
+) -> Vec<mpsc::Sender<Pending>> {
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (tx, rx) = mpsc::channel(cfg.queue_per_partition);
+            let lane = Lane {
+                kafka: kafka.clone(),
+                topic: topic.to_owned(),
+                partition: p,
+                client: None,
+                linger: cfg.linger,
+                call_timeout: cfg.publish_timeout,
+            };
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                lane.run(rx).await;
+                drop(alive);
+            });
+            tx
+        })
+        .collect()
+}
+
+/// Partitions added to a topic at runtime get lanes here, every
+/// `cfg.metadata_refresh`, until the producer is dropped. Keys then hash over
+/// the new count, as with any Kafka producer (see README, "Partitions").
+async fn refresh(
+    inner: Weak<Inner>,
+    closed: CancellationToken,
+    kafka: Kafka,
+    cfg: ProducerConfig,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(cfg.metadata_refresh) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let names: Vec<String> = {
+            let topics = inner.topics.read().unwrap_or_else(|p| p.into_inner());
+            topics.keys().cloned().collect()
+        };
+        for topic in names {
+            let Ok(partitions) = kafka.partitions(&topic).await else {
+                continue;
+            };
+            let known = {
+                let topics = inner.topics.read().unwrap_or_else(|p| p.into_inner());
+                topics.get(&topic).map_or(0, |l| l.len())
+            };
+            if partitions.len() <= known || !is_dense(&partitions) {
+                continue;
+            }
+            let added = spawn_lanes(
+                &kafka,
+                &topic,
+                partitions[known..].iter().copied(),
+                &cfg,
+                &alive,
+            );
+            let mut topics = inner.topics.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(lanes) = topics.get_mut(&topic) {
+                let grown: Vec<_> = lanes.iter().cloned().chain(added).collect();
+                *lanes = grown.into();
+                info!(%topic, partitions = lanes.len(), "new partitions: publishing to them too");
+            }
+        }
+    }
+}
+
+/// Whether partition ids are exactly `0..n` (the partitioner maps keys
+/// onto that).
+fn is_dense(partitions: &[i32]) -> bool {
+    partitions.iter().enumerate().all(|(i, p)| *p as usize == i)
+}
+
 impl Producer {
-    /// Starts one lane per partition of each topic.
+    /// Starts one lane per partition of each topic, and the metadata
+    /// refresh that adds lanes for partitions added later.
     pub async fn start(
         kafka: &Kafka,
         topics: &[&str],
         cfg: ProducerConfig,
     ) -> Result<(Self, ProducerTasks), KafkaError> {
-        let mut tasks = JoinSet::new();
+        let (alive, tasks) = mpsc::channel(1);
         let mut map = HashMap::new();
         for &topic in topics {
-            let partitions = kafka.partitions(topic).await?;
+            // A topic created a moment ago may not be in the metadata yet.
+            let partitions = kafka.wait_for_topic(topic, 1, TOPIC_WAIT).await?;
             // The partitioner maps keys onto 0..n; a topic whose partitions
             // are not exactly that would send records nowhere.
-            if partitions.iter().enumerate().any(|(i, p)| *p as usize != i) {
+            if !is_dense(&partitions) {
                 return Err(KafkaError::UnknownTopic {
                     topic: format!("{topic} (partitions are not 0..n: {partitions:?})"),
                 });
             }
-            let mut lanes = Vec::with_capacity(partitions.len());
-            for p in partitions {
-                let (tx, rx) = mpsc::channel(cfg.queue_per_partition);
-                lanes.push(tx);
-                let lane = Lane {
-                    kafka: kafka.clone(),
-                    topic: topic.to_owned(),
-                    partition: p,
-                    client: None,
-                    linger: cfg.linger,
-                    call_timeout: cfg.publish_timeout,
-                };
-                tasks.spawn(lane.run(rx));
-            }
-            map.insert(topic.to_owned(), lanes);
+            let lanes = spawn_lanes(kafka, topic, partitions, &cfg, &alive);
+            map.insert(topic.to_owned(), lanes.into());
         }
+        let inner = Arc::new(Inner {
+            topics: RwLock::new(map),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(refresh(
+            Arc::downgrade(&inner),
+            inner.closed.clone(),
+            kafka.clone(),
+            cfg,
+            alive,
+        ));
         Ok((
             Self {
-                topics: Arc::new(map),
+                inner,
                 publish_timeout: cfg.publish_timeout,
             },
             ProducerTasks(tasks),
@@ -183,10 +379,13 @@ impl Producer {
     /// the broker's acknowledgement (at most `publish_timeout`).
     pub async fn publish(&self, topic: &str, record: Record) -> Result<Published, PublishError> {
         let deadline = Instant::now() + self.publish_timeout;
-        let lanes = self
-            .topics
-            .get(topic)
-            .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
+        let lanes: Lanes = {
+            let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
+            topics
+                .get(topic)
+                .cloned()
+                .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?
+        };
         let n = NonZeroU32::new(u32::try_from(lanes.len()).unwrap_or(u32::MAX))
             .ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
         let key = record.key.as_deref().unwrap_or_default();
@@ -218,36 +417,38 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch: Vec<Pending> = Vec::new();
+        // The record that did not fit the last batch: it starts the next.
+        let mut carried: Option<Pending> = None;
         // Ends when every sender is gone and the queue is empty: everything
         // that was queued has been sent and answered.
-        while let Some(first) = rx.recv().await {
-            let mut bytes = first.record.approximate_size();
-            batch.push(first);
+        loop {
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let mut batch = Batch::start(first, MAX_BATCH_BYTES);
             // Let every task that is ready to run (handlers about to publish)
             // run once first: their records join this batch at no timer cost.
             tokio::task::yield_now().await;
             if !self.linger.is_zero() {
                 let until = Instant::now() + self.linger;
-                while bytes < MAX_BATCH_BYTES {
+                while carried.is_none() && !batch.is_full() {
                     match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(p)) => {
-                            bytes += p.record.approximate_size();
-                            batch.push(p);
-                        }
+                        Ok(Some(p)) => carried = batch.push(p).err(),
                         Ok(None) | Err(_) => break,
                     }
                 }
             }
-            while bytes < MAX_BATCH_BYTES {
+            while carried.is_none() && !batch.is_full() {
                 match rx.try_recv() {
-                    Ok(p) => {
-                        bytes += p.record.approximate_size();
-                        batch.push(p);
-                    }
+                    Ok(p) => carried = batch.push(p).err(),
                     Err(_) => break,
                 }
             }
+            let mut batch = batch.records;
             // A caller that stopped waiting has already answered its client
             // with an error; sending its record anyway would only make a
             // duplicate for the provider's retry.
@@ -304,5 +505,104 @@ impl Lane {
         )
         .await?;
         Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::messaging::envelope::{Envelope, EventType};
+
+    fn pending(value_len: usize) -> Pending {
+        let (ack, _) = oneshot::channel();
+        Pending {
+            record: Record {
+                key: Some(b"ord_1".to_vec()),
+                value: Some(vec![b'x'; value_len]),
+                headers: Default::default(),
+                timestamp: Utc::now(),
+            },
+            ack,
+        }
+    }
+
+    /// Batches formed the way a lane forms them, from a queue of records.
+    fn batches(sizes: &[usize], limit: usize) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut queue = sizes.iter().map(|&n| pending(n));
+        let mut carried = None;
+        while let Some(first) = carried.take().or_else(|| queue.next()) {
+            let mut batch = Batch::start(first, limit);
+            while carried.is_none() && !batch.is_full() {
+                match queue.next() {
+                    Some(p) => carried = batch.push(p).err(),
+                    None => break,
+                }
+            }
+            let bytes = batch_bytes(batch.records.iter().map(|p| &p.record));
+            assert_eq!(bytes, batch.bytes);
+            assert!(
+                bytes <= limit || batch.records.len() == 1,
+                "a batch of {} records is {bytes} bytes, over {limit}",
+                batch.records.len()
+            );
+            out.push(
+                batch
+                    .records
+                    .iter()
+                    .map(|p| p.record.value.as_ref().map_or(0, Vec::len))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_never_exceeds_its_limit_and_keeps_queue_order() {
+        let per_record = record_bytes(&pending(0).record);
+        // Exactly full: three records of 100 bytes fit a limit made for them.
+        let limit = BATCH_OVERHEAD + 3 * (per_record + 100);
+        assert_eq!(
+            batches(&[100; 7], limit),
+            [vec![100; 3], vec![100; 3], vec![100]]
+        );
+        // One byte less and only two fit.
+        assert_eq!(batches(&[100; 4], limit - 1), [vec![100; 2], vec![100; 2]]);
+        // A record larger than the limit goes alone, in its place.
+        assert_eq!(
+            batches(&[10, 5000, 10, 10], 1000),
+            [vec![10], vec![5000], vec![10, 10]]
+        );
+        // Many sizes: never over, nothing lost, order kept.
+        let sizes: Vec<usize> = (0..2000).map(|i| (i * 7919) % 3000).collect();
+        let formed = batches(&sizes, 20_000);
+        assert_eq!(formed.concat(), sizes);
+        assert!(formed.len() > 100);
+    }
+
+    #[test]
+    fn the_worst_case_envelope_fits_the_stated_bound() {
+        for body_len in [2usize, 400, 262_144] {
+            let body = format!(r#""{}""#, "x".repeat(body_len - 2));
+            // The longest order id, every byte of it escaped in the JSON.
+            let key = "\"".repeat(crate::domain::types::MAX_ID_BYTES);
+            let mut env = Envelope::new(
+                EventType::DisputeWebhook,
+                &key,
+                RawValue::from_string(body).unwrap(),
+            );
+            env.timestamp = DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123456789Z")
+                .unwrap()
+                .to_utc();
+            let record = env.to_record();
+            let size = batch_bytes([&record]);
+            let bound = max_batch_bytes_for_body(body_len);
+            assert!(size <= bound, "{size} > {bound}");
+            // Tight: the bound is not a blanket over-estimate.
+            assert!(bound - size < 64, "{bound} - {size}");
+        }
     }
 }

@@ -340,6 +340,7 @@ impl Provider for Adyen {
                     key,
                     raw: w.item.to_owned(),
                     mapping,
+                    refuse_if_after: None,
                 }),
                 None => out.ignored.push(if code.is_empty() {
                     "other".into()

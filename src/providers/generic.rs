@@ -5,7 +5,8 @@
 //!   [`super::signature`]), unless `WEBHOOK_VERIFY=off`.
 //! - **Split**: one event per request.
 //! - **Map**: none; the body is the event (validated as
-//!   [`PaymentWebhook`] or [`ChargebackWebhook`]).
+//!   [`PaymentWebhook`] or [`ChargebackWebhook`]; Postgres-storable JSON,
+//!   and `occurred_at` at most `OCCURRED_AT_MAX_FUTURE` ahead, else 400).
 //! - **Answer**: `202 {"event_id": "<uuid>"}`.
 
 use hyper::{HeaderMap, StatusCode};
@@ -36,9 +37,15 @@ impl Provider for Generic<'_> {
                 .map_err(Refusal::Unauthorized)?;
         }
         let value = parse_json_body(body)?;
-        let order_id = match self.stream {
-            Stream::Orders => PaymentWebhook::from_json(&value)?.order_id,
-            Stream::Disputes => ChargebackWebhook::from_json(&value)?.order_id,
+        let (order_id, occurred_at) = match self.stream {
+            Stream::Orders => {
+                let w = PaymentWebhook::from_json(&value)?;
+                (w.order_id, w.occurred_at)
+            }
+            Stream::Disputes => {
+                let w = ChargebackWebhook::from_json(&value)?;
+                (w.order_id, w.occurred_at)
+            }
         };
         Ok(Accepted {
             items: vec![Item {
@@ -46,6 +53,7 @@ impl Provider for Generic<'_> {
                 key: order_id.into_string(),
                 raw: raw_of(body)?,
                 mapping: Mapping::Generic,
+                refuse_if_after: Some(occurred_at),
             }],
             ignored: Vec::new(),
         })

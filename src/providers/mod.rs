@@ -74,6 +74,11 @@ pub struct Item {
     /// body (Stripe, generic) or the item's object within the batch (Adyen).
     pub raw: Box<RawValue>,
     pub mapping: Mapping,
+    /// For payhook's own format: its `occurred_at`, which the edge refuses
+    /// (400) when it is more than `OCCURRED_AT_MAX_FUTURE` after acceptance.
+    /// A provider's event is not refused for it (a 4xx would only make the
+    /// provider retry it): the consumer dead-letters it with the reason.
+    pub refuse_if_after: Option<OccurredAt>,
 }
 
 /// What a provider made of a request.

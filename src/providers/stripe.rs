@@ -263,6 +263,7 @@ impl Provider for Stripe {
                 key,
                 raw: raw_of(body)?,
                 mapping,
+                refuse_if_after: None,
             }],
             ignored: Vec::new(),
         })

@@ -24,7 +24,7 @@ use std::{
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -38,6 +38,8 @@ use rskafka::client::partition::OffsetAt;
 use serde_json::{Value, json, value::RawValue};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
+
+mod fleet;
 
 const KAFKA_PORT: u16 = 19092;
 const KAFKA_CONTROLLER_PORT: u16 = 19093;
@@ -92,6 +94,8 @@ fn admin_url() -> String {
 /// One scenario's database and topics on the private instance.
 struct Stage {
     name: &'static str,
+    /// Partitions per topic.
+    partitions: u32,
     id: String,
     db_url: String,
     orders_topic: String,
@@ -102,6 +106,10 @@ struct Stage {
 
 impl Stage {
     async fn new(name: &'static str) -> Self {
+        Self::with_partitions(name, PARTITIONS).await
+    }
+
+    async fn with_partitions(name: &'static str, partitions: u32) -> Self {
         let id = Uuid::new_v4().simple().to_string()[..12].to_string();
         let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
         tokio::spawn(conn);
@@ -112,6 +120,7 @@ impl Stage {
         let kafka = kafka().await;
         let stage = Self {
             name,
+            partitions,
             db_url: format!("postgres://postgres@127.0.0.1:{PG_PORT}/faults_{id}"),
             orders_topic: format!("faults-{id}-orders"),
             disputes_topic: format!("faults-{id}-disputes"),
@@ -121,7 +130,7 @@ impl Stage {
         };
         for t in [&stage.orders_topic, &stage.disputes_topic, &stage.dlq_topic] {
             kafka
-                .ensure_topic(t, NonZeroU32::new(PARTITIONS).unwrap(), 1)
+                .ensure_topic(t, NonZeroU32::new(partitions).unwrap(), 1)
                 .await
                 .unwrap();
         }
@@ -148,14 +157,22 @@ impl Stage {
             .await
             .batch_execute(
                 "CREATE TABLE test_effects (
-                     kafka_partition   integer NOT NULL,
-                     kafka_offset      bigint  NOT NULL,
-                     provider_event_id text    NOT NULL
+                     kafka_partition   integer     NOT NULL,
+                     kafka_offset      bigint      NOT NULL,
+                     provider_event_id text        NOT NULL,
+                     lease_epoch       bigint,
+                     logged_at         timestamptz NOT NULL DEFAULT clock_timestamp()
                  );
                  CREATE FUNCTION test_log_effect() RETURNS trigger LANGUAGE plpgsql AS $$
                  BEGIN
-                     INSERT INTO test_effects VALUES
-                         (NEW.kafka_partition, NEW.kafka_offset, NEW.provider_event_id);
+                     -- The consumer moved its offset (fenced by its lease) before
+                     -- writing effects, in this transaction: its epoch is here.
+                     INSERT INTO test_effects
+                         (kafka_partition, kafka_offset, provider_event_id, lease_epoch)
+                     SELECT NEW.kafka_partition, NEW.kafka_offset, NEW.provider_event_id,
+                            (SELECT lease_epoch FROM consumer_offsets
+                              WHERE consumer_group = 'payhook-orders'
+                                AND topic = NEW.kafka_topic AND partition = NEW.kafka_partition);
                      RETURN NEW;
                  END $$;
                  CREATE TRIGGER test_log_effect BEFORE INSERT ON payment_events
@@ -172,7 +189,7 @@ impl Stage {
     async fn read_log(&self) -> Vec<(i32, i64, Option<(String, String, String)>)> {
         let kafka = kafka().await;
         let mut out = Vec::new();
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..self.partitions as i32 {
             let c = kafka.partition_client(&self.orders_topic, p).await.unwrap();
             let end = c.get_offset(OffsetAt::Latest).await.unwrap();
             let mut next = 0;
@@ -250,12 +267,12 @@ impl Stage {
             ("payhook-disputes", &self.disputes_topic),
         ] {
             let mut end = Vec::new();
-            for p in 0..PARTITIONS as i32 {
+            for p in 0..self.partitions as i32 {
                 let c = kafka.partition_client(topic, p).await.unwrap();
                 end.push(c.get_offset(OffsetAt::Latest).await.unwrap());
             }
             loop {
-                let mut stored = vec![0i64; PARTITIONS as usize];
+                let mut stored = vec![0i64; self.partitions as usize];
                 for r in db
                     .query(
                         "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2",
@@ -285,7 +302,7 @@ impl Stage {
         let kafka = kafka().await;
         let db = self.db().await;
         let mut end = 0;
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..self.partitions as i32 {
             let c = kafka.partition_client(&self.orders_topic, p).await.unwrap();
             end += c.get_offset(OffsetAt::Latest).await.unwrap();
         }
@@ -352,6 +369,7 @@ struct Payhook {
     child: Option<Child>,
     env: Vec<(&'static str, String)>,
     log: PathBuf,
+    port: u16,
 }
 
 impl Payhook {
@@ -362,10 +380,27 @@ impl Payhook {
             child: None,
             env: stage.env(),
             log,
+            port: stage.port,
         }
     }
 
-    async fn start(&mut self, stage: &Stage) {
+    /// The `n`-th of several processes on one stage: its own port, log and
+    /// host name (so `consumer_members.name` is `replica<n>:<pid>`).
+    fn replica(stage: &Stage, n: usize) -> Self {
+        let mut p = Self::new(stage);
+        p.port = free_port();
+        p.log = root().join(format!("target/faults/{}-{}-{n}.log", stage.name, stage.id));
+        p.env.retain(|(k, _)| *k != "HTTP_ADDR");
+        p.env.push(("HTTP_ADDR", format!("127.0.0.1:{}", p.port)));
+        p.env.push(("HOSTNAME", format!("replica{n}")));
+        p
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn start(&mut self, _stage: &Stage) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -384,7 +419,7 @@ impl Payhook {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = http.get(stage.url("/healthz")).send().await {
+            if let Ok(r) = http.get(self.url("/healthz")).send().await {
                 if r.status() == 200 {
                     return;
                 }
@@ -453,6 +488,10 @@ struct Books {
     sent_ids: Mutex<HashSet<String>>,
     accepted_ids: Mutex<HashSet<String>>,
     progress: AtomicUsize,
+    /// While set, a webhook that no replica accepted in one round (each
+    /// replica tried once) is counted in `failed_rounds`.
+    watch_failures: AtomicBool,
+    failed_rounds: AtomicU64,
 }
 
 fn at(secs: usize) -> String {
@@ -471,20 +510,48 @@ fn payment(id: &str, order: &str, n: usize) -> Value {
 /// time, each order's events one after another. Like a provider, a webhook
 /// is re-sent until it is answered 202. Every 7th webhook is also sent a
 /// second time after its 202 (a provider duplicate).
-async fn drive_load(stage: &Stage, books: Arc<Books>, total: usize, concurrency: usize) {
+///
+/// With several replicas (`urls`), each webhook starts on one of them (by its
+/// id) and, when refused or unanswered, is tried on the next at once, as a
+/// load balancer that retries on another upstream would.
+async fn drive_load(
+    id: &str,
+    urls: Vec<String>,
+    books: Arc<Books>,
+    total: usize,
+    concurrency: usize,
+) {
+    drive_paced_load(id, urls, books, total, concurrency, Duration::ZERO, None).await
+}
+
+/// [`drive_load`] with a pause after each webhook of a worker, and a flag
+/// that ends the load after the orders under way (so every order is whole).
+async fn drive_paced_load(
+    id: &str,
+    urls: Vec<String>,
+    books: Arc<Books>,
+    total: usize,
+    concurrency: usize,
+    pace: Duration,
+    stop: Option<Arc<AtomicBool>>,
+) {
     let orders = total / EVENTS_PER_ORDER;
     let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let url = stage.url("/webhooks/payments/orders");
+    let urls = Arc::new(urls);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (next, http, url, books) = (next.clone(), http.clone(), url.clone(), books.clone());
-        let id = stage.id.clone();
+        let (next, http, urls, books) = (next.clone(), http.clone(), urls.clone(), books.clone());
+        let id = id.to_owned();
+        let stop = stop.clone();
         tasks.spawn(async move {
             loop {
+                if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    break;
+                }
                 let o = next.fetch_add(1, Ordering::Relaxed);
                 if o >= orders {
                     break;
@@ -498,9 +565,12 @@ async fn drive_load(stage: &Stage, books: Arc<Books>, total: usize, concurrency:
                         1
                     };
                     for _ in 0..copies {
-                        send_until_accepted(&http, &url, &pid, &body, &books).await;
+                        send_until_accepted(&http, &urls, &pid, &body, &books).await;
                     }
                     books.progress.fetch_add(1, Ordering::Relaxed);
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
                 }
             }
         });
@@ -512,39 +582,46 @@ async fn drive_load(stage: &Stage, books: Arc<Books>, total: usize, concurrency:
 
 async fn send_until_accepted(
     http: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     pid: &str,
     body: &str,
     books: &Books,
 ) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut pause = Duration::from_millis(50);
+    let first = pid.bytes().map(usize::from).sum::<usize>();
     loop {
-        books.sent.fetch_add(1, Ordering::Relaxed);
-        books.sent_ids.lock().unwrap().insert(pid.to_owned());
-        let r = http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status() == 202 => {
-                books.accepted_answers.fetch_add(1, Ordering::Relaxed);
-                books.accepted_ids.lock().unwrap().insert(pid.to_owned());
-                return;
+        for i in 0..urls.len() {
+            let url = &urls[(first + i) % urls.len()];
+            books.sent.fetch_add(1, Ordering::Relaxed);
+            books.sent_ids.lock().unwrap().insert(pid.to_owned());
+            let r = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 202 => {
+                    books.accepted_answers.fetch_add(1, Ordering::Relaxed);
+                    books.accepted_ids.lock().unwrap().insert(pid.to_owned());
+                    return;
+                }
+                Ok(r) => {
+                    assert!(
+                        r.status() == 503,
+                        "a valid webhook may only be refused with 503, got {}",
+                        r.status()
+                    );
+                    books.other_answers.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    books.other_answers.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            Ok(r) => {
-                assert!(
-                    r.status() == 503,
-                    "a valid webhook may only be refused with 503, got {}",
-                    r.status()
-                );
-                books.other_answers.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                books.other_answers.fetch_add(1, Ordering::Relaxed);
-            }
+        }
+        if books.watch_failures.load(Ordering::Relaxed) {
+            books.failed_rounds.fetch_add(1, Ordering::Relaxed);
         }
         assert!(Instant::now() < deadline, "{pid} never accepted");
         tokio::time::sleep(pause).await;
@@ -721,6 +798,7 @@ async fn faults() {
     scenario("payhook SIGKILL", Fault::Kill, total).await;
     scenario("payhook SIGTERM", Fault::Terminate, total).await;
     poison_records_interleaved(total).await;
+    fleet::fleet().await;
 }
 
 /// What breaks while the load runs.
@@ -729,7 +807,8 @@ enum Fault {
     /// Scenario 1: the broker is stopped for several seconds, then started.
     StopBroker,
     /// Scenario 2: Postgres is stopped during consumption, then started;
-    /// `/readyz` must say so meanwhile.
+    /// `/readyz` stays 200 (intake needs only Kafka) and `/status` says the
+    /// database is down meanwhile.
     StopDatabase,
     /// Scenario 3: payhook is killed with SIGKILL, then restarted.
     Kill,
@@ -752,8 +831,9 @@ async fn scenario(name: &'static str, fault: Fault, total: usize) {
     let started = Instant::now();
     let load = tokio::spawn({
         let b = books.clone();
-        let s = clone_stage(&stage);
-        async move { drive_load(&s, b, total, 32).await }
+        let urls = vec![stage.url("/webhooks/payments/orders")];
+        let id = stage.id.clone();
+        async move { drive_load(&id, urls, b, total, 32).await }
     });
     match fault {
         Fault::StopBroker => {
@@ -765,11 +845,17 @@ async fn scenario(name: &'static str, fault: Fault, total: usize) {
         Fault::StopDatabase => {
             wait_progress(&books, total / 3).await;
             services("down", Some("postgres"));
+            // Intake stays ready (Kafka holds the webhooks); the consumer
+            // side says the database is gone.
             let r = reqwest::get(stage.url("/readyz")).await.unwrap();
-            assert_eq!(r.status(), 503);
-            let v: Value = r.json().await.unwrap();
-            assert!(v["down"]["database"].is_string(), "{v}");
-            assert_eq!(v["error"], "not_ready", "{v}");
+            assert_eq!(r.status(), 200);
+            let v: Value = reqwest::get(stage.url("/status"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_ne!(v["database"], "ok", "{v}");
             tokio::time::sleep(Duration::from_secs(5)).await;
             services("up", Some("postgres"));
         }
@@ -816,6 +902,7 @@ async fn poison_records_interleaved(total: usize) {
             linger: Duration::from_millis(1),
             queue_per_partition: 1024,
             publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
         },
     )
     .await
@@ -936,16 +1023,4 @@ async fn poison_records_interleaved(total: usize) {
     }
     drop(app);
     stage.cleanup().await;
-}
-
-fn clone_stage(s: &Stage) -> Stage {
-    Stage {
-        name: s.name,
-        id: s.id.clone(),
-        db_url: s.db_url.clone(),
-        orders_topic: s.orders_topic.clone(),
-        disputes_topic: s.disputes_topic.clone(),
-        dlq_topic: s.dlq_topic.clone(),
-        port: s.port,
-    }
 }

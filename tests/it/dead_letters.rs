@@ -39,8 +39,17 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
         (key, serde_json::to_vec(&bad_payload).unwrap()),
         (key, good(3)),
     ];
-    env.produce_raw(&env.orders_topic, records).await;
+    // Written three days ago (as by a producer catching up): the dead
+    // letters must still be stamped when they are written, or a topic's
+    // retention could delete them at once.
+    let written = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() - chrono::Duration::days(3)).timestamp_millis(),
+    )
+    .unwrap();
+    env.produce_raw_at(&env.orders_topic, records, written)
+        .await;
 
+    let started = chrono::Utc::now();
     let app = env.start(&[]).await;
     env.wait_caught_up().await;
 
@@ -79,6 +88,14 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
         assert_eq!(d.error_class(), Some("permanent"));
         assert_eq!(d.attempts(), Some(1));
         assert!(d.first_failure().is_some());
+        // As the broker stored them: the dead letter's own time is when it
+        // was written, the original's is in its header.
+        assert!(
+            d.record.timestamp >= started - chrono::Duration::seconds(1),
+            "dead letter stamped {} (original {written})",
+            d.record.timestamp
+        );
+        assert_eq!(d.original_timestamp(), Some(written));
     }
     assert!(
         by_offset[2]
@@ -181,8 +198,20 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
         event_ids: vec![cursed],
         ..Default::default()
     };
+    let replayed_at = chrono::Utc::now();
     let done = app::dlq_replay(&cfg, &sel, false).await.unwrap();
     assert_eq!(done.len(), 1);
+    // The replayed record is new in its topic: stamped at the replay.
+    let p = done[0].published.unwrap();
+    let back = env
+        .record_at(&env.orders_topic, p.partition, p.offset)
+        .await;
+    assert!(
+        back.timestamp >= replayed_at - chrono::Duration::seconds(1),
+        "replayed record stamped {}",
+        back.timestamp
+    );
+    assert_eq!(back.value, letters[0].record.value);
     env.wait_caught_up().await;
     assert_eq!(
         env.count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'cursed'")
@@ -246,6 +275,84 @@ async fn readyz_and_metrics_report_on_the_pipeline() {
     assert_eq!(v["status"], "ready");
     let r = app.http.post(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 405);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Records written straight to the topic (no edge) with a payload Postgres
+/// could not store, or dated beyond OCCURRED_AT_MAX_FUTURE of their own
+/// envelope's timestamp, fail to decode: dead-lettered at once, and the
+/// partition moves on to the good records behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstorable_and_far_future_records_are_dead_lettered_not_retried() {
+    let env = Env::new().await;
+    let key = Some("ord_u");
+    let good = |i: i64| {
+        envelope(
+            EventType::OrderWebhook,
+            "ord_u",
+            &payment(&format!("u{i}"), "ord_u", "pending", &at(i)),
+        )
+    };
+    let raw_envelope = |payload: String| {
+        let raw = RawValue::from_string(payload).unwrap();
+        serde_json::to_vec(&Envelope::new(EventType::OrderWebhook, "ord_u", raw)).unwrap()
+    };
+    let hazard = |extra: &str| {
+        let mut p = payment("hz", "ord_u", "pending", &at(5)).to_string();
+        p.pop();
+        raw_envelope(format!(r#"{p},"extra":{extra}}}"#))
+    };
+    // Accepted (enveloped) on 2026-11-26T10:00:00Z, occurring two days later.
+    let mut far: serde_json::Value = serde_json::from_slice(&good(6)).unwrap();
+    far["timestamp"] = json!("2026-11-26T10:00:00Z");
+    far["payload"]["occurred_at"] = json!("2026-11-28T10:00:01Z");
+    let records = vec![
+        (key, good(0)),
+        (key, hazard(r#""\u0000""#)),
+        (key, hazard(r#""\udc00""#)),
+        (key, hazard("1e-16384")),
+        (key, serde_json::to_vec(&far).unwrap()),
+        (key, good(1)),
+    ];
+    env.produce_raw(&env.orders_topic, records).await;
+    let app = env.start(&[]).await;
+    env.wait_caught_up().await;
+    let ids: Vec<String> = env
+        .db
+        .query(
+            "SELECT provider_event_id FROM payment_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["u0", "u1"]);
+    let mut letters = app::dlq_list(&env.config(&[])).await.unwrap();
+    letters.sort_by_key(|d| d.source_offset());
+    let why: Vec<(Option<i64>, Option<&str>, Option<u32>)> = letters
+        .iter()
+        .map(|d| (d.source_offset(), d.error_class(), d.attempts()))
+        .collect();
+    assert_eq!(
+        why,
+        (1..=4)
+            .map(|o| (Some(o), Some("permanent"), Some(1)))
+            .collect::<Vec<_>>()
+    );
+    let messages: Vec<&str> = letters.iter().map(|d| d.error_message().unwrap()).collect();
+    assert!(messages[0].contains("\\u0000"), "{messages:?}");
+    assert!(messages[1].contains("surrogate"), "{messages:?}");
+    assert!(
+        messages[2].contains("Postgres cannot store"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].contains("OCCURRED_AT_MAX_FUTURE"),
+        "{messages:?}"
+    );
     app.stop().await;
     env.cleanup().await;
 }

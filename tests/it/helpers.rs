@@ -50,6 +50,8 @@ fn init_logs() {
 
 /// A database and two topics of one test's own.
 pub struct Env {
+    /// Partitions per topic.
+    pub partitions: u32,
     pub db_name: String,
     pub db_url: String,
     pub orders_topic: String,
@@ -61,6 +63,11 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Self {
+        Self::with_partitions(PARTITIONS).await
+    }
+
+    /// As [`Env::new`], with `partitions` partitions per topic.
+    pub async fn with_partitions(partitions: u32) -> Self {
         init_logs();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("payhook_test_{id}");
@@ -83,7 +90,7 @@ impl Env {
         let orders_topic = format!("it-{id}-orders");
         let disputes_topic = format!("it-{id}-disputes");
         let dlq_topic = format!("it-{id}-dlq");
-        let n = std::num::NonZeroU32::new(PARTITIONS).unwrap();
+        let n = std::num::NonZeroU32::new(partitions).unwrap();
         for t in [&orders_topic, &disputes_topic, &dlq_topic] {
             assert!(kafka.ensure_topic(t, n, 1).await.unwrap());
         }
@@ -98,6 +105,7 @@ impl Env {
         let (db, conn) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
         tokio::spawn(conn);
         Self {
+            partitions,
             db_name,
             db_url,
             orders_topic,
@@ -136,10 +144,12 @@ impl Env {
     pub async fn start(&self, extra: &[(&str, &str)]) -> TestApp {
         let app = Application::build(self.config(extra)).await.unwrap();
         let addr = app.local_addr();
+        let admin = app.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
             addr,
+            admin,
             shutdown,
             task: Some(task),
             http: reqwest::Client::new(),
@@ -148,6 +158,17 @@ impl Env {
 
     /// Writes raw records straight to `topic` (no HTTP, no validation).
     pub async fn produce_raw(&self, topic: &str, records: Vec<(Option<&str>, Vec<u8>)>) {
+        self.produce_raw_at(topic, records, chrono::Utc::now())
+            .await;
+    }
+
+    /// [`Self::produce_raw`], with every record stamped `timestamp`.
+    pub async fn produce_raw_at(
+        &self,
+        topic: &str,
+        records: Vec<(Option<&str>, Vec<u8>)>,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) {
         let (producer, lanes) = payhook::messaging::producer::Producer::start(
             &self.kafka,
             &[topic],
@@ -155,6 +176,7 @@ impl Env {
                 linger: Duration::ZERO,
                 queue_per_partition: 64,
                 publish_timeout: Duration::from_secs(10),
+                metadata_refresh: Duration::from_secs(30),
             },
         )
         .await
@@ -165,7 +187,7 @@ impl Env {
                 key: key.map(|k| k.as_bytes().to_vec()),
                 value: Some(value),
                 headers: Default::default(),
-                timestamp: chrono::Utc::now(),
+                timestamp,
             };
             producer.publish(topic, record).await.unwrap();
         }
@@ -173,10 +195,26 @@ impl Env {
         lanes.drained().await;
     }
 
+    /// The record at `offset` of `topic`'s `partition`.
+    pub async fn record_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> rskafka::record::Record {
+        let c = self.kafka.partition_client(topic, partition).await.unwrap();
+        let (records, _) = c.fetch_records(offset, 1..1_000_000, 1_000).await.unwrap();
+        records
+            .into_iter()
+            .find(|r| r.offset == offset)
+            .unwrap_or_else(|| panic!("no record at {topic}/{partition}/{offset}"))
+            .record
+    }
+
     /// Latest offset of every partition of `topic`.
     pub async fn end_offsets(&self, topic: &str) -> Vec<i64> {
         let mut out = Vec::new();
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..self.partitions as i32 {
             let c = self.kafka.partition_client(topic, p).await.unwrap();
             out.push(c.get_offset(OffsetAt::Latest).await.unwrap());
         }
@@ -185,7 +223,7 @@ impl Env {
 
     /// Stored offsets of `topic` for `group`, per partition (0 if none).
     pub async fn stored_offsets(&self, group: &str, topic: &str) -> Vec<i64> {
-        let mut out = vec![0; PARTITIONS as usize];
+        let mut out = vec![0; self.partitions as usize];
         for r in self
             .db
             .query(
@@ -248,6 +286,8 @@ impl Env {
 /// A running payhook.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `ADMIN_ADDR`'s bound address, when set.
+    pub admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<payhook::app::Stopped>>,
     pub http: reqwest::Client,
@@ -323,9 +363,10 @@ pub fn chargeback(id: &str, order: &str, status: &str, at: &str) -> Value {
            "amount": 1999, "currency": "USD", "occurred_at": at})
 }
 
-/// `2026-11-26T10:00:00Z` plus `secs` seconds.
+/// `2026-01-01T10:00:00Z` plus `secs` seconds: a base well in the past, so
+/// that offsets of weeks stay within `OCCURRED_AT_MAX_FUTURE` of today.
 pub fn at(secs: i64) -> String {
-    (chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap()
+    (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap()
         + chrono::Duration::seconds(secs))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -455,8 +496,10 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         max_body_bytes: MAX_BODY,
         request_timeout: Duration::from_secs(5),
         retry_after: Duration::from_secs(5),
+        occurred_at_max_future: payhook::domain::types::DEFAULT_OCCURRED_AT_MAX_FUTURE,
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
+        ops_on_public: true,
         providers: payhook::providers::Endpoints {
             stripe: Some(payhook::providers::stripe::Stripe {
                 verifier: verifier(Scheme::Stripe, STRIPE_SECRET),

@@ -6,7 +6,7 @@
 //! no panic, no 5xx, a JSON error with a stable code for every refusal, and
 //! nothing published unless the request was correctly signed and valid.
 //!
-//! Case counts: `HOSTILE_CASES` (default 512 per property, five properties);
+//! Case counts: `HOSTILE_CASES` (default 512 per property, six properties);
 //! `cargo test --test it hostile -- --nocapture` prints each property's
 //! count, time and the answers it saw.
 
@@ -493,6 +493,64 @@ fn signed_garbage_is_a_clean_400_and_signed_valid_is_202() {
             }
             s => prop_assert!(false, "signed body answered {s}: {}", out.body),
         }
+        Ok(())
+    });
+}
+
+/// Something Postgres cannot store as `jsonb`, as JSON text.
+fn unstorable() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // \u0000 inside a string, with text around it.
+        ("[a-z ]{0,6}", "[a-z ]{0,6}").prop_map(|(a, b)| format!(r#""{a}\u0000{b}""#)),
+        // A surrogate half without its other half.
+        (0xd800u32..0xe000, "[a-z]{0,3}").prop_map(|(u, t)| format!(r#""\u{u:04x}{t}""#)),
+        (0xdc00u32..0xe000, 0xd800u32..0xdc00)
+            .prop_map(|(l, h)| format!(r#""\u{l:04x}\u{h:04x}""#)),
+        // Numbers numeric cannot hold (or PostgreSQL 14 refuses).
+        (16_384i64..1_000_000).prop_map(|e| format!("1e-{e}")),
+        (1_001i64..5_000).prop_map(|e| format!("0e{e}")),
+        (1usize..40, 16_345i64..17_000).prop_map(|(n, e)| format!("0.{}e-{e}", "1".repeat(n))),
+    ]
+}
+
+#[test]
+fn signed_valid_webhooks_carrying_unstorable_json_are_400() {
+    let strategy = (endpoint(), unstorable(), any::<bool>())
+        .prop_flat_map(|(path, hazard, as_key)| {
+            (
+                Just(path),
+                valid_body(path == CHARGEBACKS),
+                Just(hazard),
+                Just(as_key),
+            )
+        })
+        .prop_map(|(path, body, hazard, as_key)| {
+            // The hazard in an extra field the validators never read (or,
+            // for strings, as the key of one).
+            let mut text = String::from_utf8(body).unwrap();
+            text.pop();
+            if as_key && hazard.starts_with('"') {
+                text.push_str(&format!(",{hazard}:1}}"));
+            } else {
+                text.push_str(&format!(r#","extra":{{"v":[{hazard}]}}}}"#));
+            }
+            let body = text.into_bytes();
+            Req {
+                method: "POST".into(),
+                path: path.into(),
+                headers: signed_headers(path, &body, unix_now()),
+                body,
+            }
+        });
+    check("signed unstorable bodies", strategy, |rt, req| {
+        let out = run(rt, &req)?;
+        prop_assert_eq!(out.status, 400, "{}", out.body);
+        prop_assert_eq!(
+            out.body["error"].as_str(),
+            Some("invalid_json"),
+            "{}",
+            out.body
+        );
         Ok(())
     });
 }

@@ -6,6 +6,7 @@
 //! `PAYHOOK_TEST_KAFKA_BROKERS` pointing elsewhere).
 
 mod dead_letters;
+mod fleet;
 mod helpers;
 mod hostile;
 mod http_edge;
@@ -14,3 +15,5 @@ mod pipeline;
 mod providers;
 mod signatures;
 mod stalls;
+mod startup;
+mod storable;

@@ -93,7 +93,7 @@ struct Answer {
 
 async fn send<B>(req: Request<B>, fail_publish: bool, request_timeout: Duration) -> Answer
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     send_to(req, fail_publish, request_timeout, true).await
@@ -107,7 +107,7 @@ async fn send_to<B>(
     providers: bool,
 ) -> Answer
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut state, recorder) = fake_state(fail_publish);
@@ -201,7 +201,8 @@ async fn routes_and_methods_match_the_router() {
             ADYEN,
             "/healthz",
             "/readyz",
-            "/metrics"
+            "/metrics",
+            "/status"
         ])
     );
     for (path, item) in paths {
@@ -263,7 +264,7 @@ async fn healthz_answers_as_documented() {
 async fn readyz_and_metrics_answer_as_documented() {
     let spec = spec();
     for m in ["get", "head"] {
-        for path in ["/readyz", "/metrics"] {
+        for path in ["/readyz", "/metrics", "/status"] {
             let want = documented_answers(&spec, &spec["paths"][path][m]);
             let a = send(
                 request(&m.to_ascii_uppercase(), path, &[], vec![]),

@@ -294,6 +294,7 @@ async fn stopping_mid_stream_loses_nothing_and_repeats_nothing() {
             linger: Duration::from_millis(1),
             queue_per_partition: 1024,
             publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
         },
     )
     .await

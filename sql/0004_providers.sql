@@ -1,4 +1,4 @@
--- payhook schema, version 3: providers.
+-- payhook schema, version 4: providers.
 --
 -- Every stored event says which provider sent it and the provider's ids of
 -- the objects it is about (Stripe: payment intent and charge; Adyen:

@@ -1,0 +1,154 @@
+//! Start-up right after the topics are created: a new topic reaches the
+//! broker's metadata a moment after its creation is acknowledged, and
+//! neither `payhook topics` nor `payhook serve` may trip over that.
+
+use std::time::{Duration, Instant};
+
+use payhook::{
+    app,
+    messaging::{
+        KafkaError,
+        producer::{Producer, ProducerConfig},
+    },
+};
+use uuid::Uuid;
+
+use crate::helpers::{Env, payment};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_right_after_topics_creates_them() {
+    let env = Env::new().await;
+    let id = Uuid::new_v4().simple().to_string();
+    let (orders, disputes, dlq) = (
+        format!("it-{id}-fresh-orders"),
+        format!("it-{id}-fresh-disputes"),
+        format!("it-{id}-fresh-dlq"),
+    );
+    let settings = [
+        ("KAFKA_ORDERS_TOPIC", orders.as_str()),
+        ("KAFKA_DISPUTES_TOPIC", disputes.as_str()),
+        ("KAFKA_DLQ_TOPIC", dlq.as_str()),
+        ("KAFKA_PARTITIONS", "4"),
+    ];
+    // What `payhook topics` runs, then what `payhook serve` runs, with
+    // nothing in between (as `./scripts/run` does).
+    let created = app::create_topics(&env.config(&settings)).await.unwrap();
+    assert_eq!(
+        created,
+        [
+            (orders.clone(), true),
+            (disputes.clone(), true),
+            (dlq.clone(), true)
+        ]
+    );
+    // `topics` returned only once every partition is in the metadata.
+    for t in [&orders, &disputes, &dlq] {
+        assert_eq!(env.kafka.partitions(t).await.unwrap(), [0, 1, 2, 3]);
+    }
+    let app = env.start(&settings).await;
+    app.payment(&payment(
+        "fresh_1",
+        "ord_f",
+        "succeeded",
+        "2026-11-26T10:00:00Z",
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env
+        .count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'fresh_1'")
+        .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the webhook was never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+    for t in [&orders, &disputes, &dlq] {
+        let _ = env.kafka.delete_topic(t).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_waits_a_bounded_time_for_a_topic_to_appear() {
+    let env = Env::new().await;
+    let late = format!("it-{}-late", Uuid::new_v4().simple());
+    // Not there: a bounded wait, then the clear error.
+    let started = Instant::now();
+    let e = env
+        .kafka
+        .wait_for_topic(&late, 1, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KafkaError::UnknownTopic { .. }), "{e}");
+    assert!(e.to_string().contains("payhook topics"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Created while the producer starts: it waits for it and works.
+    let creator = {
+        let kafka = env.kafka.clone();
+        let late = late.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let n = std::num::NonZeroU32::new(2).unwrap();
+            assert!(kafka.ensure_topic(&late, n, 1).await.unwrap());
+        })
+    };
+    let (producer, lanes) = Producer::start(
+        &env.kafka,
+        &[&late],
+        ProducerConfig {
+            linger: Duration::ZERO,
+            queue_per_partition: 8,
+            publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
+        },
+    )
+    .await
+    .expect("the topic appeared within the producer's wait");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    creator.await.unwrap();
+    let record = rskafka::record::Record {
+        key: Some(b"k".to_vec()),
+        value: Some(b"v".to_vec()),
+        headers: Default::default(),
+        timestamp: chrono::Utc::now(),
+    };
+    producer.publish(&late, record).await.unwrap();
+    drop(producer);
+    lanes.drained().await;
+    let _ = env.kafka.delete_topic(&late).await;
+    env.cleanup().await;
+}
+
+/// In a database that is not UTF8, Postgres would refuse webhooks the edge
+/// accepts (text outside the encoding): serve refuses to start instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_database_that_is_not_utf8() {
+    let env = Env::new().await;
+    let name = format!("payhook_latin1_{}", Uuid::new_v4().simple());
+    env.db
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0 \
+             LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .await
+        .unwrap();
+    let url = match env.db_url.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{name}"),
+        None => unreachable!(),
+    };
+    let e = app::Application::build(env.config(&[("DATABASE_URL", &url)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, app::StartError::DatabaseEncoding { encoding } if encoding == "LATIN1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("UTF8"), "{e}");
+    env.db
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    env.cleanup().await;
+}
