@@ -345,8 +345,8 @@ fn verifiers(cfg: &Config) -> Result<(Option<Verifier>, Option<Verifier>), Start
             .ok_or(StartError::NoWebhookSecret { var })
     };
     Ok((
-        one(&cfg.webhook_orders, "WEBHOOK_ORDERS_SECRETS")?,
-        one(&cfg.webhook_chargebacks, "WEBHOOK_CHARGEBACKS_SECRETS")?,
+        one(&cfg.webhook_orders(), "WEBHOOK_ORDERS_SECRETS")?,
+        one(&cfg.webhook_chargebacks(), "WEBHOOK_CHARGEBACKS_SECRETS")?,
     ))
 }
 

@@ -1,147 +1,418 @@
-//! Configuration: read from the environment once, validated once.
+//! Configuration: every setting declared once, read once, validated once.
 //!
-//! Every setting has a default that works on a developer machine with
-//! `./scripts/services up`. A value that cannot be parsed stops start-up with
-//! a message naming the variable and the form it expects; all problems are
-//! reported together so one edit fixes them all.
+//! Each setting is one entry of the `settings!` table below: its `Config`
+//! field and type, its environment variable, its default, a one-line
+//! meaning, and the check that turns the text into the typed value. From
+//! that one entry come the `Config` field, the command-line flag with its
+//! environment variable, default and help text ([`cli`], shown by
+//! `payhook serve --help`), and the validation. The README's settings table
+//! and `.env.example` are checked against [`SETTINGS`] by a test.
+//!
+//! A value that cannot be used stops start-up with a message naming the
+//! variable and the form it expects; all problems are reported together so
+//! one edit fixes them all. Secrets (webhook secrets, the password inside
+//! `DATABASE_URL`) are never echoed.
+//!
+//! # Adding a setting
+//!
+//! Add one line to the table, in the section it belongs to:
+//!
+//! ```text
+//! /// Longest wait for a Postgres connection from the pool
+//! database_pool_timeout: Duration = DATABASE_POOL_TIMEOUT("5s") check::duration();
+//! ```
+//!
+//! then use `cfg.database_pool_timeout`, and add the variable to the README's
+//! settings table and to `.env.example` (the test says exactly what to add).
+//! Checks that involve several settings go in `Config::check_together`.
+//!
+//! The `///` line is the help text (one line). A secret is marked after its
+//! default, and is then never shown in errors, `--help` or `payhook config`:
+//!
+//! ```text
+//! /// SASL password for the brokers
+//! kafka_sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
+//! ```
+//!
+//! (`password_in_url` shows a URL with its password masked.) The helpers in
+//! [`check`] cover numbers in a range, durations, switches, names; a
+//! one-off check is written in place, e.g. for an enum:
+//! `Check { expected: "disable, prefer or require", parse: SslMode::parse }`.
+
+pub mod cli;
 
 use std::{collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use crate::providers::{
-    adyen::HmacKey,
-    signature::{Scheme, SigningKey},
+    adyen::{HmacKey, HmacKeyError},
+    signature::{KeyError, Scheme, SigningKey},
 };
 
-/// Everything payhook reads from its environment.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Where the HTTP server listens (`HTTP_ADDR`).
-    pub http_addr: SocketAddr,
-    /// A separate listener for `/metrics`, `/status` and the probes
-    /// (`ADMIN_ADDR`); `None` serves them with the webhooks.
-    pub admin_addr: Option<SocketAddr>,
-    /// Largest webhook body accepted, in bytes (`HTTP_MAX_BODY_BYTES`).
-    pub http_max_body_bytes: usize,
-    /// Value of `Retry-After` on a 503 (`HTTP_RETRY_AFTER`).
-    pub http_retry_after: Duration,
-    /// How long a client may take to send its request headers
-    /// (`HTTP_HEADER_TIMEOUT`); then the connection is closed.
-    pub http_header_timeout: Duration,
-    /// How long a client may take to send its request body
-    /// (`HTTP_REQUEST_TIMEOUT`); then it is answered 408.
-    pub http_request_timeout: Duration,
-    /// Connections served at once (`HTTP_MAX_CONNECTIONS`); beyond it new
-    /// connections wait in the kernel's backlog.
-    pub http_max_connections: usize,
+/// Where a setting is shown in `--help`, and which commands show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Http,
+    Webhook,
+    Database,
+    Kafka,
+    Consumer,
+    Process,
+}
 
-    /// How far after its acceptance a webhook's `occurred_at` may be
-    /// (`OCCURRED_AT_MAX_FUTURE`); later ones are refused with a 400, and the
-    /// consumer dead-letters a record whose payload breaks it.
-    pub occurred_at_max_future: Duration,
+impl Section {
+    /// The heading of this section in `--help`.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Webhook => "Webhook signatures",
+            Self::Database => "Postgres",
+            Self::Kafka => "Kafka",
+            Self::Consumer => "Consumer",
+            Self::Process => "Process and logging",
+        }
+    }
 
-    /// Check webhook signatures (`WEBHOOK_VERIFY`, `on` unless set to
-    /// `off`). Off is for local use only.
-    pub webhook_verify: bool,
-    /// How far a signature's timestamp may be from the local clock, either
-    /// way (`WEBHOOK_TOLERANCE`).
-    pub webhook_tolerance: Duration,
-    /// Signature scheme and active secrets of the payment endpoint
-    /// (`WEBHOOK_ORDERS_SCHEME`, `WEBHOOK_ORDERS_SECRETS`).
-    pub webhook_orders: WebhookAuth,
-    /// Signature scheme and active secrets of the chargeback endpoint
-    /// (`WEBHOOK_CHARGEBACKS_SCHEME`, `WEBHOOK_CHARGEBACKS_SECRETS`).
-    pub webhook_chargebacks: WebhookAuth,
+    /// One bit per section, for [`cli::Settings`]' choice of sections.
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
 
-    /// Active Stripe endpoint secrets, comma-separated
-    /// (`STRIPE_WEBHOOK_SECRETS`). Empty: `/webhooks/stripe` answers 404
-    /// (unless `WEBHOOK_VERIFY=off`).
-    pub stripe_secrets: Vec<SigningKey>,
-    /// The Stripe `metadata` key holding the order id
-    /// (`STRIPE_ORDER_ID_KEY`).
-    pub stripe_order_id_key: String,
-    /// The Stripe `metadata` key holding the user id (`STRIPE_USER_ID_KEY`).
-    pub stripe_user_id_key: String,
-    /// Active Adyen HMAC keys, hex, comma-separated (`ADYEN_HMAC_KEYS`).
-    /// Empty: `/webhooks/adyen` answers 404 (unless `WEBHOOK_VERIFY=off`).
-    pub adyen_hmac_keys: Vec<HmacKey>,
-    /// The Adyen `additionalData` key holding the user id
-    /// (`ADYEN_USER_ID_KEY`).
-    pub adyen_user_id_key: String,
-    /// How long a dispute waits for the payment it names before it is
-    /// dead-lettered (`DISPUTE_PAYMENT_WAIT`).
-    pub dispute_payment_wait: Duration,
-    /// How often waiting disputes are checked for that
-    /// (`DISPUTE_SWEEP_INTERVAL`).
-    pub dispute_sweep_interval: Duration,
+/// How much of a setting's value may be shown in errors and `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrecy {
+    /// Shown as given.
+    Plain,
+    /// Never shown.
+    Secret,
+    /// A URL whose password is never shown (`postgres://user:***@host/db`).
+    PasswordInUrl,
+}
 
-    /// Postgres connection string (`DATABASE_URL`).
-    pub database_url: String,
-    /// Connections in the pool (`DATABASE_POOL_SIZE`).
-    pub database_pool_size: usize,
-    /// Apply `sql/` migrations when `serve` starts (`RUN_MIGRATIONS`).
-    pub run_migrations: bool,
+impl Secrecy {
+    /// `value` as it may appear in a message or a log.
+    pub fn show(self, value: &str) -> String {
+        match self {
+            Self::Plain => value.to_owned(),
+            Self::Secret if value.is_empty() => String::new(),
+            Self::Secret => "<redacted>".to_owned(),
+            Self::PasswordInUrl => mask_password(value),
+        }
+    }
+}
 
-    /// Bootstrap brokers, comma-separated `host:port` (`KAFKA_BROKERS`).
-    pub kafka_brokers: Vec<String>,
-    /// Topic for payment webhooks (`KAFKA_ORDERS_TOPIC`).
-    pub orders_topic: String,
-    /// Topic for chargeback webhooks (`KAFKA_DISPUTES_TOPIC`).
-    pub disputes_topic: String,
-    /// Consumer group that keys the stored offsets of the orders topic
-    /// (`KAFKA_ORDERS_CONSUMER_GROUP`).
-    pub orders_consumer_group: String,
-    /// Consumer group that keys the stored offsets of the disputes topic
-    /// (`KAFKA_DISPUTES_CONSUMER_GROUP`).
-    pub disputes_consumer_group: String,
-    /// Dead-letter topic for records that can never be applied
-    /// (`KAFKA_DLQ_TOPIC`).
-    pub dlq_topic: String,
-    /// Partitions per topic for `payhook topics` (`KAFKA_PARTITIONS`).
-    pub partitions: NonZeroU32,
-    /// Replication factor for `payhook topics` (`KAFKA_REPLICATION_FACTOR`).
-    pub replication_factor: i16,
-    /// How long a webhook may wait for the broker's acknowledgement before it
-    /// is answered 503 (`KAFKA_PUBLISH_TIMEOUT`).
-    pub publish_timeout: Duration,
-    /// How long the producer waits for more records before sending a batch
-    /// (`KAFKA_LINGER`).
-    pub linger: Duration,
-    /// Records that may wait per partition for the producer
-    /// (`KAFKA_PRODUCER_QUEUE`); beyond it requests wait, then get a 503.
-    pub producer_queue: usize,
-    /// How often the producer looks for partitions added to its topics
-    /// (`KAFKA_METADATA_REFRESH`); consumers look on every lease renewal.
-    pub kafka_metadata_refresh: Duration,
-    /// Upper bound for any single broker call (`KAFKA_REQUEST_TIMEOUT`).
-    /// rskafka 0.6 has no request timeout of its own and retries forever.
-    pub kafka_request_timeout: Duration,
-    /// Bytes asked for per fetch (`KAFKA_FETCH_MAX_BYTES`).
-    pub fetch_max_bytes: i32,
-    /// How long the broker may hold a fetch open waiting for data
-    /// (`KAFKA_FETCH_MAX_WAIT`).
-    pub fetch_max_wait: Duration,
+/// `scheme://user:password@host/...` with the password replaced by `***`.
+/// Anything that does not look like a URL with credentials is shown only
+/// up to its scheme, in case the password sits somewhere unexpected.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted: not a URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            // A password may also be passed as a query parameter.
+            let tail = if tail.contains("password=") {
+                "/<redacted>"
+            } else {
+                tail
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None if tail.contains("password=") => format!("{scheme}://{authority}/<redacted>"),
+        None => url.to_owned(),
+    }
+}
 
-    /// Most records applied in one database transaction
-    /// (`CONSUMER_MAX_BATCH`).
-    pub consumer_max_batch: usize,
-    /// Attempts after which a transient failure of one record counts as
-    /// permanent and the record is dead-lettered (`CONSUMER_MAX_ATTEMPTS`);
-    /// `None` (the default, `0`) retries without limit.
-    pub consumer_max_attempts: Option<u32>,
-    /// How long a partition with lag may go without moving before it is
-    /// reported stalled (`CONSUMER_STALL_AFTER`).
-    pub consumer_stall_after: Duration,
-    /// How long a partition lease lasts without renewal
-    /// (`CONSUMER_LEASE_TTL`): a process that dies or hangs loses its
-    /// partitions after this long. Leases are renewed every quarter of it.
-    pub consumer_lease_ttl: Duration,
-    /// First pause after a failure (`RETRY_BACKOFF_MIN`).
-    pub retry_backoff_min: Duration,
-    /// Longest pause between retries (`RETRY_BACKOFF_MAX`).
-    pub retry_backoff_max: Duration,
+/// A field's `Debug` text, as far as its secrecy lets it be shown.
+struct Shown(Secrecy, String);
 
-    /// How long a graceful shutdown may take (`SHUTDOWN_TIMEOUT`).
-    pub shutdown_timeout: Duration,
+impl fmt::Debug for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Secrecy::Plain => f.write_str(&self.1),
+            Secrecy::Secret => f.write_str("<redacted>"),
+            Secrecy::PasswordInUrl => write!(f, "{:?}", mask_password(self.1.trim_matches('"'))),
+        }
+    }
+}
+
+/// One setting as `--help`, the README and `.env.example` show it.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The environment variable, e.g. `HTTP_ADDR`. The flag is the same in
+    /// lower case with dashes: `--http-addr`.
+    pub env: &'static str,
+    /// The default, as text ("" when there is none).
+    pub default: &'static str,
+    /// One line: what it means.
+    pub help: &'static str,
+    pub section: Section,
+    pub secrecy: Secrecy,
+}
+
+impl Setting {
+    /// `--http-addr` for `HTTP_ADDR`.
+    pub fn flag(&self) -> String {
+        self.env.to_ascii_lowercase().replace('_', "-")
+    }
+
+    /// The form a value must have, as errors state it.
+    pub fn expected(&self) -> &'static str {
+        expected_of(self.env)
+    }
+
+    /// The declared setting read from `var`, if there is one.
+    pub fn named(var: &str) -> Option<&'static Setting> {
+        SETTINGS.iter().find(|s| s.env == var)
+    }
+}
+
+/// A check: the form a value must have, and the parser that accepts it.
+pub struct Check<F> {
+    pub expected: &'static str,
+    pub parse: F,
+}
+
+/// Declares the settings: see the module documentation.
+macro_rules! settings {
+    (@secrecy) => { Secrecy::Plain };
+    (@secrecy secret) => { Secrecy::Secret };
+    (@secrecy password_in_url) => { Secrecy::PasswordInUrl };
+    ($(
+        $section:ident {
+            $(
+                #[doc = $help:literal]
+                $field:ident : $ty:ty = $env:ident ($default:literal $(, $secrecy:ident)?) $check:expr;
+            )*
+        }
+    )*) => {
+        /// Everything payhook reads from its environment (or its flags).
+        /// `Debug` shows secrets the way errors do: not at all.
+        #[derive(Clone)]
+        pub struct Config {
+            $($(
+                #[doc = concat!($help, " (`", stringify!($env), "`, default `", $default, "`)")]
+                pub $field: $ty,
+            )*)*
+        }
+
+        /// Every setting, in the order `--help` shows them.
+        pub static SETTINGS: &[Setting] = &[
+            $($(
+                Setting {
+                    env: stringify!($env),
+                    default: $default,
+                    help: $help.trim_ascii(),
+                    section: Section::$section,
+                    secrecy: settings!(@secrecy $($secrecy)?),
+                },
+            )*)*
+        ];
+
+        /// The form each variable expects, from its check.
+        fn expected_of(var: &str) -> &'static str {
+            $($(
+                if var == stringify!($env) {
+                    let check = $check;
+                    let _: &dyn Fn(&str) -> Option<$ty> = &check.parse;
+                    return check.expected;
+                }
+            )*)*
+            ""
+        }
+
+        impl fmt::Debug for Config {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("Config")
+                    $($(
+                        .field(
+                            stringify!($field),
+                            &Shown(settings!(@secrecy $($secrecy)?), format!("{:?}", self.$field)),
+                        )
+                    )*)*
+                    .finish()
+            }
+        }
+
+        impl Config {
+            fn read_all(r: &mut Reader<'_>) -> Self {
+                Config {
+                    $($(
+                        $field: r.read(
+                            stringify!($env),
+                            $default,
+                            settings!(@secrecy $($secrecy)?),
+                            $check,
+                        ),
+                    )*)*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    Http {
+        /// Address the HTTP server listens on
+        http_addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
+        /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
+        admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
+            check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
+        /// Largest webhook body accepted, in bytes (413 beyond)
+        http_max_body_bytes: usize = HTTP_MAX_BODY_BYTES("262144")
+            check::whole(1024..=16 << 20, "a size in bytes between 1024 and 16777216");
+        /// Retry-After sent with a 503
+        http_retry_after: Duration = HTTP_RETRY_AFTER("5s") check::duration();
+        /// Time a client has to send its request headers, then the connection is closed
+        http_header_timeout: Duration = HTTP_HEADER_TIMEOUT("10s") check::duration();
+        /// Time a client has to send its request body, then 408
+        http_request_timeout: Duration = HTTP_REQUEST_TIMEOUT("30s") check::duration();
+        /// Connections served at once; more wait to be accepted
+        http_max_connections: usize = HTTP_MAX_CONNECTIONS("1024")
+            check::whole(1..=100_000, "a whole number between 1 and 100000");
+        /// How far after its arrival a webhook's occurred_at may be (400 beyond)
+        occurred_at_max_future: Duration = OCCURRED_AT_MAX_FUTURE("1d")
+            check::duration_within(Duration::from_secs(60)..=Duration::from_secs(365 * 86_400), "a duration between 1m and 365d, like 1d");
+    }
+    Webhook {
+        /// Check webhook signatures; off for local use only
+        webhook_verify: bool = WEBHOOK_VERIFY("on") check::switch("on or off");
+        /// Allowed skew of a signature's timestamp from this server's clock, either way
+        webhook_tolerance: Duration = WEBHOOK_TOLERANCE("5m")
+            check::duration_within(Duration::from_secs(1)..=Duration::from_secs(3600), "a duration between 1s and 1h, like 5m");
+        /// Signature scheme of the payment endpoint: standard or stripe
+        webhook_orders_scheme: Scheme = WEBHOOK_ORDERS_SCHEME("standard") check::scheme();
+        /// Active secrets of the payment endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
+        webhook_orders_secrets: Secrets = WEBHOOK_ORDERS_SECRETS("", secret) check::secrets();
+        /// Signature scheme of the chargeback endpoint: standard or stripe
+        webhook_chargebacks_scheme: Scheme = WEBHOOK_CHARGEBACKS_SCHEME("standard") check::scheme();
+        /// Active secrets of the chargeback endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
+        webhook_chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
+        /// Stripe endpoint secrets, comma-separated; none: /webhooks/stripe is off (404) unless WEBHOOK_VERIFY=off
+        stripe_webhook_secrets: Secrets = STRIPE_WEBHOOK_SECRETS("", secret) check::secrets();
+        /// The Stripe metadata key holding the order id
+        stripe_order_id_key: String = STRIPE_ORDER_ID_KEY("order_id") check::metadata_key();
+        /// The Stripe metadata key holding the user id
+        stripe_user_id_key: String = STRIPE_USER_ID_KEY("user_id") check::metadata_key();
+        /// Adyen HMAC keys (hex), comma-separated; none: /webhooks/adyen is off (404) unless WEBHOOK_VERIFY=off
+        adyen_hmac_keys: Secrets = ADYEN_HMAC_KEYS("", secret) check::secrets();
+        /// The Adyen additionalData key holding the user id
+        adyen_user_id_key: String = ADYEN_USER_ID_KEY("shopperReference") check::metadata_key();
+    }
+    Database {
+        /// Postgres connection URL; the database must be UTF8 (its password is never shown)
+        database_url: String = DATABASE_URL("postgres://postgres@127.0.0.1:5432/payhook", password_in_url)
+            check::postgres_url();
+        /// Connections in the Postgres pool
+        database_pool_size: usize = DATABASE_POOL_SIZE("16")
+            check::whole(1..=1000, "a whole number between 1 and 1000");
+        /// Apply the sql/ migrations when serve starts
+        run_migrations: bool = RUN_MIGRATIONS("true") check::switch("true or false");
+    }
+    Kafka {
+        /// Bootstrap brokers, comma-separated host:port
+        kafka_brokers: Vec<String> = KAFKA_BROKERS("127.0.0.1:9092") check::brokers();
+        /// Topic of payment webhooks
+        orders_topic: String = KAFKA_ORDERS_TOPIC("payments.orders") check::name();
+        /// Topic of chargeback webhooks
+        disputes_topic: String = KAFKA_DISPUTES_TOPIC("payments.disputes") check::name();
+        /// Consumer group that keys the stored offsets of the orders topic
+        orders_consumer_group: String = KAFKA_ORDERS_CONSUMER_GROUP("payhook-orders") check::name();
+        /// Consumer group that keys the stored offsets of the disputes topic
+        disputes_consumer_group: String = KAFKA_DISPUTES_CONSUMER_GROUP("payhook-disputes") check::name();
+        /// Dead-letter topic for records that can never be applied
+        dlq_topic: String = KAFKA_DLQ_TOPIC("payments.dlq") check::name();
+        /// Partitions per topic, for payhook topics
+        partitions: NonZeroU32 = KAFKA_PARTITIONS("8") check::partitions();
+        /// Replication factor, for payhook topics
+        replication_factor: i16 = KAFKA_REPLICATION_FACTOR("1")
+            check::whole(1..=32, "a whole number between 1 and 32");
+        /// Longest wait for the broker's acknowledgement before a webhook gets 503
+        publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
+        /// How long an idle producer lane waits for more records before sending
+        linger: Duration = KAFKA_LINGER("0ms")
+            check::duration_within(Duration::ZERO..=Duration::from_secs(1), "a duration of at most 1s, like 0ms, 2ms");
+        /// Records queued per partition before callers wait (then 503)
+        producer_queue: usize = KAFKA_PRODUCER_QUEUE("4096")
+            check::whole(1..=1_000_000, "a whole number between 1 and 1000000");
+        /// How often the producer looks for partitions added to its topics (consumers look on every lease renewal)
+        kafka_metadata_refresh: Duration = KAFKA_METADATA_REFRESH("30s") check::duration();
+        /// Hard deadline on any single broker call
+        kafka_request_timeout: Duration = KAFKA_REQUEST_TIMEOUT("10s") check::duration();
+        /// Bytes asked for per fetch
+        fetch_max_bytes: i32 = KAFKA_FETCH_MAX_BYTES("4194304")
+            check::whole(65_536..=100 << 20, "a size in bytes between 65536 and 104857600");
+        /// How long the broker may hold a fetch open waiting for data
+        fetch_max_wait: Duration = KAFKA_FETCH_MAX_WAIT("250ms") check::duration();
+    }
+    Consumer {
+        /// Most records applied in one database transaction
+        consumer_max_batch: usize = CONSUMER_MAX_BATCH("2000")
+            check::whole(1..=100_000, "a whole number between 1 and 100000");
+        /// Transient failures of one record before it is dead-lettered (0 = retry without limit)
+        consumer_max_attempts: Option<u32> = CONSUMER_MAX_ATTEMPTS("0") check::attempts();
+        /// How long a partition with lag may go without moving before it is reported stalled
+        consumer_stall_after: Duration = CONSUMER_STALL_AFTER("1m") check::duration();
+        /// How long a partition lease lasts without renewal (renewed every quarter of it)
+        consumer_lease_ttl: Duration = CONSUMER_LEASE_TTL("10s") check::duration();
+        /// How long a dispute waits for the payment it names before it is dead-lettered
+        dispute_payment_wait: Duration = DISPUTE_PAYMENT_WAIT("96h") check::duration();
+        /// How often waiting disputes are counted and the expired ones dead-lettered
+        dispute_sweep_interval: Duration = DISPUTE_SWEEP_INTERVAL("1m") check::duration();
+        /// First pause after a failure (exponential backoff with jitter)
+        retry_backoff_min: Duration = RETRY_BACKOFF_MIN("100ms") check::duration();
+        /// Longest pause between retries
+        retry_backoff_max: Duration = RETRY_BACKOFF_MAX("30s") check::duration();
+    }
+    Process {
+        /// Graceful shutdown limit (exit 1 if exceeded)
+        shutdown_timeout: Duration = SHUTDOWN_TIMEOUT("30s") check::duration();
+        /// Log filter, tracing-subscriber EnvFilter syntax
+        log_filter: String = RUST_LOG("info,rskafka=warn,tokio_postgres=warn") check::log_filter();
+        /// Log format: json, text, or auto (text when stderr is a terminal, JSON otherwise)
+        log_format: LogFormat = LOG_FORMAT("auto") check::log_format();
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines (colored only on a terminal).
+    Text,
+}
+
+/// A list of webhook secrets, as configured. Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(String);
+
+impl Secrets {
+    /// The keys, as `scheme` reads them.
+    pub fn keys(&self, scheme: Scheme) -> Result<Vec<SigningKey>, KeyError> {
+        SigningKey::parse_list(scheme, &self.0)
+    }
+
+    /// The keys as Adyen HMAC keys (hex).
+    pub fn adyen_keys(&self) -> Result<Vec<HmacKey>, HmacKeyError> {
+        HmacKey::parse_list(&self.0)
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
 }
 
 /// How one endpoint's webhooks are signed.
@@ -158,6 +429,7 @@ pub struct WebhookAuth {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VarError {
     pub var: &'static str,
+    /// The value, as far as it may be shown (secrets are redacted).
     pub value: String,
     pub expected: &'static str,
 }
@@ -187,313 +459,79 @@ impl Config {
         Self::from_lookup(|k| map.get(k).cloned())
     }
 
-    /// Reads every setting through `get`, collecting every problem.
+    /// Reads every setting through `get`, collecting every problem. A
+    /// variable `get` does not know takes its default.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader {
             get: &get,
             errors: Vec::new(),
         };
-        let cfg = Config {
-            http_addr: r.parse(
-                "HTTP_ADDR",
-                "127.0.0.1:8080",
-                "an address like 127.0.0.1:8080",
-            ),
-            admin_addr: r.parse_with(
-                "ADMIN_ADDR",
-                "",
-                "an address like 127.0.0.1:9090, or empty for none",
-                |s| {
-                    if s.is_empty() {
-                        Some(None)
-                    } else {
-                        s.parse().ok().map(Some)
-                    }
-                },
-            ),
-            http_max_body_bytes: r.parse_with(
-                "HTTP_MAX_BODY_BYTES",
-                "262144",
-                "a size in bytes between 1024 and 16777216",
-                |s| {
-                    s.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1024..=16 << 20).contains(n))
-                },
-            ),
-            http_retry_after: r.duration("HTTP_RETRY_AFTER", "5s"),
-            http_header_timeout: r.duration("HTTP_HEADER_TIMEOUT", "10s"),
-            http_request_timeout: r.duration("HTTP_REQUEST_TIMEOUT", "30s"),
-            http_max_connections: r.parse_with(
-                "HTTP_MAX_CONNECTIONS",
-                "1024",
-                "a whole number between 1 and 100000",
-                |s| {
-                    s.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=100_000).contains(n))
-                },
-            ),
-            occurred_at_max_future: r.parse_with(
-                "OCCURRED_AT_MAX_FUTURE",
-                "1d",
-                "a duration between 1m and 365d, like 1d",
-                |s| {
-                    humantime::parse_duration(s).ok().filter(|d| {
-                        (Duration::from_secs(60)..=Duration::from_secs(365 * 86_400)).contains(d)
-                    })
-                },
-            ),
-            webhook_verify: r.parse_with("WEBHOOK_VERIFY", "on", "on or off", parse_bool),
-            webhook_tolerance: r.parse_with(
-                "WEBHOOK_TOLERANCE",
-                "5m",
-                "a duration between 1s and 1h, like 5m",
-                |s| {
-                    humantime::parse_duration(s).ok().filter(|d| {
-                        (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d)
-                    })
-                },
-            ),
-            webhook_orders: r.webhook_auth("WEBHOOK_ORDERS_SCHEME", "WEBHOOK_ORDERS_SECRETS"),
-            webhook_chargebacks: r
-                .webhook_auth("WEBHOOK_CHARGEBACKS_SCHEME", "WEBHOOK_CHARGEBACKS_SECRETS"),
-            stripe_secrets: r.secrets(
-                "STRIPE_WEBHOOK_SECRETS",
-                "comma-separated Stripe endpoint secrets, each of at least 16 characters, none empty",
-                |s| SigningKey::parse_list(Scheme::Stripe, s).map_err(|e| e.to_string()),
-            ),
-            stripe_order_id_key: r.key_name("STRIPE_ORDER_ID_KEY", "order_id"),
-            stripe_user_id_key: r.key_name("STRIPE_USER_ID_KEY", "user_id"),
-            adyen_hmac_keys: r.secrets(
-                "ADYEN_HMAC_KEYS",
-                "comma-separated hex HMAC keys, each of at least 32 hex digits, none empty",
-                |s| HmacKey::parse_list(s).map_err(|e| e.to_string()),
-            ),
-            adyen_user_id_key: r.key_name("ADYEN_USER_ID_KEY", "shopperReference"),
-            dispute_payment_wait: r.duration("DISPUTE_PAYMENT_WAIT", "96h"),
-            dispute_sweep_interval: r.duration("DISPUTE_SWEEP_INTERVAL", "1m"),
-            database_url: r.parse_with(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/payhook",
-                "a postgres:// URL",
-                |s| {
-                    let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
-                        && s.parse::<tokio_postgres::Config>().is_ok();
-                    ok.then(|| s.to_owned())
-                },
-            ),
-            database_pool_size: r.parse_with(
-                "DATABASE_POOL_SIZE",
-                "16",
-                "a whole number between 1 and 1000",
-                |s| s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)),
-            ),
-            run_migrations: r.parse_with("RUN_MIGRATIONS", "true", "true or false", parse_bool),
-            kafka_brokers: r.parse_with(
-                "KAFKA_BROKERS",
-                "127.0.0.1:9092",
-                "comma-separated host:port pairs",
-                |s| {
-                    let list: Vec<String> = s
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|b| !b.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    let valid = !list.is_empty()
-                        && list.iter().all(|b| {
-                            b.rsplit_once(':')
-                                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-                        });
-                    valid.then_some(list)
-                },
-            ),
-            orders_topic: r.name("KAFKA_ORDERS_TOPIC", "payments.orders"),
-            disputes_topic: r.name("KAFKA_DISPUTES_TOPIC", "payments.disputes"),
-            orders_consumer_group: r.name("KAFKA_ORDERS_CONSUMER_GROUP", "payhook-orders"),
-            disputes_consumer_group: r.name("KAFKA_DISPUTES_CONSUMER_GROUP", "payhook-disputes"),
-            dlq_topic: r.name("KAFKA_DLQ_TOPIC", "payments.dlq"),
-            partitions: r.parse_with(
-                "KAFKA_PARTITIONS",
-                "8",
-                "a whole number between 1 and 10000",
-                |s| {
-                    s.parse::<u32>()
-                        .ok()
-                        .filter(|n| *n <= 10_000)
-                        .and_then(NonZeroU32::new)
-                },
-            ),
-            replication_factor: r.parse_with(
-                "KAFKA_REPLICATION_FACTOR",
-                "1",
-                "a whole number between 1 and 32",
-                |s| s.parse::<i16>().ok().filter(|n| (1..=32).contains(n)),
-            ),
-            publish_timeout: r.duration("KAFKA_PUBLISH_TIMEOUT", "5s"),
-            linger: r.parse_with(
-                "KAFKA_LINGER",
-                "0ms",
-                "a duration of at most 1s, like 0ms, 2ms",
-                |s| {
-                    humantime::parse_duration(s)
-                        .ok()
-                        .filter(|d| *d <= Duration::from_secs(1))
-                },
-            ),
-            producer_queue: r.parse_with(
-                "KAFKA_PRODUCER_QUEUE",
-                "4096",
-                "a whole number between 1 and 1000000",
-                |s| {
-                    s.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=1_000_000).contains(n))
-                },
-            ),
-            kafka_request_timeout: r.duration("KAFKA_REQUEST_TIMEOUT", "10s"),
-            fetch_max_bytes: r.parse_with(
-                "KAFKA_FETCH_MAX_BYTES",
-                "4194304",
-                "a size in bytes between 65536 and 104857600",
-                |s| {
-                    s.parse::<i32>()
-                        .ok()
-                        .filter(|n| (65_536..=100 << 20).contains(n))
-                },
-            ),
-            fetch_max_wait: r.duration("KAFKA_FETCH_MAX_WAIT", "250ms"),
-            kafka_metadata_refresh: r.duration("KAFKA_METADATA_REFRESH", "30s"),
-            consumer_max_batch: r.parse_with(
-                "CONSUMER_MAX_BATCH",
-                "2000",
-                "a whole number between 1 and 100000",
-                |s| {
-                    s.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=100_000).contains(n))
-                },
-            ),
-            consumer_max_attempts: r.parse_with(
-                "CONSUMER_MAX_ATTEMPTS",
-                "0",
-                "a whole number of attempts (0 = retry without limit)",
-                |s| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
-            ),
-            consumer_stall_after: r.duration("CONSUMER_STALL_AFTER", "1m"),
-            consumer_lease_ttl: r.duration("CONSUMER_LEASE_TTL", "10s"),
-            retry_backoff_min: r.duration("RETRY_BACKOFF_MIN", "100ms"),
-            retry_backoff_max: r.duration("RETRY_BACKOFF_MAX", "30s"),
-            shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT", "30s"),
-        };
-        // Checks that involve more than one field.
-        if cfg.retry_backoff_min > cfg.retry_backoff_max {
-            r.errors.push(VarError {
-                var: "RETRY_BACKOFF_MIN",
-                value: humantime::format_duration(cfg.retry_backoff_min).to_string(),
-                expected: "a duration no longer than RETRY_BACKOFF_MAX",
-            });
-        }
-        if cfg.orders_topic == cfg.disputes_topic {
-            r.errors.push(VarError {
-                var: "KAFKA_DISPUTES_TOPIC",
-                value: cfg.disputes_topic.clone(),
-                expected: "a topic name different from KAFKA_ORDERS_TOPIC",
-            });
-        }
-        if cfg.dlq_topic == cfg.orders_topic || cfg.dlq_topic == cfg.disputes_topic {
-            r.errors.push(VarError {
-                var: "KAFKA_DLQ_TOPIC",
-                value: cfg.dlq_topic.clone(),
-                expected: "a topic name different from the orders and disputes topics",
-            });
-        }
+        let cfg = Config::read_all(&mut r);
+        cfg.check_together(&mut r.errors);
         if r.errors.is_empty() {
             Ok(cfg)
         } else {
+            // In the order of the table, whichever check found them.
+            let place = |v: &str| SETTINGS.iter().position(|s| s.env == v);
+            r.errors.sort_by_key(|e| place(e.var));
             Err(ConfigError(r.errors))
         }
     }
-}
 
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Kafka's own rule for topic names, also used for consumer group names so
-/// they stay readable in logs and SQL.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 249
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-struct Reader<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<VarError>,
-}
-
-impl Reader<'_> {
-    fn parse_with<T>(
-        &mut self,
-        var: &'static str,
-        default: &str,
-        expected: &'static str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> T {
-        let raw = (self.get)(var);
-        let value = raw.as_deref().map(str::trim).unwrap_or(default);
-        match parse(value) {
-            Some(v) => v,
-            None => {
-                self.errors.push(VarError {
-                    var,
-                    value: value.to_owned(),
-                    expected,
-                });
-                // Fall back to the default so the remaining checks can run;
-                // the error is reported and start-up stops.
-                parse(default).expect("every default parses")
-            }
+    /// Checks that involve more than one setting.
+    fn check_together(&self, errors: &mut Vec<VarError>) {
+        if self.retry_backoff_min > self.retry_backoff_max {
+            errors.push(VarError {
+                var: "RETRY_BACKOFF_MIN",
+                value: humantime::format_duration(self.retry_backoff_min).to_string(),
+                expected: "a duration no longer than RETRY_BACKOFF_MAX",
+            });
         }
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &mut self,
-        var: &'static str,
-        default: &str,
-        expected: &'static str,
-    ) -> T {
-        self.parse_with(var, default, expected, |s| s.parse().ok())
-    }
-
-    fn duration(&mut self, var: &'static str, default: &str) -> Duration {
-        self.parse_with(
-            var,
-            default,
-            "a duration like 250ms, 5s or 1m (more than zero)",
-            |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
-        )
-    }
-
-    /// A scheme and its secrets. A refused secret list is reported without
-    /// its value: it would put the secrets in the log.
-    fn webhook_auth(&mut self, scheme_var: &'static str, secrets_var: &'static str) -> WebhookAuth {
-        let scheme = self.parse_with(scheme_var, "standard", "standard or stripe", Scheme::parse);
-        let raw = (self.get)(secrets_var).unwrap_or_default();
-        let secrets = match SigningKey::parse_list(scheme, &raw) {
-            Ok(keys) => keys,
-            Err(e) => {
-                self.errors.push(VarError {
-                    var: secrets_var,
+        if self.orders_topic == self.disputes_topic {
+            errors.push(VarError {
+                var: "KAFKA_DISPUTES_TOPIC",
+                value: self.disputes_topic.clone(),
+                expected: "a topic name different from KAFKA_ORDERS_TOPIC",
+            });
+        }
+        if self.dlq_topic == self.orders_topic || self.dlq_topic == self.disputes_topic {
+            errors.push(VarError {
+                var: "KAFKA_DLQ_TOPIC",
+                value: self.dlq_topic.clone(),
+                expected: "a topic name different from the orders and disputes topics",
+            });
+        }
+        // Secrets are read the way their endpoint's scheme reads them. The
+        // refusal names the reason, never the value.
+        if let Err(e) = self.stripe_webhook_secrets.keys(Scheme::Stripe) {
+            errors.push(VarError {
+                var: "STRIPE_WEBHOOK_SECRETS",
+                value: format!("<redacted: {e}>"),
+                expected: "comma-separated Stripe endpoint secrets, each of at least 16 characters, none empty",
+            });
+        }
+        if let Err(e) = self.adyen_hmac_keys.adyen_keys() {
+            errors.push(VarError {
+                var: "ADYEN_HMAC_KEYS",
+                value: format!("<redacted: {e}>"),
+                expected: "comma-separated hex HMAC keys, each of at least 32 hex digits, none empty",
+            });
+        }
+        for (var, scheme, secrets) in [
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                self.webhook_orders_scheme,
+                &self.webhook_orders_secrets,
+            ),
+            (
+                "WEBHOOK_CHARGEBACKS_SECRETS",
+                self.webhook_chargebacks_scheme,
+                &self.webhook_chargebacks_secrets,
+            ),
+        ] {
+            if let Err(e) = secrets.keys(scheme) {
+                errors.push(VarError {
+                    var,
                     value: format!("<redacted: {e}>"),
                     expected: match scheme {
                         Scheme::Standard => {
@@ -504,50 +542,283 @@ impl Reader<'_> {
                         }
                     },
                 });
-                Vec::new()
             }
-        };
-        WebhookAuth { scheme, secrets }
+        }
     }
 
-    /// A list of secrets; a refused one is reported without its value.
-    fn secrets<T>(
+    /// Scheme and keys of the payment endpoint.
+    pub fn webhook_orders(&self) -> WebhookAuth {
+        auth(self.webhook_orders_scheme, &self.webhook_orders_secrets)
+    }
+
+    /// Scheme and keys of the chargeback endpoint.
+    pub fn webhook_chargebacks(&self) -> WebhookAuth {
+        auth(
+            self.webhook_chargebacks_scheme,
+            &self.webhook_chargebacks_secrets,
+        )
+    }
+
+    /// The Stripe endpoint's active secrets (none if unreadable: see
+    /// [`auth`]).
+    pub fn stripe_secrets(&self) -> Vec<SigningKey> {
+        self.stripe_webhook_secrets
+            .keys(Scheme::Stripe)
+            .unwrap_or_default()
+    }
+
+    /// The Adyen endpoint's active HMAC keys (none if unreadable).
+    pub fn adyen_keys(&self) -> Vec<HmacKey> {
+        self.adyen_hmac_keys.adyen_keys().unwrap_or_default()
+    }
+}
+
+/// Validated with the rest of the configuration; a list changed since then
+/// and no longer readable counts as no secret, so verification refuses to
+/// start rather than accept anything.
+fn auth(scheme: Scheme, secrets: &Secrets) -> WebhookAuth {
+    WebhookAuth {
+        scheme,
+        secrets: secrets.keys(scheme).unwrap_or_default(),
+    }
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<VarError>,
+}
+
+impl Reader<'_> {
+    fn read<T>(
         &mut self,
         var: &'static str,
+        default: &str,
+        secrecy: Secrecy,
+        check: Check<impl Fn(&str) -> Option<T>>,
+    ) -> T {
+        let raw = (self.get)(var);
+        let value = raw.as_deref().map(str::trim).unwrap_or(default);
+        match (check.parse)(value) {
+            Some(v) => v,
+            None => {
+                self.errors.push(VarError {
+                    var,
+                    value: secrecy.show(value),
+                    expected: check.expected,
+                });
+                // Fall back to the default so the remaining checks can run;
+                // the error is reported and start-up stops. A test reads the
+                // whole table with no variable set.
+                (check.parse)(default).expect("every default passes its check")
+            }
+        }
+    }
+}
+
+/// The checks settings use. Each one is the expected form, as error
+/// messages state it, and the parser that accepts exactly that form.
+pub mod check {
+    use std::{num::NonZeroU32, ops::RangeInclusive, str::FromStr, time::Duration};
+
+    use super::{Check, LogFormat, Secrets};
+    use crate::providers::signature::Scheme;
+
+    /// Anything `FromStr` reads.
+    pub fn from_str<T: FromStr>(expected: &'static str) -> Check<impl Fn(&str) -> Option<T>> {
+        Check {
+            expected,
+            parse: |s: &str| s.parse().ok(),
+        }
+    }
+
+    /// A number within `range`.
+    pub fn whole<T: FromStr + PartialOrd>(
+        range: RangeInclusive<T>,
         expected: &'static str,
-        parse: impl Fn(&str) -> Result<Vec<T>, String>,
-    ) -> Vec<T> {
-        let raw = (self.get)(var).unwrap_or_default();
-        parse(&raw).unwrap_or_else(|why| {
-            self.errors.push(VarError {
-                var,
-                value: format!("<redacted: {why}>"),
-                expected,
-            });
-            Vec::new()
-        })
+    ) -> Check<impl Fn(&str) -> Option<T>> {
+        Check {
+            expected,
+            parse: move |s: &str| s.parse().ok().filter(|n| range.contains(n)),
+        }
+    }
+
+    /// A humantime duration of more than zero.
+    pub fn duration() -> Check<impl Fn(&str) -> Option<Duration>> {
+        Check {
+            expected: "a duration like 250ms, 5s or 1m (more than zero)",
+            parse: |s: &str| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+        }
+    }
+
+    /// A humantime duration within `range`.
+    pub fn duration_within(
+        range: RangeInclusive<Duration>,
+        expected: &'static str,
+    ) -> Check<impl Fn(&str) -> Option<Duration>> {
+        Check {
+            expected,
+            parse: move |s: &str| {
+                humantime::parse_duration(s)
+                    .ok()
+                    .filter(|d| range.contains(d))
+            },
+        }
+    }
+
+    /// true/false, on/off, yes/no, 1/0.
+    pub fn switch(expected: &'static str) -> Check<impl Fn(&str) -> Option<bool>> {
+        Check {
+            expected,
+            parse: |s: &str| match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
+                _ => None,
+            },
+        }
+    }
+
+    /// Kafka's own rule for topic names, also used for consumer group names
+    /// so they stay readable in logs and SQL.
+    pub fn name() -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected: "1 to 249 characters of a-z, A-Z, 0-9, '.', '_' or '-'",
+            parse: |s: &str| {
+                let ok = !s.is_empty()
+                    && s.len() <= 249
+                    && s != "."
+                    && s != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                ok.then(|| s.to_owned())
+            },
+        }
+    }
+
+    pub fn brokers() -> Check<impl Fn(&str) -> Option<Vec<String>>> {
+        Check {
+            expected: "comma-separated host:port pairs",
+            parse: |s: &str| {
+                let list: Vec<String> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let valid = !list.is_empty()
+                    && list.iter().all(|b| {
+                        b.rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                    });
+                valid.then_some(list)
+            },
+        }
+    }
+
+    pub fn postgres_url() -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected: "a postgres:// URL",
+            parse: |s: &str| {
+                let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
+                    && s.parse::<tokio_postgres::Config>().is_ok();
+                ok.then(|| s.to_owned())
+            },
+        }
+    }
+
+    pub fn partitions() -> Check<impl Fn(&str) -> Option<NonZeroU32>> {
+        Check {
+            expected: "a whole number between 1 and 10000",
+            parse: |s: &str| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= 10_000)
+                    .and_then(NonZeroU32::new)
+            },
+        }
+    }
+
+    /// A count where 0 means "no limit".
+    pub fn attempts() -> Check<impl Fn(&str) -> Option<Option<u32>>> {
+        Check {
+            expected: "a whole number of attempts (0 = retry without limit)",
+            parse: |s: &str| s.parse::<u32>().ok().map(|n| (n > 0).then_some(n)),
+        }
+    }
+
+    pub fn scheme() -> Check<impl Fn(&str) -> Option<Scheme>> {
+        Check {
+            expected: "standard or stripe",
+            parse: Scheme::parse,
+        }
+    }
+
+    /// Kept as given; read against the endpoint's scheme in
+    /// `Config::check_together`, where the reason can be named.
+    pub fn secrets() -> Check<impl Fn(&str) -> Option<Secrets>> {
+        Check {
+            expected: "comma-separated secrets",
+            parse: |s: &str| Some(Secrets(s.to_owned())),
+        }
     }
 
     /// A key in a provider's metadata: 1 to 40 visible ASCII characters.
-    fn key_name(&mut self, var: &'static str, default: &str) -> String {
-        self.parse_with(
-            var,
-            default,
-            "1 to 40 visible ASCII characters, like order_id",
-            |s| {
+    pub fn metadata_key() -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected: "1 to 40 visible ASCII characters, like order_id",
+            parse: |s: &str| {
                 (!s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_graphic()))
                     .then(|| s.to_owned())
             },
-        )
+        }
     }
 
-    fn name(&mut self, var: &'static str, default: &str) -> String {
-        self.parse_with(
-            var,
-            default,
-            "1 to 249 characters of a-z, A-Z, 0-9, '.', '_' or '-'",
-            |s| valid_name(s).then(|| s.to_owned()),
-        )
+    /// Empty means "not set" (`None`); anything else must pass `inner`.
+    /// For settings without a default, e.g. `KAFKA_SASL_USERNAME("")`.
+    pub fn optional<T>(
+        inner: Check<impl Fn(&str) -> Option<T>>,
+    ) -> Check<impl Fn(&str) -> Option<Option<T>>> {
+        Check {
+            expected: inner.expected,
+            parse: move |s: &str| {
+                if s.is_empty() {
+                    Some(None)
+                } else {
+                    (inner.parse)(s).map(Some)
+                }
+            },
+        }
+    }
+
+    /// Any text (a user name, a path).
+    pub fn text(expected: &'static str) -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected,
+            parse: |s: &str| Some(s.to_owned()),
+        }
+    }
+
+    pub fn log_filter() -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected: "a tracing filter like info,rskafka=warn or payhook=debug",
+            parse: |s: &str| {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(s)
+                    .ok()
+                    .map(|_| s.to_owned())
+            },
+        }
+    }
+
+    pub fn log_format() -> Check<impl Fn(&str) -> Option<LogFormat>> {
+        Check {
+            expected: "json, text or auto",
+            parse: |s: &str| match s.to_ascii_lowercase().as_str() {
+                "auto" => Some(LogFormat::Auto),
+                "json" => Some(LogFormat::Json),
+                "text" => Some(LogFormat::Text),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -577,17 +848,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_humantime() {
-        let c = cfg(&[
-            ("KAFKA_PUBLISH_TIMEOUT", "250ms"),
-            ("SHUTDOWN_TIMEOUT", "1m"),
-        ])
-        .unwrap();
-        assert_eq!(c.publish_timeout, Duration::from_millis(250));
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
-    }
-
-    #[test]
     fn occurred_at_max_future_defaults_to_a_day_and_is_bounded() {
         assert_eq!(
             cfg(&[]).unwrap().occurred_at_max_future,
@@ -599,6 +859,28 @@ mod tests {
             let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
             assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
         }
+    }
+
+    #[test]
+    fn admin_addr_is_optional() {
+        assert_eq!(cfg(&[]).unwrap().admin_addr, None);
+        let c = cfg(&[("ADMIN_ADDR", "127.0.0.1:9090")]).unwrap();
+        assert_eq!(c.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            cfg(&[("ADMIN_ADDR", "nowhere")]).unwrap_err().0[0].var,
+            "ADMIN_ADDR"
+        );
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let c = cfg(&[
+            ("KAFKA_PUBLISH_TIMEOUT", "250ms"),
+            ("SHUTDOWN_TIMEOUT", "1m"),
+        ])
+        .unwrap();
+        assert_eq!(c.publish_timeout, Duration::from_millis(250));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -678,71 +960,13 @@ mod tests {
     }
 
     #[test]
-    fn provider_settings_have_defaults_and_secrets_are_never_echoed() {
-        let c = cfg(&[]).unwrap();
-        assert!(c.stripe_secrets.is_empty() && c.adyen_hmac_keys.is_empty());
-        assert_eq!(
-            (
-                c.stripe_order_id_key.as_str(),
-                c.stripe_user_id_key.as_str()
-            ),
-            ("order_id", "user_id")
-        );
-        assert_eq!(c.adyen_user_id_key, "shopperReference");
-        assert_eq!(c.dispute_payment_wait, Duration::from_secs(96 * 3600));
-        assert_eq!(c.dispute_sweep_interval, Duration::from_secs(60));
-        let c = cfg(&[
-            (
-                "STRIPE_WEBHOOK_SECRETS",
-                "whsec_stripe_test_secret_0123456789,whsec_stripe_rotated_secret_abcdef",
-            ),
-            (
-                "ADYEN_HMAC_KEYS",
-                "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
-            ),
-            ("STRIPE_ORDER_ID_KEY", "payhook_order"),
-            ("DISPUTE_PAYMENT_WAIT", "2s"),
-        ])
-        .unwrap();
-        assert_eq!(c.stripe_secrets.len(), 2);
-        assert_eq!(c.adyen_hmac_keys.len(), 1);
-        assert_eq!(c.stripe_order_id_key, "payhook_order");
-        assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
-        let err = cfg(&[
-            ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
-            (
-                "ADYEN_HMAC_KEYS",
-                "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ",
-            ),
-            ("STRIPE_USER_ID_KEY", "has space"),
-            ("DISPUTE_PAYMENT_WAIT", "0s"),
-        ])
-        .unwrap_err();
-        let vars: Vec<&str> = err.0.iter().map(|e| e.var).collect();
-        assert_eq!(
-            vars,
-            [
-                "STRIPE_WEBHOOK_SECRETS",
-                "STRIPE_USER_ID_KEY",
-                "ADYEN_HMAC_KEYS",
-                "DISPUTE_PAYMENT_WAIT"
-            ]
-        );
-        let text = err.to_string();
-        assert!(
-            !text.contains("short_secret_x") && !text.contains("44782"),
-            "{text}"
-        );
-    }
-
-    #[test]
     fn webhook_verification_is_on_by_default_with_standard_scheme() {
         let c = cfg(&[]).unwrap();
         assert!(c.webhook_verify);
         assert_eq!(c.webhook_tolerance, Duration::from_secs(300));
-        assert_eq!(c.webhook_orders.scheme, Scheme::Standard);
-        assert_eq!(c.webhook_chargebacks.scheme, Scheme::Standard);
-        assert!(c.webhook_orders.secrets.is_empty());
+        assert_eq!(c.webhook_orders().scheme, Scheme::Standard);
+        assert_eq!(c.webhook_chargebacks().scheme, Scheme::Standard);
+        assert!(c.webhook_orders().secrets.is_empty());
         let c = cfg(&[
             ("WEBHOOK_VERIFY", "off"),
             ("WEBHOOK_TOLERANCE", "90s"),
@@ -756,9 +980,9 @@ mod tests {
         .unwrap();
         assert!(!c.webhook_verify);
         assert_eq!(c.webhook_tolerance, Duration::from_secs(90));
-        assert_eq!(c.webhook_orders.secrets.len(), 2);
-        assert_eq!(c.webhook_chargebacks.scheme, Scheme::Stripe);
-        assert_eq!(c.webhook_chargebacks.secrets.len(), 1);
+        assert_eq!(c.webhook_orders().secrets.len(), 2);
+        assert_eq!(c.webhook_chargebacks().scheme, Scheme::Stripe);
+        assert_eq!(c.webhook_chargebacks().secrets.len(), 1);
     }
 
     #[test]
@@ -801,8 +1025,128 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_masked_wherever_they_sit() {
+        assert_eq!(
+            mask_password("postgres://app:pw@db:5432/x?sslmode=require"),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(mask_password("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            mask_password("postgres://db/x?user=a&password=pw"),
+            "postgres://db/<redacted>"
+        );
+        assert_eq!(
+            mask_password("host=db password=pw"),
+            "<redacted: not a URL>"
+        );
+    }
+
+    #[test]
+    fn debug_output_keeps_secrets_out() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://app:hunter2pw@db:5432/payhook"),
+            (
+                "WEBHOOK_ORDERS_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db:5432/payhook"),
+            "{shown}"
+        );
+        assert!(shown.contains("http_addr: 127.0.0.1:8080"), "{shown}");
+    }
+
+    #[test]
+    fn optional_checks_take_empty_as_unset() {
+        let c = check::optional(check::whole(1..=9, "a digit"));
+        assert_eq!((c.parse)(""), Some(None));
+        assert_eq!((c.parse)("7"), Some(Some(7)));
+        assert_eq!((c.parse)("70"), None);
+        assert_eq!(c.expected, "a digit");
+    }
+
+    #[test]
+    fn every_setting_is_declared_once_with_a_help_line_and_an_expected_form() {
+        let mut seen = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(seen.insert(s.env), "{} declared twice", s.env);
+            assert!(!s.help.is_empty() && !s.help.contains('\n'), "{}", s.env);
+            assert!(!s.expected().is_empty(), "{}", s.env);
+        }
+    }
+
+    #[test]
     fn brokers_list_is_split_and_trimmed() {
         let c = cfg(&[("KAFKA_BROKERS", "a:9092, b:9093 ,")]).unwrap();
         assert_eq!(c.kafka_brokers, ["a:9092", "b:9093"]);
+    }
+
+    #[test]
+    fn provider_settings_have_defaults_and_secrets_are_never_echoed() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.stripe_secrets().is_empty() && c.adyen_keys().is_empty());
+        assert_eq!(
+            (
+                c.stripe_order_id_key.as_str(),
+                c.stripe_user_id_key.as_str()
+            ),
+            ("order_id", "user_id")
+        );
+        assert_eq!(c.adyen_user_id_key, "shopperReference");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(96 * 3600));
+        assert_eq!(c.dispute_sweep_interval, Duration::from_secs(60));
+        let c = cfg(&[
+            (
+                "STRIPE_WEBHOOK_SECRETS",
+                "whsec_stripe_test_secret_0123456789,whsec_stripe_rotated_secret_abcdef",
+            ),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+            ),
+            ("STRIPE_ORDER_ID_KEY", "payhook_order"),
+            ("DISPUTE_PAYMENT_WAIT", "2s"),
+        ])
+        .unwrap();
+        assert_eq!(c.stripe_secrets().len(), 2);
+        assert_eq!(c.adyen_keys().len(), 1);
+        assert_eq!(c.stripe_order_id_key, "payhook_order");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
+        let err = cfg(&[
+            ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ",
+            ),
+            ("STRIPE_USER_ID_KEY", "has space"),
+            ("DISPUTE_PAYMENT_WAIT", "0s"),
+        ])
+        .unwrap_err();
+        let mut vars: Vec<&str> = err.0.iter().map(|e| e.var).collect();
+        vars.sort_unstable();
+        assert_eq!(
+            vars,
+            [
+                "ADYEN_HMAC_KEYS",
+                "DISPUTE_PAYMENT_WAIT",
+                "STRIPE_USER_ID_KEY",
+                "STRIPE_WEBHOOK_SECRETS",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            !text.contains("short_secret_x") && !text.contains("44782"),
+            "{text}"
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("stripe_test") && !shown.contains("44782"),
+            "{shown}"
+        );
     }
 }

@@ -29,8 +29,13 @@
 //!   carry out the domain's decisions, and the stored consumer offsets.
 //! - [`error`]: the one place that classifies failures as transient or
 //!   permanent, and the one retry policy ([`error::Backoff`]).
-//! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
+//! - [`metrics`]: Prometheus metrics, served at `GET /metrics`, including
+//!   `payhook_build_info` from [`version`].
+//! - [`logging`]: JSON or text log lines, one field vocabulary everywhere.
 //! - [`app`]: wiring and shutdown: `serve`, `migrate`, `topics`, `dlq`.
+//!   `main.rs` holds the command line; its settings come from [`config`]
+//!   ([`config::cli`] turns them into flags with their environment
+//!   variables).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -39,6 +44,8 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod messaging;
 pub mod metrics;
 pub mod providers;
+pub mod version;

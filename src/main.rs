@@ -1,18 +1,32 @@
 //! The `payhook` binary: parse the command line, set up logging, hand over to
 //! [`payhook::app`].
 
-use std::process::ExitCode;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
-use payhook::{app, config::Config};
+use payhook::{
+    app,
+    config::{
+        Config,
+        cli::{self, Settings},
+    },
+    http::probe,
+    logging,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Payment webhooks over HTTP, queued in Kafka, applied to Postgres exactly
-/// once, in order per order. Configuration comes from the environment; see
-/// `.env.example`.
+/// once, in order per order.
+///
+/// Every setting is a flag and an environment variable (the flag wins);
+/// `payhook <command> --help` lists them with their defaults.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = payhook::version::LONG, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,22 +35,43 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve HTTP and consume both topics until SIGINT or SIGTERM.
-    Serve,
+    Serve(#[command(flatten)] Settings<{ cli::ALL }>),
     /// Apply the database migrations in `sql/` and exit.
-    Migrate,
+    Migrate(#[command(flatten)] Settings<{ cli::DATABASE }>),
     /// Create the orders, disputes and dead-letter topics (KAFKA_PARTITIONS
     /// partitions); topics that exist are left alone.
-    Topics,
+    Topics(#[command(flatten)] Settings<{ cli::KAFKA }>),
     /// Inspect and replay dead letters (KAFKA_DLQ_TOPIC).
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Print the consumer fleet from Postgres: members, their last
     /// heartbeat, which partitions each owns, each partition's stored offset,
     /// log end and lag.
-    Status,
+    Status(#[command(flatten)] Settings<{ cli::KAFKA_AND_DATABASE }>),
     /// Move a consumer's stored position deliberately.
     #[command(subcommand)]
     Offsets(OffsetsCommand),
+    /// Check the configuration and print every setting's effective value
+    /// (secrets redacted); exit 2 if any is invalid.
+    Config(#[command(flatten)] Settings<{ cli::ALL }>),
+    /// Probe a running payhook's /healthz (or /readyz): exit 0 on a 2xx
+    /// answer, 1 otherwise. For container health checks: needs no shell or
+    /// curl.
+    Healthcheck {
+        /// URL to probe [default: http://<HTTP_ADDR>/healthz, with an
+        /// unspecified address (0.0.0.0, ::) probed on loopback]
+        #[arg(long)]
+        url: Option<String>,
+        /// Probe /readyz (broker and database answer) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// The address payhook listens on.
+        #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +94,8 @@ enum OffsetsCommand {
         /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        settings: Settings<{ cli::KAFKA_AND_DATABASE }>,
     },
 }
 
@@ -69,6 +106,8 @@ enum DlqCommand {
         /// Print full error messages instead of cutting them at 80 characters.
         #[arg(long)]
         full: bool,
+        #[command(flatten)]
+        settings: Settings<{ cli::KAFKA }>,
     },
     /// Re-publish selected dead letters, unchanged, to their source topics.
     /// Replaying an event that was already applied is harmless.
@@ -88,36 +127,60 @@ enum DlqCommand {
         /// Show what would be replayed; publish nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        settings: Settings<{ cli::KAFKA }>,
     },
+}
+
+/// The checked configuration, or exit 2 with every problem listed.
+fn config<const S: u8>(settings: &Settings<S>) -> Result<Config, ExitCode> {
+    settings.config().map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rskafka=warn,tokio_postgres=warn".into()),
-        )
-        .init();
-    let cfg = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    let cfg = match &cli.command {
+        Command::Serve(s) | Command::Config(s) => config(s),
+        Command::Migrate(s) => config(s),
+        Command::Topics(s)
+        | Command::Dlq(DlqCommand::List { settings: s, .. })
+        | Command::Dlq(DlqCommand::Replay { settings: s, .. }) => config(s),
+        Command::Offsets(OffsetsCommand::Reset { settings: s, .. }) | Command::Status(s) => {
+            config(s)
         }
+        Command::Healthcheck {
+            url,
+            ready,
+            http_addr,
+            timeout,
+        } => return healthcheck(url.as_deref(), *ready, *http_addr, *timeout),
     };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Command::Config(s) = &cli.command {
+        for line in s.effective() {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&cfg.log_filter, cfg.log_format);
     let rt = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Serve => serve(cfg).await,
-            Command::Migrate => match app::migrate(&cfg).await {
+            Command::Serve(_) => serve(cfg).await,
+            Command::Migrate(_) => match app::migrate(&cfg).await {
                 Ok(v) => {
                     info!(applied = ?v, "migrations up to date");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             },
-            Command::Topics => match app::create_topics(&cfg).await {
+            Command::Topics(_) => match app::create_topics(&cfg).await {
                 Ok(v) => {
                     for (topic, created) in v {
                         let what = if created { "created" } else { "exists" };
@@ -127,7 +190,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             },
-            Command::Status => match app::fleet_status(&cfg).await {
+            Command::Status(_) => match app::fleet_status(&cfg).await {
                 Ok(s) => {
                     print_status(&s);
                     ExitCode::SUCCESS
@@ -139,6 +202,7 @@ fn main() -> ExitCode {
                 partition,
                 to,
                 dry_run,
+                ..
             }) => match app::offsets_reset(&cfg, &topic, partition, to, dry_run).await {
                 Ok(r) => {
                     let verb = if r.applied { "moved" } else { "would move" };
@@ -151,7 +215,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             },
-            Command::Dlq(DlqCommand::List { full }) => match app::dlq_list(&cfg).await {
+            Command::Dlq(DlqCommand::List { full, .. }) => match app::dlq_list(&cfg).await {
                 Ok(letters) => {
                     print_dead_letters(&letters, full);
                     ExitCode::SUCCESS
@@ -164,6 +228,7 @@ fn main() -> ExitCode {
                 from,
                 to,
                 dry_run,
+                ..
             }) => {
                 let sel = app::ReplaySelection {
                     event_ids,
@@ -198,8 +263,48 @@ fn main() -> ExitCode {
                     Err(e) => fail(e),
                 }
             }
+            Command::Config(_) | Command::Healthcheck { .. } => unreachable!("handled above"),
         }
     })
+}
+
+/// `payhook healthcheck`: exit 0 on a 2xx, 1 otherwise (what Docker's
+/// HEALTHCHECK expects).
+fn healthcheck(url: Option<&str>, ready: bool, addr: SocketAddr, timeout: Duration) -> ExitCode {
+    let url = match url {
+        Some(u) => u.to_owned(),
+        None => {
+            let mut addr = addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let path = if ready { "/readyz" } else { "/healthz" };
+            format!("http://{addr}{path}")
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(probe::probe(&url, timeout)) {
+        Ok(status) => {
+            println!("healthy: {url} answered {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_dead_letters(letters: &[payhook::messaging::dlq::DeadLetter], full: bool) {

@@ -3,7 +3,12 @@
 //! What an operator needs to trust the pipeline: how many webhooks were
 //! answered and how, how long the broker took to acknowledge, how far each
 //! partition's consumer is behind, and how many records were applied,
-//! repeated, retried or dead-lettered.
+//! repeated, retried or dead-lettered, and which build is running
+//! (`payhook_build_info{version,revision} 1`).
+//!
+//! `deploy/grafana/payhook.json` and `deploy/prometheus/alerts.yml` are
+//! built on these names; a test (`tests/it/ops.rs`) fails if they refer to
+//! a metric this module does not export.
 
 use std::sync::Arc;
 
@@ -30,6 +35,12 @@ pub struct IgnoredLabels {
     pub provider: &'static str,
     /// The provider's event type (sanitized: `crate::providers::type_label`).
     pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub revision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +96,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("payhook");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: crate::version::VERSION,
+                revision: crate::version::REVISION,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; its labels say which version and git revision is running",
+            build_info,
+        );
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -183,6 +206,25 @@ impl Metrics {
         }
     }
 
+    /// A consumer of `topic` started: its record and retry counters exist
+    /// from now on, at 0, so rates and alerts see them before the first
+    /// event (prometheus-client shows a labelled family only once it has a
+    /// sample; the partition gauges come from `messaging::health`).
+    pub fn consumer_started(&self, topic: &str) {
+        for outcome in ["applied", "duplicate", "dead_lettered"] {
+            let _ = self.records.get_or_create(&RecordLabels {
+                topic: topic.to_owned(),
+                outcome,
+            });
+        }
+        for outcome in ["transient", "permanent"] {
+            let _ = self.retries.get_or_create(&RecordLabels {
+                topic: topic.to_owned(),
+                outcome,
+            });
+        }
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -219,5 +261,30 @@ mod tests {
             text.contains(r#"payhook_consumer_lag{topic="t",partition="1"} 42"#),
             "{text}"
         );
+        let build = format!(
+            r#"payhook_build_info{{version="{}",revision="{}"}} 1"#,
+            crate::version::VERSION,
+            crate::version::REVISION
+        );
+        assert!(text.contains(&build), "{text}");
+    }
+
+    #[test]
+    fn a_started_consumer_shows_its_counters_at_zero() {
+        // prometheus-client leaves a labelled family out of the exposition
+        // (no HELP, no TYPE) until it has a sample...
+        let m = Metrics::new();
+        assert!(!m.render().contains("# TYPE payhook_consumer_records "));
+        // ...so the consumer creates its counters when it starts.
+        m.consumer_started("t");
+        let text = m.render();
+        for line in [
+            r#"payhook_consumer_records_total{topic="t",outcome="applied"} 0"#,
+            r#"payhook_consumer_records_total{topic="t",outcome="dead_lettered"} 0"#,
+            r#"payhook_consumer_retries_total{topic="t",outcome="transient"} 0"#,
+            r#"payhook_consumer_retries_total{topic="t",outcome="permanent"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+        }
     }
 }

@@ -49,11 +49,11 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         publisher: Arc::new(producer),
         orders: Endpoint {
             topic: cfg.orders_topic.clone(),
-            verifier: verifier(&cfg.webhook_orders),
+            verifier: verifier(&cfg.webhook_orders()),
         },
         chargebacks: Endpoint {
             topic: cfg.disputes_topic.clone(),
-            verifier: verifier(&cfg.webhook_chargebacks),
+            verifier: verifier(&cfg.webhook_chargebacks()),
         },
         readiness: Arc::new(ServiceProbe {
             kafka: env.kafka.clone(),
@@ -186,10 +186,12 @@ async fn child_rss(profile: &Profile) -> Row {
         .env("KAFKA_DLQ_TOPIC", &env.dlq_topic)
         .env("WEBHOOK_ORDERS_SECRETS", crate::load::BENCH_SECRET)
         .env("WEBHOOK_CHARGEBACKS_SECRETS", crate::load::BENCH_SECRET)
-        // Its default log level (`info`: a line per accepted webhook), as it
-        // would run in production; the lines go nowhere.
+        // Its default log level and format, as it would run in production
+        // (`info`; JSON, stderr not being a terminal); the lines go nowhere.
         .env_remove("RUST_LOG")
+        .env_remove("LOG_FORMAT")
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .envs(profile.payhook_overrides())
         .spawn()
         .expect("start payhook");

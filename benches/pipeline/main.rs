@@ -5,7 +5,9 @@
 //! - `ceilings`: raw produce to the broker and raw inserts into Postgres;
 //! - `ingest`: HTTP in-process at fixed concurrencies and a fixed rate;
 //! - `consume`: a pre-filled topic drained into Postgres;
-//! - `e2e`: 202 → committed row at a fixed rate.
+//! - `e2e`: 202 → committed row at a fixed rate;
+//! - `fleet`: consume throughput with 1, 2 and 3 `payhook serve` processes
+//!   sharing the partitions.
 //!
 //! They run in this order: the per-record produce ceilings, ingest, the bulk
 //! produce and insert ceilings (which build all their records up front, so
@@ -13,7 +15,7 @@
 //!
 //! `PAYHOOK_BENCH_PROFILE=full` for real figures; the default `short`
 //! profile is a quick look. Results: a table per section and
-//! `target/bench/{ceilings,ingest,consume,e2e}.json`.
+//! `target/bench/{ceilings,ingest,consume,e2e,fleet}.json`.
 //!
 //! The services come from `./scripts/services up` (or
 //! `PAYHOOK_TEST_DATABASE_URL` / `PAYHOOK_TEST_KAFKA_BROKERS`); without them
@@ -23,6 +25,7 @@ mod ceilings;
 mod consume;
 mod e2e;
 mod env;
+mod fleet;
 mod ingest;
 mod load;
 mod report;
@@ -40,6 +43,8 @@ pub struct Profile {
     pub rate: u64,
     pub rate_conns: usize,
     pub consume_n: u64,
+    /// Backlog drained by 1, 2 and 3 processes in the fleet section.
+    pub fleet_n: u64,
     pub produce_ceiling_n: u64,
     pub insert_ceiling_n: u64,
 }
@@ -60,6 +65,7 @@ impl Profile {
             rate: 2000,
             rate_conns: 128,
             consume_n: 30_000,
+            fleet_n: 60_000,
             produce_ceiling_n: 50_000,
             insert_ceiling_n: 30_000,
         };
@@ -69,6 +75,7 @@ impl Profile {
                 warmup: Duration::from_secs(3),
                 measure: Duration::from_secs(15),
                 consume_n: 200_000,
+                fleet_n: 200_000,
                 produce_ceiling_n: 200_000,
                 insert_ceiling_n: 200_000,
                 ..base
@@ -185,6 +192,10 @@ fn main() {
         if on("e2e") {
             let rows = e2e::run(&profile).await;
             publish("e2e", profile.name, &rows);
+        }
+        if on("fleet") {
+            let rows = fleet::run(&profile).await;
+            publish("fleet", profile.name, &rows);
         }
     });
 }

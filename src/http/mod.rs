@@ -7,8 +7,11 @@
 //! - [`signature`]: re-exported from [`crate::providers::signature`], where
 //!   the signature schemes now live with the providers that use them.
 //! - [`error`]: the one place that turns errors into HTTP answers.
+//! - [`probe`]: the client side of `/healthz` and `/readyz`, for
+//!   `payhook healthcheck`.
 
 pub mod error;
+pub mod probe;
 pub mod routes;
 pub mod server;
 

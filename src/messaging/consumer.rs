@@ -303,6 +303,7 @@ impl PartitionConsumer {
         backoff.reset();
         health.started(&topic, partition, pos.next);
         info!(%topic, partition, offset = pos.next, "partition consumer started");
+        self.shared.metrics.consumer_started(&topic);
         let max_wait_ms = i32::try_from(self.cfg.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let fetch_deadline = self.shared.kafka.request_timeout() + self.cfg.fetch_max_wait;
         let mut failure: Option<FailureState> = None;

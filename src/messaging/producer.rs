@@ -461,7 +461,7 @@ impl Lane {
             let n = records.len();
             match self.send(records).await {
                 Ok(offsets) => {
-                    debug!(topic = %self.topic, partition = self.partition, records = n, "batch acknowledged");
+                    debug!(topic = %self.topic, partition = self.partition, offset = offsets.first().copied(), records = n, "batch acknowledged");
                     for (ack, offset) in acks.into_iter().zip(offsets) {
                         let _ = ack.send(Ok(Published {
                             partition: self.partition,

@@ -129,10 +129,10 @@ impl Endpoints {
         let verify = cfg.webhook_verify;
         let stripe = signature::Verifier::new(
             signature::Scheme::Stripe,
-            cfg.stripe_secrets.clone(),
+            cfg.stripe_secrets(),
             cfg.webhook_tolerance,
         );
-        let adyen_keys = (!cfg.adyen_hmac_keys.is_empty()).then(|| cfg.adyen_hmac_keys.clone());
+        let adyen_keys = Some(cfg.adyen_keys()).filter(|k| !k.is_empty());
         Self {
             stripe: (!verify || stripe.is_some()).then(|| stripe::Stripe {
                 verifier: stripe.filter(|_| verify),
