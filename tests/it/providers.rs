@@ -273,9 +273,23 @@ async fn a_stripe_payment_without_metadata_is_accepted_and_dead_lettered_with_it
     object["metadata"] = json!({"campaign": "winter"});
     let ev = stripe_event("evt_m1", "payment_intent.succeeded", T0, object);
     assert_eq!(stripe(&app, &ev).await.0, 202);
+    // Dated far beyond OCCURRED_AT_MAX_FUTURE: not refused at the edge (Stripe
+    // would retry it for days), dead-lettered by the consumer.
+    let future = stripe_event(
+        "evt_m2",
+        "payment_intent.succeeded",
+        unix_now() + 30 * 86_400,
+        intent("pi_m2", "ord_m2", "succeeded"),
+    );
+    assert_eq!(stripe(&app, &future).await.0, 202);
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 0);
-    let letters = payhook::app::dlq_list(&env.config(&[])).await.unwrap();
+    let mut letters = payhook::app::dlq_list(&env.config(&[])).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    letters.retain(|l| {
+        let why = l.error_message().unwrap();
+        !(l.key() == "ord_m2" && why.contains("OCCURRED_AT_MAX_FUTURE"))
+    });
     assert_eq!(letters.len(), 1, "{letters:?}");
     let why = letters[0].error_message().unwrap();
     assert!(why.contains("metadata.order_id"), "{why}");
