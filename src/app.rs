@@ -1,6 +1,7 @@
 //! Wiring: build the pieces from a [`Config`], run them, stop them in order.
 //!
-//! `serve` = HTTP server + producer + one consumer per topic. Shutdown order:
+//! `serve` = HTTP server + producer + one consumer per topic + the sweep of
+//! disputes waiting for their payment. Shutdown order:
 //! stop accepting and let in-flight requests finish (they get their true
 //! answer), then let the producer send and answer what it has queued, then
 //! let each partition consumer finish its current transaction.
@@ -159,6 +160,7 @@ impl Application {
             occurred_at_max_future: cfg.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
+            providers: crate::providers::Endpoints::from_config(&cfg),
         });
         Ok(Self {
             cfg,
@@ -235,6 +237,18 @@ impl Application {
             cfg.consumer_lease_ttl,
             consumers.clone(),
         ));
+        // Disputes whose payment never arrived are dead-lettered.
+        consumer_tasks.spawn(
+            crate::messaging::parked::Sweeper {
+                pool: pool.clone(),
+                producer: producer.clone(),
+                dlq_topic: cfg.dlq_topic.clone(),
+                wait: cfg.dispute_payment_wait,
+                interval: cfg.dispute_sweep_interval,
+                metrics: metrics.clone(),
+            }
+            .run(consumers.clone()),
+        );
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({
             let (health, stop) = (health.clone(), consumers.clone());

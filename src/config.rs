@@ -45,7 +45,10 @@ use std::{
     collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration,
 };
 
-use crate::http::signature::{KeyError, Scheme, SigningKey};
+use crate::providers::{
+    adyen::{HmacKey, HmacKeyError},
+    signature::{KeyError, Scheme, SigningKey},
+};
 
 /// Where a setting is shown in `--help`, and which commands show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +298,16 @@ settings! {
         webhook_chargebacks_scheme: Scheme = WEBHOOK_CHARGEBACKS_SCHEME("standard") check::scheme();
         /// Active secrets of the chargeback endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
         webhook_chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
+        /// Stripe endpoint secrets, comma-separated; none: /webhooks/stripe is off (404) unless WEBHOOK_VERIFY=off
+        stripe_webhook_secrets: Secrets = STRIPE_WEBHOOK_SECRETS("", secret) check::secrets();
+        /// The Stripe metadata key holding the order id
+        stripe_order_id_key: String = STRIPE_ORDER_ID_KEY("order_id") check::metadata_key();
+        /// The Stripe metadata key holding the user id
+        stripe_user_id_key: String = STRIPE_USER_ID_KEY("user_id") check::metadata_key();
+        /// Adyen HMAC keys (hex), comma-separated; none: /webhooks/adyen is off (404) unless WEBHOOK_VERIFY=off
+        adyen_hmac_keys: Secrets = ADYEN_HMAC_KEYS("", secret) check::secrets();
+        /// The Adyen additionalData key holding the user id
+        adyen_user_id_key: String = ADYEN_USER_ID_KEY("shopperReference") check::metadata_key();
     }
     Database {
         /// Postgres connection URL; the database must be UTF8 (its password is never shown)
@@ -386,6 +399,10 @@ settings! {
         consumer_stall_after: Duration = CONSUMER_STALL_AFTER("1m") check::duration();
         /// How long a partition lease lasts without renewal (renewed every quarter of it)
         consumer_lease_ttl: Duration = CONSUMER_LEASE_TTL("10s") check::duration();
+        /// How long a dispute waits for the payment it names before it is dead-lettered
+        dispute_payment_wait: Duration = DISPUTE_PAYMENT_WAIT("96h") check::duration();
+        /// How often waiting disputes are counted and the expired ones dead-lettered
+        dispute_sweep_interval: Duration = DISPUTE_SWEEP_INTERVAL("1m") check::duration();
         /// First pause after a failure (exponential backoff with jitter)
         retry_backoff_min: Duration = RETRY_BACKOFF_MIN("100ms") check::duration();
         /// Longest pause between retries
@@ -609,6 +626,11 @@ impl Secrets {
     pub fn keys(&self, scheme: Scheme) -> Result<Vec<SigningKey>, KeyError> {
         SigningKey::parse_list(scheme, &self.0)
     }
+
+    /// The keys as Adyen HMAC keys (hex).
+    pub fn adyen_keys(&self) -> Result<Vec<HmacKey>, HmacKeyError> {
+        HmacKey::parse_list(&self.0)
+    }
 }
 
 impl fmt::Debug for Secrets {
@@ -706,6 +728,20 @@ impl Config {
         self.check_security(errors);
         // Secrets are read the way their endpoint's scheme reads them. The
         // refusal names the reason, never the value.
+        if let Err(e) = self.stripe_webhook_secrets.keys(Scheme::Stripe) {
+            errors.push(VarError {
+                var: "STRIPE_WEBHOOK_SECRETS",
+                value: format!("<redacted: {e}>"),
+                expected: "comma-separated Stripe endpoint secrets, each of at least 16 characters, none empty",
+            });
+        }
+        if let Err(e) = self.adyen_hmac_keys.adyen_keys() {
+            errors.push(VarError {
+                var: "ADYEN_HMAC_KEYS",
+                value: format!("<redacted: {e}>"),
+                expected: "comma-separated hex HMAC keys, each of at least 32 hex digits, none empty",
+            });
+        }
         for (var, scheme, secrets) in [
             (
                 "WEBHOOK_ORDERS_SECRETS",
@@ -782,6 +818,19 @@ impl Config {
             self.webhook_chargebacks_scheme,
             &self.webhook_chargebacks_secrets,
         )
+    }
+
+    /// The Stripe endpoint's active secrets (none if unreadable: see
+    /// [`auth`]).
+    pub fn stripe_secrets(&self) -> Vec<SigningKey> {
+        self.stripe_webhook_secrets
+            .keys(Scheme::Stripe)
+            .unwrap_or_default()
+    }
+
+    /// The Adyen endpoint's active HMAC keys (none if unreadable).
+    pub fn adyen_keys(&self) -> Vec<HmacKey> {
+        self.adyen_hmac_keys.adyen_keys().unwrap_or_default()
     }
 }
 
@@ -918,7 +967,7 @@ pub mod check {
     use std::{num::NonZeroU32, ops::RangeInclusive, str::FromStr, time::Duration};
 
     use super::{Check, LogFormat, Secrets};
-    use crate::http::signature::Scheme;
+    use crate::providers::signature::Scheme;
 
     /// Anything `FromStr` reads.
     pub fn from_str<T: FromStr>(expected: &'static str) -> Check<impl Fn(&str) -> Option<T>> {
@@ -1059,6 +1108,17 @@ pub mod check {
         Check {
             expected: "comma-separated secrets",
             parse: |s: &str| Some(Secrets(s.to_owned())),
+        }
+    }
+
+    /// A key in a provider's metadata: 1 to 40 visible ASCII characters.
+    pub fn metadata_key() -> Check<impl Fn(&str) -> Option<String>> {
+        Check {
+            expected: "1 to 40 visible ASCII characters, like order_id",
+            parse: |s: &str| {
+                (!s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_graphic()))
+                    .then(|| s.to_owned())
+            },
         }
     }
 
@@ -1419,5 +1479,69 @@ mod tests {
     fn brokers_list_is_split_and_trimmed() {
         let c = cfg(&[("KAFKA_BROKERS", "a:9092, b:9093 ,")]).unwrap();
         assert_eq!(c.kafka_brokers, ["a:9092", "b:9093"]);
+    }
+
+    #[test]
+    fn provider_settings_have_defaults_and_secrets_are_never_echoed() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.stripe_secrets().is_empty() && c.adyen_keys().is_empty());
+        assert_eq!(
+            (
+                c.stripe_order_id_key.as_str(),
+                c.stripe_user_id_key.as_str()
+            ),
+            ("order_id", "user_id")
+        );
+        assert_eq!(c.adyen_user_id_key, "shopperReference");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(96 * 3600));
+        assert_eq!(c.dispute_sweep_interval, Duration::from_secs(60));
+        let c = cfg(&[
+            (
+                "STRIPE_WEBHOOK_SECRETS",
+                "whsec_stripe_test_secret_0123456789,whsec_stripe_rotated_secret_abcdef",
+            ),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+            ),
+            ("STRIPE_ORDER_ID_KEY", "payhook_order"),
+            ("DISPUTE_PAYMENT_WAIT", "2s"),
+        ])
+        .unwrap();
+        assert_eq!(c.stripe_secrets().len(), 2);
+        assert_eq!(c.adyen_keys().len(), 1);
+        assert_eq!(c.stripe_order_id_key, "payhook_order");
+        assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
+        let err = cfg(&[
+            ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
+            (
+                "ADYEN_HMAC_KEYS",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ",
+            ),
+            ("STRIPE_USER_ID_KEY", "has space"),
+            ("DISPUTE_PAYMENT_WAIT", "0s"),
+        ])
+        .unwrap_err();
+        let mut vars: Vec<&str> = err.0.iter().map(|e| e.var).collect();
+        vars.sort_unstable();
+        assert_eq!(
+            vars,
+            [
+                "ADYEN_HMAC_KEYS",
+                "DISPUTE_PAYMENT_WAIT",
+                "STRIPE_USER_ID_KEY",
+                "STRIPE_WEBHOOK_SECRETS",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            !text.contains("short_secret_x") && !text.contains("44782"),
+            "{text}"
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("stripe_test") && !shown.contains("44782"),
+            "{shown}"
+        );
     }
 }

@@ -13,8 +13,12 @@
 //! - [`config`]: one [`config::Config`], read from the environment once and
 //!   validated once.
 //! - [`http`]: the transport. A bare hyper 1 server; routes, limits and
-//!   timeouts, webhook signature verification ([`http::signature`]) and the
-//!   single place that maps errors to HTTP answers ([`http::error`]).
+//!   timeouts, and the single place that maps errors to HTTP answers
+//!   ([`http::error`]).
+//! - [`providers`]: one module per payment provider (generic, Stripe,
+//!   Adyen): how to verify a request (the signature schemes live here,
+//!   [`providers::signature`]), split it into events, map each onto a
+//!   payment or dispute event, and answer.
 //! - [`messaging`]: the Kafka side. The [`messaging::envelope`] wrapped around
 //!   every webhook, the Java-compatible [`messaging::partitioner`], the
 //!   batching [`messaging::producer`] and the hand-rolled
@@ -48,4 +52,5 @@ pub mod http;
 pub mod logging;
 pub mod messaging;
 pub mod metrics;
+pub mod providers;
 pub mod version;

@@ -31,6 +31,13 @@ pub struct RecordLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IgnoredLabels {
+    pub provider: &'static str,
+    /// The provider's event type (sanitized: `crate::providers::type_label`).
+    pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
     pub revision: &'static str,
@@ -68,6 +75,16 @@ pub struct Metrics {
     /// 1 while a partition is stopped and waits for an operator (its offset
     /// fell out of the log, or a batch is in a codec payhook cannot read).
     pub stopped: Family<PartitionLabels, Gauge>,
+    /// Provider events acknowledged but not mapped (unknown types), by
+    /// provider and event type. Nothing is published for them.
+    pub provider_events_ignored: Family<IgnoredLabels, Counter>,
+    /// Disputes waiting for their payment (`parked_disputes`), as of the
+    /// last sweep.
+    pub parked_disputes: Gauge,
+    /// Seconds the oldest waiting dispute has waited, as of the last sweep.
+    pub parked_dispute_oldest_seconds: Gauge,
+    /// Disputes dead-lettered because their payment never arrived.
+    pub parked_disputes_dead_lettered: Counter,
 }
 
 impl Default for Metrics {
@@ -147,8 +164,36 @@ impl Metrics {
             "1 while a partition is stopped waiting for an operator (offset out of range, unreadable codec)",
             stopped.clone(),
         );
+        let provider_events_ignored = Family::<IgnoredLabels, Counter>::default();
+        registry.register(
+            "provider_events_ignored",
+            "Provider events acknowledged without effect (types payhook does not map), by provider and type",
+            provider_events_ignored.clone(),
+        );
+        let parked_disputes = Gauge::default();
+        registry.register(
+            "parked_disputes",
+            "Disputes waiting for the payment they name, as of the last sweep",
+            parked_disputes.clone(),
+        );
+        let parked_dispute_oldest_seconds = Gauge::default();
+        registry.register(
+            "parked_dispute_oldest_seconds",
+            "Seconds the oldest waiting dispute has waited, as of the last sweep",
+            parked_dispute_oldest_seconds.clone(),
+        );
+        let parked_disputes_dead_lettered = Counter::default();
+        registry.register(
+            "parked_disputes_dead_lettered",
+            "Disputes dead-lettered because their payment did not arrive within DISPUTE_PAYMENT_WAIT",
+            parked_disputes_dead_lettered.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            provider_events_ignored,
+            parked_disputes,
+            parked_dispute_oldest_seconds,
+            parked_disputes_dead_lettered,
             webhooks,
             publish_seconds,
             records,

@@ -219,6 +219,7 @@ pub fn payment_event(run: &str, n: u64, topic: &str, partition: i32) -> PaymentE
             partition,
             offset: i64::try_from(n).unwrap_or(i64::MAX),
         },
+        origin: payhook::domain::types::Origin::generic(),
     }
 }
 

@@ -68,6 +68,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         occurred_at_max_future: cfg.occurred_at_max_future,
         metrics: Metrics::new(),
         ops_on_public: true,
+        providers: Default::default(),
     });
     let shutdown = CancellationToken::new();
     let limits = http::Limits {

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "partition_leases",
         include_str!("../../sql/0003_partition_leases.sql"),
     ),
+    (4, "providers", include_str!("../../sql/0004_providers.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

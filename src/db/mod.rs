@@ -7,10 +7,13 @@
 //!   effects they acknowledge, fenced by the partition's lease.
 //! - [`leases`]: which process owns which partition, with epochs (fencing
 //!   tokens), heartbeats and expiry.
+//! - [`parked`]: disputes waiting for their payment, and the lookups that
+//!   resolve a provider's object ids to an order.
 
 pub mod leases;
 pub mod migrations;
 pub mod offsets;
+pub mod parked;
 pub mod store;
 
 use std::{future::Future, time::Duration};

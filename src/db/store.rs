@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::domain::{
-    apply::EventStore, disputes::ChargebackEvent, orders::PaymentEvent, types::ProviderEventId,
+    apply::EventStore,
+    disputes::ChargebackEvent,
+    orders::PaymentEvent,
+    types::{Origin, ProviderEventId},
 };
 
 /// Storage over an open transaction on a pooled connection; the caller
@@ -52,11 +55,14 @@ fn ids(rows: Vec<tokio_postgres::Row>) -> Result<Vec<ProviderEventId>, DbError> 
 const INSERT_PAYMENTS: &str = "
 INSERT INTO payment_events (provider_event_id, event_id, order_id, user_id, status, amount,
                             currency, occurred_at, payload, kafka_topic, kafka_partition,
-                            kafka_offset)
-SELECT p, e, o, u, s, a, c, t, j::jsonb, $10, $11, k
+                            kafka_offset, provider, provider_object_ids,
+                            payload_raw)
+SELECT p, e, o, u, s, a, c, t, j::jsonb, $10, $11, k, pr,
+       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
+       CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
-            $7::text[], $8::timestamptz[], $9::text[], $12::int8[])
-     AS x(p, e, o, u, s, a, c, t, j, k)
+            $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
+     AS x(p, e, o, u, s, a, c, t, j, k, pr, ids)
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
@@ -84,11 +90,14 @@ ON CONFLICT (order_id) DO UPDATE
 const INSERT_CHARGEBACKS: &str = "
 INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, reason, amount,
                                currency, occurred_at, payload, kafka_topic, kafka_partition,
-                               kafka_offset)
-SELECT p, e, o, s, r, a, c, t, j::jsonb, $10, $11, k
+                               kafka_offset, provider, provider_object_ids,
+                            payload_raw)
+SELECT p, e, o, s, r, a, c, t, j::jsonb, $10, $11, k, pr,
+       ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
+       CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
-            $7::text[], $8::timestamptz[], $9::text[], $12::int8[])
-     AS x(p, e, o, s, r, a, c, t, j, k)
+            $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
+     AS x(p, e, o, s, r, a, c, t, j, k, pr, ids)
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
@@ -124,6 +133,7 @@ struct Common<'e> {
     occurred_at: DateTime<Utc>,
     payload: &'e str,
     offset: i64,
+    origin: &'e Origin,
 }
 
 impl<'e> From<&'e PaymentEvent> for Common<'e> {
@@ -139,6 +149,7 @@ impl<'e> From<&'e PaymentEvent> for Common<'e> {
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
             offset: e.source.offset,
+            origin: &e.origin,
         }
     }
 }
@@ -156,6 +167,7 @@ impl<'e> From<&'e ChargebackEvent> for Common<'e> {
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
             offset: e.source.offset,
+            origin: &e.origin,
         }
     }
 }
@@ -172,6 +184,10 @@ struct Columns<'e> {
     occurred_at: Vec<DateTime<Utc>>,
     payload: Vec<&'e str>,
     offset: Vec<i64>,
+    provider: Vec<&'e str>,
+    /// Each event's object ids as a JSON array (arrays of arrays cannot be
+    /// ragged in Postgres).
+    object_ids: Vec<String>,
 }
 
 impl<'e> Columns<'e> {
@@ -190,6 +206,8 @@ impl<'e> Columns<'e> {
             occurred_at: Vec::with_capacity(n),
             payload: Vec::with_capacity(n),
             offset: Vec::with_capacity(n),
+            provider: Vec::with_capacity(n),
+            object_ids: Vec::with_capacity(n),
         };
         for &e in events {
             let r: Common<'e> = e.into();
@@ -202,6 +220,10 @@ impl<'e> Columns<'e> {
             c.occurred_at.push(r.occurred_at);
             c.payload.push(r.payload);
             c.offset.push(r.offset);
+            c.provider.push(&r.origin.provider);
+            c.object_ids.push(
+                serde_json::to_string(&r.origin.object_ids).expect("strings always serialize"),
+            );
         }
         c
     }
@@ -237,6 +259,8 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
                     &first.source.topic,
                     &first.source.partition,
                     &c.offset,
+                    &c.provider,
+                    &c.object_ids,
                 ],
             )
             .await?;
@@ -299,6 +323,8 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
                     &first.source.topic,
                     &first.source.partition,
                     &c.offset,
+                    &c.provider,
+                    &c.object_ids,
                 ],
             )
             .await?;

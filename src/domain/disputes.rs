@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::apply::{EventStore, Keyed, Outcome, apply_batch};
 use super::orders::SourcePosition;
 use super::types::{
-    Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, Reason, ValidationError,
+    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, Reason, ValidationError,
 };
 
 /// Where a dispute stands.
@@ -87,6 +87,30 @@ pub struct ChargebackEvent {
     pub webhook: ChargebackWebhook,
     pub payload: String,
     pub source: SourcePosition,
+    pub origin: Origin,
+}
+
+/// A provider's dispute that names its payment objects, not the order
+/// (Stripe's disputes name a charge and a payment intent). `event` is
+/// complete and valid except for `webhook.order_id`, which holds the
+/// record's key until [`PendingChargeback::resolve`] sets the order the
+/// stored payment events name.
+#[derive(Clone, Debug)]
+pub struct PendingChargeback {
+    pub event: ChargebackEvent,
+    /// The Kafka record's key and value, kept whole so a dispute that waits
+    /// can be decoded again, or dead-lettered as it arrived.
+    pub record_key: String,
+    pub record_value: String,
+}
+
+impl PendingChargeback {
+    /// The chargeback, now keyed to its order.
+    pub fn resolve(self, order_id: OrderId) -> ChargebackEvent {
+        let mut event = self.event;
+        event.webhook.order_id = order_id;
+        event
+    }
 }
 
 impl Keyed for ChargebackEvent {

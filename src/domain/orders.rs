@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub use super::apply::Outcome;
 use super::apply::{EventStore, Keyed, apply_batch};
 use super::types::{
-    Amount, Currency, Fields, OccurredAt, OrderId, ProviderEventId, UserId, ValidationError,
+    Amount, Currency, Fields, OccurredAt, OrderId, Origin, ProviderEventId, UserId, ValidationError,
 };
 
 /// Where a payment currently stands, as the provider reports it.
@@ -98,9 +98,11 @@ pub struct SourcePosition {
 pub struct PaymentEvent {
     pub event_id: Uuid,
     pub webhook: PaymentWebhook,
-    /// The webhook body exactly as received (valid JSON).
+    /// The webhook body exactly as received (valid JSON): payhook's own
+    /// format, or the provider's event.
     pub payload: String,
     pub source: SourcePosition,
+    pub origin: Origin,
 }
 
 impl Keyed for PaymentEvent {
@@ -267,6 +269,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
             },
+            origin: Origin::generic(),
         }
     }
 

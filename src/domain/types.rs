@@ -221,6 +221,36 @@ impl OccurredAt {
             _ => Ok(self),
         }
     }
+
+    /// Whole Unix seconds, as Stripe's `created`.
+    pub fn from_unix_seconds(secs: i64) -> Option<Self> {
+        DateTime::from_timestamp(secs, 0).map(Self)
+    }
+
+    /// RFC 3339 in UTC, with as many fraction digits as needed.
+    pub fn to_rfc3339(&self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+}
+
+/// Which provider sent an event, and the provider's ids of the objects it
+/// is about (Stripe: the payment intent and the charge; Adyen: the
+/// `pspReference` and `originalReference`). Stored with the event; a
+/// dispute that names no order is resolved through them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// `generic` for payhook's own format.
+    pub provider: String,
+    pub object_ids: Vec<String>,
+}
+
+impl Origin {
+    pub fn generic() -> Self {
+        Self {
+            provider: "generic".into(),
+            object_ids: Vec::new(),
+        }
+    }
 }
 
 /// Default of `OCCURRED_AT_MAX_FUTURE`: how far after its acceptance an

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 use serde_json::json;
 
-use super::signature::SignatureError;
+use crate::providers::signature::SignatureError;
 use crate::{domain::ValidationError, messaging::producer::PublishError};
 
 /// What went wrong with a request.

@@ -4,6 +4,8 @@
 //! |--------|----------------------------------|--------|
 //! | POST   | `/webhooks/payments/orders`      | 202 `{"event_id"}` once Kafka has the event |
 //! | POST   | `/webhooks/payments/chargebacks` | same, for chargebacks |
+//! | POST   | `/webhooks/stripe`               | Stripe events: 202 `{"event_id"}`, or 200 for a type payhook does not map |
+//! | POST   | `/webhooks/adyen`                | Adyen batches: 200 `[accepted]` once every item is acknowledged |
 //! | GET    | `/healthz`                       | 200 while the process runs (liveness) |
 //! | GET    | `/readyz`                        | 200 when the broker answers (intake needs nothing else), else 503; lists stalled or stopped partitions |
 //! | GET    | `/metrics`                       | Prometheus text |
@@ -18,6 +20,11 @@
 //! body's size (413, refused from `Content-Length` before reading) and its
 //! arrival within the request timeout (408), the signature over the exact
 //! bytes received (401), and only then the JSON and its fields (400).
+//!
+//! What a request means is the provider's business ([`crate::providers`]):
+//! this module reads the body, asks the provider to verify, split and map
+//! it, publishes every event, and answers as the provider says once the
+//! broker has acknowledged them all.
 //!
 //! A refusal must reach a client that is still sending its body. Closing a
 //! socket with unread data makes the kernel answer with a reset, which the
@@ -38,26 +45,18 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
-use serde_json::{json, value::RawValue};
-use tracing::{debug, warn};
+use serde_json::json;
+use tracing::{debug, info, warn};
 
-use super::{
-    error::{ApiError, Body, json_response},
-    signature::Verifier,
+use super::error::{ApiError, Body, json_response};
+use crate::messaging::{
+    Kafka,
+    envelope::{Envelope, EventType},
+    health::{ConsumerHealth, PartitionReport},
+    producer::Publish,
 };
-use crate::metrics::{Metrics, WebhookLabels};
-use crate::{
-    domain::{
-        ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook,
-        types::parse_json_body,
-    },
-    messaging::{
-        Kafka,
-        envelope::{Envelope, EventType},
-        health::{ConsumerHealth, PartitionReport},
-        producer::Publish,
-    },
-};
+use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
+use crate::providers::{self, Provider, Refusal, Stream, generic::Generic, signature::Verifier};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
@@ -83,6 +82,8 @@ pub struct AppState {
     /// Whether `/metrics` and `/status` are served with the webhooks
     /// (false when `ADMIN_ADDR` gives them a listener of their own).
     pub ops_on_public: bool,
+    /// `/webhooks/stripe` and `/webhooks/adyen`, when switched on.
+    pub providers: providers::Endpoints,
 }
 
 /// One webhook endpoint: where its events go and how they are signed.
@@ -181,16 +182,42 @@ where
 {
     let result = match (parts.uri.path(), &parts.method) {
         ("/webhooks/payments/orders", &Method::POST) => {
-            let r = ingest(state, parts, body, EventType::OrderWebhook).await;
+            let generic = Generic {
+                stream: Stream::Orders,
+                verifier: state.orders.verifier.as_ref(),
+            };
+            let r = ingest(state, parts, body, &generic).await;
             count(state, "orders", r)
         }
         ("/webhooks/payments/chargebacks", &Method::POST) => {
-            let r = ingest(state, parts, body, EventType::DisputeWebhook).await;
+            let generic = Generic {
+                stream: Stream::Disputes,
+                verifier: state.chargebacks.verifier.as_ref(),
+            };
+            let r = ingest(state, parts, body, &generic).await;
             count(state, "chargebacks", r)
         }
-        ("/webhooks/payments/orders" | "/webhooks/payments/chargebacks", _) => {
-            Err(ApiError::MethodNotAllowed { allow: "POST" })
+        ("/webhooks/stripe", &Method::POST) => {
+            let r = match &state.providers.stripe {
+                Some(p) => ingest(state, parts, body, p).await,
+                None => Err(ApiError::NotFound),
+            };
+            count(state, "stripe", r)
         }
+        ("/webhooks/adyen", &Method::POST) => {
+            let r = match &state.providers.adyen {
+                Some(p) => ingest(state, parts, body, p).await,
+                None => Err(ApiError::NotFound),
+            };
+            count(state, "adyen", r)
+        }
+        (
+            "/webhooks/payments/orders"
+            | "/webhooks/payments/chargebacks"
+            | "/webhooks/stripe"
+            | "/webhooks/adyen",
+            _,
+        ) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
             Ok(probe(state, parts.uri.path()).await)
         }
@@ -454,21 +481,18 @@ where
         .map_err(|_| ApiError::RequestTimeout(timeout))?
 }
 
-/// Validates a webhook and publishes it; 202 only after the broker's ack.
+/// Verifies, splits and maps a webhook through its provider, publishes
+/// every event, and answers only once the broker has acknowledged them all.
 async fn ingest<B>(
     state: &AppState,
     parts: &hyper::http::request::Parts,
     body: &mut RequestBody<B>,
-    kind: EventType,
+    provider: &dyn Provider,
 ) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let endpoint = match kind {
-        EventType::OrderWebhook => &state.orders,
-        EventType::DisputeWebhook => &state.chargebacks,
-    };
     if !is_json(&parts.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -479,59 +503,91 @@ where
         state.request_timeout,
     )
     .await?;
-    // The signature covers the bytes as received: check it before anything
-    // looks inside them.
-    if let Some(verifier) = &endpoint.verifier {
-        if let Err(reason) = verifier.verify(&parts.headers, &body, unix_now()) {
-            warn!(r#type = kind.as_str(), scheme = verifier.scheme().as_str(), %reason, "webhook signature refused");
+    let name = provider.name();
+    // The provider checks the signature on the bytes as received before
+    // anything looks inside them, then splits and maps.
+    let accepted = match provider.accept(&parts.headers, &body, unix_now()) {
+        Ok(a) => a,
+        Err(Refusal::Unauthorized(reason)) => {
+            warn!(provider = name, %reason, "webhook signature refused");
             return Err(ApiError::Unauthorized(reason));
         }
-    }
-    // Valid JSON that Postgres can store as it is (see `parse_json_body`).
-    let value = parse_json_body(&body)?;
-    let (order_id, occurred_at) = match kind {
-        EventType::OrderWebhook => {
-            let w = PaymentWebhook::from_json(&value)?;
-            (w.order_id, w.occurred_at)
-        }
-        EventType::DisputeWebhook => {
-            let w = ChargebackWebhook::from_json(&value)?;
-            (w.order_id, w.occurred_at)
-        }
+        Err(Refusal::Invalid(e)) => return Err(e.into()),
     };
-    let topic = &endpoint.topic;
-    drop(value);
-    // The payload travels byte for byte as the provider sent it.
-    let raw: Box<RawValue> = serde_json::from_slice(&body)
-        .map_err(|e| ValidationError::invalid_json(format!("the body is not valid JSON: {e}")))?;
-    let envelope = Envelope::new(kind, order_id.as_str(), raw);
-    // The consumer checks the same bound against the same timestamp.
-    occurred_at.check_not_after(envelope.timestamp, state.occurred_at_max_future)?;
-    let event_id = envelope.event_id;
-    let started = std::time::Instant::now();
-    let published = state.publisher.publish(topic, envelope.to_record()).await;
-    state
-        .metrics
-        .publish_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match published {
-        Ok(p) => {
-            // Counted by payhook_webhooks_total{status="202"}; a line per
-            // webhook only when asked for (RUST_LOG=payhook=debug).
-            debug!(%event_id, %order_id, r#type = kind.as_str(), %topic, partition = p.partition, offset = p.offset, "webhook accepted");
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                &json!({ "event_id": event_id }),
-            ))
-        }
-        Err(source) => {
-            warn!(%event_id, %order_id, r#type = kind.as_str(), %topic, error = %source, "webhook not accepted");
-            Err(ApiError::Unavailable {
-                source,
-                retry_after: state.retry_after,
+    drop(body);
+    for t in &accepted.ignored {
+        info!(provider = name, r#type = %t, "webhook of a type payhook does not map; acknowledged");
+        state
+            .metrics
+            .provider_events_ignored
+            .get_or_create(&IgnoredLabels {
+                provider: name,
+                event_type: providers::type_label(t),
             })
+            .inc();
+    }
+    // The payload travels byte for byte as the provider sent it.
+    let mut envelopes: Vec<(&str, Envelope)> = Vec::with_capacity(accepted.items.len());
+    for item in accepted.items {
+        let (kind, topic) = match item.stream {
+            Stream::Orders => (EventType::OrderWebhook, &state.orders.topic),
+            Stream::Disputes => (EventType::DisputeWebhook, &state.chargebacks.topic),
+        };
+        let refuse_if_late = item.refuse_if_after;
+        let env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
+        // The consumer checks the same bound against the same timestamp.
+        if let Some(occurred_at) = refuse_if_late {
+            occurred_at.check_not_after(env.timestamp, state.occurred_at_max_future)?;
+        }
+        envelopes.push((topic.as_str(), env));
+    }
+    let started = std::time::Instant::now();
+    let published = futures::future::join_all(
+        envelopes
+            .iter()
+            .map(|(topic, env)| state.publisher.publish(topic, env.to_record())),
+    )
+    .await;
+    if !envelopes.is_empty() {
+        state
+            .metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let mut first_error = None;
+    for ((topic, env), r) in envelopes.iter().zip(published) {
+        match r {
+            // Counted by payhook_webhooks_total; a line per webhook only
+            // when asked for (RUST_LOG=payhook=debug).
+            Ok(p) => {
+                debug!(event_id = %env.event_id, key = %env.key, provider = name, r#type = %env.kind,
+                       %topic, partition = p.partition, offset = p.offset, "webhook accepted")
+            }
+            Err(source) => {
+                warn!(event_id = %env.event_id, key = %env.key, provider = name, r#type = %env.kind,
+                      %topic, error = %source, "webhook not accepted");
+                first_error.get_or_insert(source);
+            }
         }
     }
+    // All or nothing for the answer: the provider sends the whole request
+    // again, and what was published already is applied once (events are
+    // idempotent by provider_event_id).
+    if let Some(source) = first_error {
+        return Err(ApiError::Unavailable {
+            source,
+            retry_after: state.retry_after,
+        });
+    }
+    let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(_, e)| e.event_id).collect();
+    let (status, content_type, body) = provider.answer(&ids);
+    let mut resp = Response::new(Body::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    Ok(resp)
 }
 
 /// The local clock in Unix seconds, for signature timestamps.

@@ -931,16 +931,22 @@ enum Work<P> {
 async fn apply_events(tx: &Transaction<'_>, chunk: Vec<Event>) -> Result<Outcome, DbError> {
     let mut payments: Vec<PaymentEvent> = Vec::new();
     let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
+    let mut pending = Vec::new();
     for ev in chunk {
         match ev {
             Event::Payment(p) => payments.push(p),
             Event::Chargeback(c) => chargebacks.push(c),
+            Event::PendingChargeback(d) => pending.push(d),
         }
     }
     let mut store = PgStore::new(tx);
     let a = OrderService
         .process_payment_webhooks(&mut store, &payments)
         .await?;
+    // Disputes that name a payment, not an order: resolved (or parked) now,
+    // and those that waited for these payments released.
+    let settled = super::parked::settle(tx, &payments, pending).await?;
+    chargebacks.extend(settled.resolved);
     let b = DisputeService
         .process_chargebacks(&mut store, &chargebacks)
         .await?;

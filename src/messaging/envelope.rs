@@ -8,6 +8,14 @@
 //! The record key is the order id, so one order's events share a partition;
 //! the headers repeat `event_id` and `type` so tools can route and trace a
 //! record without parsing its value.
+//!
+//! An event from a provider (`crate::providers`) carries two more fields:
+//! `provider` (`stripe`, `adyen`) and either `mapped`, the payhook event it
+//! maps onto (the generic shape plus `object_ids`), or `unmappable`, why it
+//! could not be mapped (the consumer dead-letters it with that reason).
+//! `payload` is then the provider's bytes, kept as they were signed. A
+//! dispute whose provider names no order (Stripe) is keyed by the payment
+//! object it names, and decodes to [`Event::PendingChargeback`].
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -19,10 +27,11 @@ use uuid::Uuid;
 
 use crate::domain::{
     ValidationError,
-    disputes::{ChargebackEvent, ChargebackWebhook},
+    disputes::{ChargebackEvent, ChargebackWebhook, PendingChargeback},
     orders::{PaymentEvent, PaymentWebhook, SourcePosition},
-    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, OccurredAt, parse_json_body},
+    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, OccurredAt, OrderId, Origin, parse_json_body},
 };
+use crate::providers::Mapping;
 
 /// Which kind of webhook an envelope carries, and so which service handles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +68,15 @@ pub struct Envelope {
     pub kind: String,
     pub payload: Box<RawValue>,
     pub timestamp: DateTime<Utc>,
+    /// The provider whose format `payload` is in; absent for payhook's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The payhook event a provider's payload maps onto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<Box<RawValue>>,
+    /// Why a provider's payload could not be mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmappable: Option<String>,
 }
 
 /// Header names on every record payhook produces.
@@ -79,6 +97,14 @@ pub enum DecodeError {
     Payload(ValidationError),
     #[error("envelope key {key:?} differs from the payload's order_id {order_id:?}")]
     KeyMismatch { key: String, order_id: String },
+    #[error("{provider} event cannot be mapped: {reason}")]
+    Unmappable { provider: String, reason: String },
+    #[error("{provider} event has neither a mapped event nor a reason")]
+    NotMapped { provider: String },
+    #[error("`object_ids` must be a list of at most 8 ids")]
+    ObjectIds,
+    #[error("{provider} dispute names no order, and its key {key:?} is not among its object_ids")]
+    UnresolvableDispute { provider: String, key: String },
 }
 
 /// A decoded record, ready for its service.
@@ -86,6 +112,9 @@ pub enum DecodeError {
 pub enum Event {
     Payment(PaymentEvent),
     Chargeback(ChargebackEvent),
+    /// A dispute whose order is found from the payment events stored
+    /// (`crate::messaging::parked`).
+    PendingChargeback(PendingChargeback),
 }
 
 impl Envelope {
@@ -98,7 +127,33 @@ impl Envelope {
             kind: kind.as_str().to_owned(),
             payload,
             timestamp: Utc::now(),
+            provider: None,
+            mapped: None,
+            unmappable: None,
         }
+    }
+
+    /// Wraps one event of a provider: its raw bytes and what they map onto.
+    pub fn from_provider(
+        kind: EventType,
+        key: &str,
+        payload: Box<RawValue>,
+        provider: &str,
+        mapping: Mapping,
+    ) -> Self {
+        let mut e = Self::new(kind, key, payload);
+        match mapping {
+            Mapping::Generic => {}
+            Mapping::Mapped(v) => {
+                e.provider = Some(provider.to_owned());
+                e.mapped = serde_json::value::to_raw_value(&v).ok();
+            }
+            Mapping::Unmappable(reason) => {
+                e.provider = Some(provider.to_owned());
+                e.unmappable = Some(reason);
+            }
+        }
+        e
     }
 
     /// The Kafka record: key = order id, value = envelope JSON, headers
@@ -149,12 +204,41 @@ impl Envelope {
     ) -> Result<Event, DecodeError> {
         let kind = EventType::parse(&self.kind)
             .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
-        let json = parse_json_body(self.payload.get().as_bytes()).map_err(DecodeError::Payload)?;
-        let payload = self.payload.get().to_owned();
-        let check = |order_id: &str, occurred_at: OccurredAt| {
+        // The payload is stored as `jsonb` whoever sent it: the edge's checks.
+        let payload_json =
+            parse_json_body(self.payload.get().as_bytes()).map_err(DecodeError::Payload)?;
+        // payhook's own format is its payload; a provider's is `mapped`.
+        let (json, origin) = match &self.provider {
+            None => (payload_json, Origin::generic()),
+            Some(provider) => {
+                if let Some(reason) = &self.unmappable {
+                    return Err(DecodeError::Unmappable {
+                        provider: provider.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                let mapped = self.mapped.as_ref().ok_or_else(|| DecodeError::NotMapped {
+                    provider: provider.clone(),
+                })?;
+                let json =
+                    parse_json_body(mapped.get().as_bytes()).map_err(DecodeError::Payload)?;
+                let object_ids = object_ids(&json)?;
+                (
+                    json,
+                    Origin {
+                        provider: provider.clone(),
+                        object_ids,
+                    },
+                )
+            }
+        };
+        let not_too_late = |occurred_at: OccurredAt| {
             occurred_at
                 .check_not_after(self.timestamp, max_future)
-                .map_err(DecodeError::Payload)?;
+                .map_err(DecodeError::Payload)
+        };
+        let check = |order_id: &str, occurred_at: OccurredAt| {
+            not_too_late(occurred_at)?;
             if order_id == self.key {
                 Ok(())
             } else {
@@ -171,8 +255,36 @@ impl Envelope {
                 Ok(Event::Payment(PaymentEvent {
                     event_id: self.event_id,
                     webhook,
-                    payload,
+                    payload: self.payload.get().to_owned(),
                     source,
+                    origin,
+                }))
+            }
+            EventType::DisputeWebhook if origin.provider != "generic" && !has_order(&json) => {
+                // Keyed by a payment object it names; the order comes later.
+                if !origin.object_ids.contains(&self.key) {
+                    return Err(DecodeError::UnresolvableDispute {
+                        provider: origin.provider,
+                        key: self.key,
+                    });
+                }
+                let mut with_key = json;
+                with_key["order_id"] = serde_json::Value::from(self.key.as_str());
+                let webhook =
+                    ChargebackWebhook::from_json(&with_key).map_err(DecodeError::Payload)?;
+                not_too_late(webhook.occurred_at)?;
+                let record_value =
+                    serde_json::to_string(&self).expect("an envelope always serializes");
+                Ok(Event::PendingChargeback(PendingChargeback {
+                    event: ChargebackEvent {
+                        event_id: self.event_id,
+                        webhook,
+                        payload: self.payload.get().to_owned(),
+                        source,
+                        origin,
+                    },
+                    record_key: self.key,
+                    record_value,
                 }))
             }
             EventType::DisputeWebhook => {
@@ -181,8 +293,9 @@ impl Envelope {
                 Ok(Event::Chargeback(ChargebackEvent {
                     event_id: self.event_id,
                     webhook,
-                    payload,
+                    payload: self.payload.get().to_owned(),
                     source,
+                    origin,
                 }))
             }
         }
@@ -194,8 +307,9 @@ impl Envelope {
 /// envelope: the longest, most-escaped order id (128 bytes of `"`, each
 /// escaped to two in JSON), the longer event type, a timestamp with
 /// nanoseconds, plus Kafka's record-batch framing with every varint at its
-/// widest. A broker whose limit is at least this accepts every webhook
-/// payhook acknowledges.
+/// widest, plus [`PROVIDER_MAPPING_MAX`] for the mapped fields a provider's
+/// envelope carries beside the raw payload. A broker whose limit is at least
+/// this accepts every webhook payhook acknowledges.
 pub fn worst_case_batch_bytes(max_body: usize) -> usize {
     /// Record batch header (magic 2): base offset .. records count.
     const BATCH_HEADER: usize = 61;
@@ -217,10 +331,42 @@ pub fn worst_case_batch_bytes(max_body: usize) -> usize {
         .map(|(k, v)| HEADER_FRAMING + k.len() + v.len())
         .sum();
     BATCH_HEADER
+        + PROVIDER_MAPPING_MAX
         + RECORD_FRAMING
         + record.key.as_ref().map_or(0, Vec::len)
         + record.value.as_ref().map_or(0, Vec::len)
         + headers
+}
+
+/// An upper bound of the `provider` and `mapped` fields of a provider's
+/// envelope (ids of at most 128 bytes, each escaped to at most twice that,
+/// [`MAX_OBJECT_IDS`] object ids, the fixed fields).
+pub const PROVIDER_MAPPING_MAX: usize = 16 * 1024;
+
+fn has_order(json: &serde_json::Value) -> bool {
+    json.get("order_id").is_some_and(|v| !v.is_null())
+}
+
+/// Most object ids an event may name.
+const MAX_OBJECT_IDS: usize = 8;
+
+/// `object_ids`: absent, or a short list of valid ids.
+fn object_ids(json: &serde_json::Value) -> Result<Vec<String>, DecodeError> {
+    let Some(v) = json.get("object_ids") else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or(DecodeError::ObjectIds)?;
+    if list.len() > MAX_OBJECT_IDS {
+        return Err(DecodeError::ObjectIds);
+    }
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .filter(|s| OrderId::parse(s).is_ok())
+                .map(str::to_owned)
+                .ok_or(DecodeError::ObjectIds)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -232,10 +378,14 @@ mod tests {
         let max_body = 262_144;
         let bound = worst_case_batch_bytes(max_body);
         // The overhead over the body: escaped key twice, JSON skeleton,
-        // headers, framing. About 0.7 KiB, whatever the body size.
-        let overhead = bound - max_body;
+        // headers, framing (about 0.7 KiB), and room for a provider's mapped
+        // fields; whatever the body size.
+        let overhead = bound - max_body - PROVIDER_MAPPING_MAX;
         assert!((600..1000).contains(&overhead), "{overhead}");
-        assert_eq!(worst_case_batch_bytes(1024) - 1024, overhead);
+        assert_eq!(
+            worst_case_batch_bytes(1024) - 1024 - PROVIDER_MAPPING_MAX,
+            overhead
+        );
         // A real envelope with a plain order id and a full-size body stays
         // under the bound.
         let body = format!(
@@ -326,6 +476,96 @@ mod tests {
             env.into_event(src()),
             Err(DecodeError::Payload(_))
         ));
+    }
+
+    const STRIPE_BODY: &str = "{\n  \"id\": \"evt_1\",\n  \"type\": \"x\"\n}";
+
+    fn provider_env(kind: EventType, key: &str, mapping: Mapping) -> Envelope {
+        let raw = RawValue::from_string(STRIPE_BODY.to_owned()).unwrap();
+        let env = Envelope::from_provider(kind, key, raw, "stripe", mapping);
+        // Through the wire form, as the consumer sees it.
+        Envelope::decode(env.to_record().value.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn a_provider_event_decodes_from_its_mapping_and_keeps_its_bytes() {
+        let mapped = serde_json::json!({"provider_event_id": "evt_1", "order_id": "ord_42",
+            "user_id": "u", "status": "succeeded", "amount": 5, "currency": "EUR",
+            "occurred_at": "2026-11-26T10:00:00Z", "object_ids": ["pi_1", "ch_1"]});
+        let env = provider_env(EventType::OrderWebhook, "ord_42", Mapping::Mapped(mapped));
+        match env.into_event(src()).unwrap() {
+            Event::Payment(p) => {
+                assert_eq!(p.payload, STRIPE_BODY);
+                assert_eq!(p.origin.provider, "stripe");
+                assert_eq!(p.origin.object_ids, ["pi_1", "ch_1"]);
+                assert_eq!(p.webhook.order_id.as_str(), "ord_42");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The generic envelope has none of the provider fields on the wire.
+        let raw = RawValue::from_string(BODY.to_owned()).unwrap();
+        let record = Envelope::new(EventType::OrderWebhook, "ord_42", raw).to_record();
+        let wire: serde_json::Value = serde_json::from_slice(&record.value.unwrap()).unwrap();
+        let keys: Vec<&String> = wire.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event_id", "key", "payload", "timestamp", "type"]);
+    }
+
+    #[test]
+    fn a_dispute_without_order_is_pending_under_one_of_its_objects() {
+        let mapped = serde_json::json!({"provider_event_id": "evt_d", "status": "opened",
+            "amount": 5, "currency": "EUR", "occurred_at": "2026-11-26T10:00:00Z",
+            "object_ids": ["pi_1", "ch_1"]});
+        let env = provider_env(
+            EventType::DisputeWebhook,
+            "pi_1",
+            Mapping::Mapped(mapped.clone()),
+        );
+        let value = serde_json::to_string(&env).unwrap();
+        match env.into_event(src()).unwrap() {
+            Event::PendingChargeback(d) => {
+                assert_eq!(d.record_key, "pi_1");
+                assert_eq!(d.record_value, value);
+                let c = d.resolve(OrderId::parse("ord_9").unwrap());
+                assert_eq!(c.webhook.order_id.as_str(), "ord_9");
+                assert_eq!(c.payload, STRIPE_BODY);
+            }
+            other => panic!("{other:?}"),
+        }
+        let env = provider_env(
+            EventType::DisputeWebhook,
+            "pi_other",
+            Mapping::Mapped(mapped),
+        );
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::UnresolvableDispute { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unmappable_provider_event_is_a_decode_error_with_its_reason() {
+        let env = provider_env(
+            EventType::OrderWebhook,
+            "pi_1",
+            Mapping::Unmappable("no metadata.order_id".into()),
+        );
+        let e = env.into_event(src()).unwrap_err();
+        assert!(e.to_string().contains("no metadata.order_id"), "{e}");
+        let mut env = provider_env(
+            EventType::OrderWebhook,
+            "pi_1",
+            Mapping::Unmappable("x".into()),
+        );
+        env.unmappable = None;
+        assert!(matches!(
+            env.into_event(src()),
+            Err(DecodeError::NotMapped { .. })
+        ));
+        let bad_ids = serde_json::json!({"provider_event_id": "e", "order_id": "o",
+            "user_id": "u", "status": "pending", "amount": 1, "currency": "EUR",
+            "occurred_at": "2026-11-26T10:00:00Z", "object_ids": "pi_1"});
+        let env = provider_env(EventType::OrderWebhook, "o", Mapping::Mapped(bad_ids));
+        assert!(matches!(env.into_event(src()), Err(DecodeError::ObjectIds)));
     }
 
     /// A record written straight to the topic with a payload the edge would

@@ -7,6 +7,8 @@
 //!   a deadline on every publish.
 //! - [`consumer`]: the hand-rolled, per-partition consume loop that commits
 //!   offsets to Postgres in the same transaction as the effect.
+//! - [`parked`]: disputes that name a payment not stored yet wait, and are
+//!   applied with that payment or dead-lettered after `DISPUTE_PAYMENT_WAIT`.
 //!
 //! rskafka 0.6 retries broker calls forever by default and has no request
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
@@ -17,6 +19,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod envelope;
 pub mod health;
+pub mod parked;
 pub mod partitioner;
 pub mod producer;
 pub mod topics;

@@ -426,6 +426,9 @@ pub fn stripe_headers(value: String) -> Vec<(&'static str, String)> {
 /// Stripe on the chargeback endpoint.
 pub const ORDERS_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const STRIPE_SECRET: &str = "whsec_stripe_test_secret_0123456789";
+/// The Adyen HMAC key of [`fake_state`]: the key of Adyen's published
+/// example.
+pub const ADYEN_DOC_KEY: &str = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
 /// [`fake_state`]'s body limit.
 pub const MAX_BODY: usize = 4096;
 
@@ -497,6 +500,19 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
         ops_on_public: true,
+        providers: payhook::providers::Endpoints {
+            stripe: Some(payhook::providers::stripe::Stripe {
+                verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
+                order_id_key: "order_id".into(),
+                user_id_key: "user_id".into(),
+            }),
+            adyen: Some(payhook::providers::adyen::Adyen {
+                keys: Some(vec![
+                    payhook::providers::adyen::HmacKey::parse(ADYEN_DOC_KEY).unwrap(),
+                ]),
+                user_id_key: "shopperReference".into(),
+            }),
+        },
     };
     (state, recorder)
 }

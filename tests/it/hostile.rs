@@ -6,7 +6,7 @@
 //! no panic, no 5xx, a JSON error with a stable code for every refusal, and
 //! nothing published unless the request was correctly signed and valid.
 //!
-//! Case counts: `HOSTILE_CASES` (default 512 per property, five properties);
+//! Case counts: `HOSTILE_CASES` (default 512 per property, six properties);
 //! `cargo test --test it hostile -- --nocapture` prints each property's
 //! count, time and the answers it saw.
 
@@ -551,6 +551,135 @@ fn signed_valid_webhooks_carrying_unstorable_json_are_400() {
             "{}",
             out.body
         );
+        Ok(())
+    });
+}
+
+// ---- providers ----
+
+/// A Stripe event of a mapped or unknown type, with or without metadata.
+fn stripe_event() -> impl Strategy<Value = Vec<u8>> {
+    (
+        "[a-zA-Z0-9_]{1,24}",
+        prop::sample::select(vec![
+            "payment_intent.succeeded",
+            "payment_intent.created",
+            "payment_intent.payment_failed",
+            "charge.refunded",
+            "charge.dispute.created",
+            "charge.dispute.closed",
+            "customer.created",
+            "invoice.paid",
+        ]),
+        any::<bool>(),
+        0i64..10_000_000,
+        prop::sample::select(vec!["usd", "eur", "EUR", "x"]),
+        prop::sample::select(vec!["won", "lost", "needs_response", ""]),
+    )
+        .prop_map(|(id, t, metadata, amount, currency, status)| {
+            let meta = if metadata {
+                json!({"order_id": "ord_1", "user_id": "usr_1"})
+            } else {
+                json!({})
+            };
+            json!({"id": format!("evt_{id}"), "object": "event", "type": t,
+                   "created": 1_764_151_200, "data": {"object": {
+                       "id": "pi_1", "object": "payment_intent", "amount": amount,
+                       "currency": currency, "metadata": meta, "status": status,
+                       "refunded": true, "charge": "ch_1", "payment_intent": "pi_1"}}})
+            .to_string()
+            .into_bytes()
+        })
+}
+
+/// An Adyen batch whose items are signed with a key payhook does not hold.
+fn adyen_batch() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::collection::vec(
+            (
+                "[0-9]{16}",
+                prop::sample::select(vec!["AUTHORISATION", "REFUND", "CHARGEBACK", "CAPTURE"]),
+                prop::sample::select(vec!["true", "false"]),
+                "[A-Za-z0-9+/]{43}=",
+            ),
+            1..4,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(items, wrapped)| {
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|(psp, code, success, sig)| {
+                    let item = json!({"pspReference": psp, "eventCode": code, "success": success,
+                        "merchantAccountCode": "Shop", "merchantReference": "ord_1",
+                        "amount": {"value": 100, "currency": "EUR"},
+                        "eventDate": "2026-11-26T10:00:00Z",
+                        "additionalData": {"hmacSignature": sig}});
+                    if wrapped {
+                        json!({ "NotificationRequestItem": item })
+                    } else {
+                        item
+                    }
+                })
+                .collect();
+            json!({"live": "false", "notificationItems": items})
+                .to_string()
+                .into_bytes()
+        })
+}
+
+#[test]
+fn provider_bodies_never_crash_never_5xx_and_publish_only_when_signed() {
+    let stripe_body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..MAX_BODY),
+        (stripe_event(), prop::collection::vec(damage(), 0..3)).prop_map(|(mut b, ds)| {
+            ds.iter().for_each(|d| apply(&mut b, d));
+            b.truncate(MAX_BODY);
+            b
+        }),
+    ];
+    let adyen_body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..MAX_BODY),
+        (adyen_batch(), prop::collection::vec(damage(), 0..2)).prop_map(|(mut b, ds)| {
+            ds.iter().for_each(|d| apply(&mut b, d));
+            b.truncate(MAX_BODY);
+            b
+        }),
+    ];
+    let strategy = prop_oneof![
+        stripe_body.prop_map(|body| Req {
+            method: "POST".into(),
+            path: "/webhooks/stripe".into(),
+            headers: signed_headers("/webhooks/stripe", &body, unix_now()),
+            body,
+        }),
+        adyen_body.prop_map(|body| Req {
+            method: "POST".into(),
+            path: "/webhooks/adyen".into(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body,
+        }),
+    ];
+    check("provider bodies", strategy, |rt, req| {
+        let out = run(rt, &req)?;
+        if req.path == "/webhooks/stripe" {
+            // Signed: accepted (mapped or dead-lettered later), ignored, or
+            // not a Stripe event.
+            match out.status {
+                202 => prop_assert!(out.body["event_id"].is_string()),
+                200 => prop_assert_eq!(&out.body, &json!({"ignored": true})),
+                400 => prop_assert_eq!(out.body["error"].as_str(), Some("invalid_json")),
+                s => prop_assert!(false, "signed Stripe body answered {s}: {}", out.body),
+            }
+        } else {
+            // No item is signed with payhook's key: never accepted.
+            prop_assert!(
+                [400, 401].contains(&out.status),
+                "Adyen body answered {}: {}",
+                out.status,
+                out.body
+            );
+        }
         Ok(())
     });
 }

@@ -13,6 +13,7 @@ mod http_edge;
 mod openapi;
 mod ops;
 mod pipeline;
+mod providers;
 mod secured;
 mod settings;
 mod signatures;

@@ -19,11 +19,13 @@ use payhook::{
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ORDERS_SECRET, STRIPE_SECRET, fake_state, sign_standard, sign_stripe, unix_now,
+    ADYEN_DOC_KEY, ORDERS_SECRET, STRIPE_SECRET, fake_state, sign_standard, sign_stripe, unix_now,
 };
 
 const ORDERS: &str = "/webhooks/payments/orders";
 const CHARGEBACKS: &str = "/webhooks/payments/chargebacks";
+const STRIPE: &str = "/webhooks/stripe";
+const ADYEN: &str = "/webhooks/adyen";
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
 ];
@@ -94,8 +96,25 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    send_to(req, fail_publish, request_timeout, true).await
+}
+
+/// As [`send`]; `providers` false switches the provider endpoints off.
+async fn send_to<B>(
+    req: Request<B>,
+    fail_publish: bool,
+    request_timeout: Duration,
+    providers: bool,
+) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut state, recorder) = fake_state(fail_publish);
     state.request_timeout = request_timeout;
+    if !providers {
+        state.providers = Default::default();
+    }
     let resp = handle(Arc::new(state), req).await;
     let status = resp.status().as_u16();
     let allow = resp
@@ -131,7 +150,9 @@ fn request(
 fn signed(path: &str, body: &[u8]) -> Vec<(&'static str, String)> {
     let now = unix_now();
     let mut h = vec![("content-type", "application/json".to_owned())];
-    if path == ORDERS {
+    if path == ADYEN {
+        // Adyen signs each item inside the body.
+    } else if path == ORDERS {
         h.push(("webhook-id", "msg_1".into()));
         h.push(("webhook-timestamp", now.to_string()));
         h.push((
@@ -176,6 +197,8 @@ async fn routes_and_methods_match_the_router() {
         BTreeSet::from([
             ORDERS,
             CHARGEBACKS,
+            STRIPE,
+            ADYEN,
             "/healthz",
             "/readyz",
             "/metrics",
@@ -267,9 +290,11 @@ async fn readyz_and_metrics_answer_as_documented() {
 async fn webhook_answers(path: &'static str, valid: Value) -> BTreeSet<(u16, String)> {
     let five = Duration::from_secs(5);
     let body = valid.to_string().into_bytes();
+    // The answer that means "published": Adyen's is 200 `[accepted]`.
+    let accepted = if path == ADYEN { 200 } else { 202 };
     let mut seen = BTreeMap::new();
     let mut note = |what: &str, a: Answer| {
-        assert_eq!(a.published, usize::from(a.status == 202), "{what}");
+        assert_eq!(a.published, usize::from(a.status == accepted), "{what}");
         seen.insert((a.status, a.code), what.to_owned());
     };
 
@@ -310,6 +335,14 @@ async fn webhook_answers(path: &'static str, valid: Value) -> BTreeSet<(u16, Str
             .await,
         );
     }
+    // Adyen's signature is in the body: drop it there.
+    let unsigned = if path == ADYEN {
+        let mut v = valid.clone();
+        v["notificationItems"][0]["NotificationRequestItem"]["additionalData"] = json!({});
+        v.to_string().into_bytes()
+    } else {
+        body.clone()
+    };
     note(
         "unsigned",
         send(
@@ -317,7 +350,7 @@ async fn webhook_answers(path: &'static str, valid: Value) -> BTreeSet<(u16, Str
                 "POST",
                 path,
                 &[("content-type", "application/json".into())],
-                body.clone(),
+                unsigned,
             ),
             false,
             five,
@@ -375,13 +408,53 @@ async fn webhook_answers(path: &'static str, valid: Value) -> BTreeSet<(u16, Str
         .headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     note("broken body", send(broken, false, five).await);
+    if path == STRIPE || path == ADYEN {
+        // A type payhook does not map: acknowledged, nothing published.
+        let ignored = if path == STRIPE {
+            let mut v = valid.clone();
+            v["type"] = json!("customer.created");
+            v
+        } else {
+            let mut v = valid.clone();
+            v["notificationItems"][0]["NotificationRequestItem"]["eventCode"] =
+                json!("REPORT_AVAILABLE");
+            v["notificationItems"][0]["NotificationRequestItem"]["additionalData"]["hmacSignature"] = json!(
+                adyen_signature(&v["notificationItems"][0]["NotificationRequestItem"])
+            );
+            v
+        };
+        let b = ignored.to_string().into_bytes();
+        let a = send(
+            request("POST", path, &signed(path, &b), b.clone()),
+            false,
+            five,
+        )
+        .await;
+        assert_eq!((a.status, a.published), (200, 0), "ignored type");
+        seen.insert((a.status, a.code), "ignored".into());
+        // Without secrets the endpoint is off.
+        let a = send_to(
+            request("POST", path, &signed(path, &body), body.clone()),
+            false,
+            five,
+            false,
+        )
+        .await;
+        assert_eq!(a.published, 0);
+        seen.insert((a.status, a.code), "not configured".into());
+    }
     seen.into_keys().collect()
 }
 
 #[tokio::test]
 async fn webhook_statuses_and_error_codes_match_the_document() {
     let spec = spec();
-    for (path, example) in [(ORDERS, "succeeded"), (CHARGEBACKS, "opened")] {
+    for (path, example) in [
+        (ORDERS, "succeeded"),
+        (CHARGEBACKS, "opened"),
+        (STRIPE, "payment_intent_succeeded"),
+        (ADYEN, "authorisation"),
+    ] {
         let op = &spec["paths"][path]["post"];
         let valid =
             op["requestBody"]["content"]["application/json"]["examples"][example]["value"].clone();
@@ -420,6 +493,54 @@ async fn request_examples_pass_the_real_parsers_and_are_accepted() {
             assert_eq!((a.status, a.published), (202, 1), "{path} example {name}");
         }
     }
+    // The providers' examples are accepted and published: one event each.
+    for (path, status) in [(STRIPE, 202), (ADYEN, 200)] {
+        let examples =
+            spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
+                .as_object()
+                .unwrap();
+        for (name, ex) in examples {
+            let body = ex["value"].to_string().into_bytes();
+            let a = send(
+                request("POST", path, &signed(path, &body), body.clone()),
+                false,
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(
+                (a.status, a.published),
+                (status, 1),
+                "{path} example {name}"
+            );
+        }
+    }
+}
+
+/// Adyen's HMAC of one item with [`ADYEN_DOC_KEY`], from its documented
+/// definition.
+fn adyen_signature(item: &Value) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let t = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    let s = [
+        t(item.get("pspReference")),
+        t(item.get("originalReference")),
+        t(item.get("merchantAccountCode")),
+        t(item.get("merchantReference")),
+        t(item.pointer("/amount/value")),
+        t(item.pointer("/amount/currency")),
+        t(item.get("eventCode")),
+        t(item.get("success")),
+    ]
+    .join(":");
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(ADYEN_DOC_KEY).unwrap()).unwrap();
+    mac.update(s.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 #[test]

@@ -1,0 +1,498 @@
+//! Stripe: `POST /webhooks/stripe`, one endpoint for every event type.
+//!
+//! - **Verify**: `Stripe-Signature` ([`super::signature::Scheme::Stripe`]),
+//!   with the secrets of `STRIPE_WEBHOOK_SECRETS` (several during a
+//!   rotation).
+//! - **Split**: one event object per request.
+//! - **Map** (`provider_event_id` = the event's `id`, `occurred_at` = its
+//!   `created`, amount and currency from `data.object`, currency
+//!   upper-cased):
+//!
+//! | event type | stream | status |
+//! |---|---|---|
+//! | `payment_intent.created`, `.processing`, `.requires_action`, `.amount_capturable_updated` | orders | `pending` |
+//! | `payment_intent.succeeded` | orders | `succeeded` |
+//! | `payment_intent.payment_failed`, `.canceled` | orders | `failed` |
+//! | `charge.refunded` with `refunded: true` (fully refunded) | orders | `refunded` |
+//! | `charge.dispute.created`, `.updated`, `.closed`, `.funds_withdrawn`, `.funds_reinstated` | disputes | from the dispute's `status`: `won`/`lost` as such, `warning_closed` and `prevented` → `won`, every other → `opened` |
+//!
+//!   Payment events take `order_id` and `user_id` from the object's
+//!   `metadata` (keys `STRIPE_ORDER_ID_KEY`, `STRIPE_USER_ID_KEY`). Without
+//!   them the event is accepted and dead-lettered with the reason
+//!   ([`Mapping::Unmappable`]): a 4xx would only make Stripe retry it for
+//!   three days and then disable the endpoint for every event.
+//!   `object_ids` are the payment intent and its charge, which is what a
+//!   dispute names: disputes carry no order, and are resolved by the
+//!   consumer from the payment events stored (see
+//!   [`crate::messaging::parked`]).
+//!
+//!   Any other type (including a partial `charge.refunded`) is acknowledged
+//!   and counted in `payhook_provider_events_ignored_total`.
+//! - **Answer**: `202 {"event_id": "<uuid>"}` once the broker has it, or
+//!   `200 {"ignored": "<type>"}`.
+
+use hyper::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::{
+    Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, raw_of, rfc3339,
+    signature::Verifier,
+};
+use crate::domain::{ValidationError, types::parse_json_body};
+
+/// The Stripe endpoint's settings.
+#[derive(Clone, Debug)]
+pub struct Stripe {
+    /// `None` only when verification is switched off.
+    pub verifier: Option<Verifier>,
+    /// The `metadata` key that holds payhook's order id.
+    pub order_id_key: String,
+    /// The `metadata` key that holds the user id.
+    pub user_id_key: String,
+}
+
+/// The payment status a payment event type means, if it is one.
+fn payment_status(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        "payment_intent.created"
+        | "payment_intent.processing"
+        | "payment_intent.requires_action"
+        | "payment_intent.amount_capturable_updated" => "pending",
+        "payment_intent.succeeded" => "succeeded",
+        "payment_intent.payment_failed" | "payment_intent.canceled" => "failed",
+        "charge.refunded" => "refunded",
+        _ => return None,
+    })
+}
+
+fn is_dispute(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "charge.dispute.created"
+            | "charge.dispute.updated"
+            | "charge.dispute.closed"
+            | "charge.dispute.funds_withdrawn"
+            | "charge.dispute.funds_reinstated"
+    )
+}
+
+/// A Stripe dispute status as payhook's.
+fn dispute_status(s: &str) -> &'static str {
+    match s {
+        "won" | "warning_closed" | "prevented" => "won",
+        "lost" => "lost",
+        _ => "opened",
+    }
+}
+
+fn invalid(detail: &str) -> ValidationError {
+    ValidationError::invalid_json(format!("not a Stripe event: {detail}"))
+}
+
+/// A string field, or the `id` of an expanded object in its place.
+fn id_of(v: Option<&Value>) -> Option<&str> {
+    match v? {
+        Value::String(s) => Some(s),
+        Value::Object(o) => o.get("id")?.as_str(),
+        _ => None,
+    }
+}
+
+/// What every mapped event shares.
+struct Common<'a> {
+    id: &'a str,
+    created: String,
+    object: &'a Map<String, Value>,
+}
+
+impl Common<'_> {
+    fn amount_currency(&self, fields: &mut Map<String, Value>, amount_field: &str) {
+        fields.insert(
+            "amount".into(),
+            self.object
+                .get(amount_field)
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        fields.insert(
+            "currency".into(),
+            self.object
+                .get("currency")
+                .and_then(Value::as_str)
+                .map(|c| Value::from(c.to_ascii_uppercase()))
+                .unwrap_or(Value::Null),
+        );
+    }
+}
+
+impl Stripe {
+    fn payment(&self, c: &Common<'_>, event_type: &str, status: &str) -> (String, Mapping) {
+        let o = c.object;
+        // A payment intent names its latest charge; a charge its intent.
+        let object_ids: Vec<&str> = if event_type.starts_with("payment_intent.") {
+            [id_of(o.get("id")), id_of(o.get("latest_charge"))]
+        } else {
+            [id_of(o.get("payment_intent")), id_of(o.get("id"))]
+        }
+        .into_iter()
+        .flatten()
+        .collect();
+        let fallback_key = object_ids.first().copied().unwrap_or(c.id).to_owned();
+        let metadata = o.get("metadata").and_then(Value::as_object);
+        let meta = |k: &str| metadata.and_then(|m| m.get(k)).and_then(Value::as_str);
+        let Some(order_id) = meta(&self.order_id_key) else {
+            return (
+                fallback_key,
+                Mapping::Unmappable(format!(
+                    "Stripe {event_type} {} has no metadata.{} (STRIPE_ORDER_ID_KEY): the order \
+                     it belongs to is unknown",
+                    c.id, self.order_id_key
+                )),
+            );
+        };
+        let Some(user_id) = meta(&self.user_id_key) else {
+            return (
+                order_id.to_owned(),
+                Mapping::Unmappable(format!(
+                    "Stripe {event_type} {} has no metadata.{} (STRIPE_USER_ID_KEY)",
+                    c.id, self.user_id_key
+                )),
+            );
+        };
+        let mut f = Map::new();
+        f.insert("provider_event_id".into(), c.id.into());
+        f.insert("order_id".into(), order_id.into());
+        f.insert("user_id".into(), user_id.into());
+        f.insert("status".into(), status.into());
+        c.amount_currency(&mut f, "amount");
+        f.insert("occurred_at".into(), c.created.clone().into());
+        f.insert("object_ids".into(), json!(object_ids));
+        (order_id.to_owned(), payment(Value::Object(f)))
+    }
+
+    fn dispute(&self, c: &Common<'_>, event_type: &str) -> (String, Mapping) {
+        let o = c.object;
+        let object_ids: Vec<&str> = [id_of(o.get("payment_intent")), id_of(o.get("charge"))]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(&key) = object_ids.first() else {
+            return (
+                c.id.to_owned(),
+                Mapping::Unmappable(format!(
+                    "Stripe {event_type} {} names neither a payment intent nor a charge",
+                    c.id
+                )),
+            );
+        };
+        let status = o
+            .get("status")
+            .and_then(Value::as_str)
+            .map_or("opened", dispute_status);
+        let mut f = Map::new();
+        f.insert("provider_event_id".into(), c.id.into());
+        f.insert("status".into(), status.into());
+        if let Some(r) = o.get("reason").and_then(Value::as_str) {
+            f.insert("reason".into(), r.into());
+        }
+        c.amount_currency(&mut f, "amount");
+        f.insert("occurred_at".into(), c.created.clone().into());
+        f.insert("object_ids".into(), json!(object_ids));
+        (key.to_owned(), dispute(Value::Object(f)))
+    }
+}
+
+impl Provider for Stripe {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn accept(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {
+        if let Some(v) = &self.verifier {
+            v.verify(headers, body, now)
+                .map_err(Refusal::Unauthorized)?;
+        }
+        let event = parse_json_body(body)?;
+        let id = event
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("no `id`"))?;
+        let event_type = event
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("no `type`"))?;
+        let created = event
+            .get("created")
+            .and_then(Value::as_i64)
+            .and_then(rfc3339)
+            .ok_or_else(|| invalid("`created` is not Unix seconds"))?;
+        let object = event
+            .pointer("/data/object")
+            .and_then(Value::as_object)
+            .ok_or_else(|| invalid("no `data.object`"))?;
+        let c = Common {
+            id,
+            created,
+            object,
+        };
+        let ignored = || Accepted {
+            items: Vec::new(),
+            ignored: vec![event_type.to_owned()],
+        };
+        let (stream, (key, mapping)) = match payment_status(event_type) {
+            // Only a full refund refunds the order; a partial one is
+            // acknowledged and counted.
+            Some(_)
+                if event_type == "charge.refunded"
+                    && object.get("refunded") != Some(&Value::Bool(true)) =>
+            {
+                return Ok(Accepted {
+                    items: Vec::new(),
+                    ignored: vec!["charge.refunded:partial".into()],
+                });
+            }
+            Some(status) => (Stream::Orders, self.payment(&c, event_type, status)),
+            None if is_dispute(event_type) => (Stream::Disputes, self.dispute(&c, event_type)),
+            None => return Ok(ignored()),
+        };
+        Ok(Accepted {
+            items: vec![Item {
+                stream,
+                key,
+                raw: raw_of(body)?,
+                mapping,
+                refuse_if_after: None,
+            }],
+            ignored: Vec::new(),
+        })
+    }
+
+    fn answer(&self, event_ids: &[Uuid]) -> (StatusCode, &'static str, Vec<u8>) {
+        let (status, body) = match event_ids.first() {
+            Some(id) => (StatusCode::ACCEPTED, json!({ "event_id": id })),
+            None => (StatusCode::OK, json!({ "ignored": true })),
+        };
+        (status, "application/json", body.to_string().into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fixtures written for payhook from the shapes in Stripe's API
+    //! reference (event object, PaymentIntent, Charge, Dispute); signatures
+    //! computed with the HMAC primitives, as Stripe documents the scheme.
+    use super::*;
+    use crate::providers::signature::{Scheme, SigningKey};
+    use hyper::header::HeaderValue;
+    use std::time::Duration;
+
+    const SECRET: &str = "whsec_stripe_test_secret_0123456789";
+    const NOW: i64 = 1_764_151_200;
+
+    fn stripe(verify: bool) -> Stripe {
+        Stripe {
+            verifier: verify.then(|| {
+                Verifier::new(
+                    Scheme::Stripe,
+                    vec![SigningKey::parse(Scheme::Stripe, SECRET).unwrap()],
+                    Duration::from_secs(300),
+                )
+                .unwrap()
+            }),
+            order_id_key: "order_id".into(),
+            user_id_key: "user_id".into(),
+        }
+    }
+
+    fn event(id: &str, t: &str, object: Value) -> Vec<u8> {
+        json!({"id": id, "object": "event", "api_version": "2024-06-20", "created": NOW,
+               "livemode": false, "type": t, "data": {"object": object}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn intent(metadata: Value) -> Value {
+        json!({"id": "pi_1", "object": "payment_intent", "amount": 1999, "currency": "eur",
+               "latest_charge": "ch_1", "metadata": metadata, "status": "succeeded"})
+    }
+
+    fn signed(body: &[u8]) -> HeaderMap {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{NOW}.").as_bytes());
+        mac.update(body);
+        let sig = hex::encode(mac.finalize().into_bytes());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "stripe-signature",
+            HeaderValue::from_str(&format!("t={NOW},v1={sig}")).unwrap(),
+        );
+        h
+    }
+
+    fn one(a: Accepted) -> Item {
+        assert!(a.ignored.is_empty(), "{:?}", a.ignored);
+        assert_eq!(a.items.len(), 1);
+        a.items.into_iter().next().unwrap()
+    }
+
+    fn mapped(m: &Mapping) -> &Value {
+        match m {
+            Mapping::Mapped(v) => v,
+            other => panic!("not mapped: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_payment_intent_type_maps_with_metadata_and_upper_case_currency() {
+        let s = stripe(true);
+        for (t, status) in [
+            ("payment_intent.created", "pending"),
+            ("payment_intent.processing", "pending"),
+            ("payment_intent.requires_action", "pending"),
+            ("payment_intent.amount_capturable_updated", "pending"),
+            ("payment_intent.succeeded", "succeeded"),
+            ("payment_intent.payment_failed", "failed"),
+            ("payment_intent.canceled", "failed"),
+        ] {
+            let body = event(
+                "evt_1",
+                t,
+                intent(json!({"order_id": "ord_1", "user_id": "u_1"})),
+            );
+            let item = one(s.accept(&signed(&body), &body, NOW).unwrap());
+            assert_eq!(item.stream, Stream::Orders);
+            assert_eq!(item.key, "ord_1");
+            assert_eq!(
+                item.raw.get().as_bytes(),
+                &body[..],
+                "raw kept byte for byte"
+            );
+            let m = mapped(&item.mapping);
+            assert_eq!(m["status"], status, "{t}");
+            assert_eq!(m["provider_event_id"], "evt_1");
+            assert_eq!(m["user_id"], "u_1");
+            assert_eq!(m["currency"], "EUR");
+            assert_eq!(m["amount"], 1999);
+            assert_eq!(m["occurred_at"], "2025-11-26T10:00:00Z");
+            assert_eq!(m["object_ids"], json!(["pi_1", "ch_1"]));
+        }
+    }
+
+    #[test]
+    fn a_full_refund_maps_and_a_partial_one_is_ignored() {
+        let s = stripe(false);
+        let charge = |refunded: bool| {
+            json!({"id": "ch_1", "object": "charge", "amount": 1999, "amount_refunded": 500,
+                   "currency": "usd", "payment_intent": {"id": "pi_1"}, "refunded": refunded,
+                   "metadata": {"order_id": "ord_1", "user_id": "u_1"}})
+        };
+        let body = event("evt_r", "charge.refunded", charge(true));
+        let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        let m = mapped(&item.mapping);
+        assert_eq!(m["status"], "refunded");
+        assert_eq!(m["object_ids"], json!(["pi_1", "ch_1"]));
+        let body = event("evt_p", "charge.refunded", charge(false));
+        let a = s.accept(&HeaderMap::new(), &body, NOW).unwrap();
+        assert!(a.items.is_empty());
+        assert_eq!(a.ignored, vec!["charge.refunded:partial"]);
+    }
+
+    #[test]
+    fn disputes_name_the_payment_not_the_order() {
+        let s = stripe(false);
+        for (t, status, want) in [
+            ("charge.dispute.created", "needs_response", "opened"),
+            ("charge.dispute.updated", "under_review", "opened"),
+            ("charge.dispute.funds_withdrawn", "needs_response", "opened"),
+            ("charge.dispute.funds_reinstated", "won", "won"),
+            ("charge.dispute.closed", "won", "won"),
+            ("charge.dispute.closed", "lost", "lost"),
+            ("charge.dispute.closed", "warning_closed", "won"),
+        ] {
+            let body = event(
+                "evt_d",
+                t,
+                json!({"id": "dp_1", "object": "dispute", "amount": 1999, "currency": "usd",
+                       "charge": "ch_1", "payment_intent": "pi_1", "reason": "fraudulent",
+                       "status": status}),
+            );
+            let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+            assert_eq!(item.stream, Stream::Disputes);
+            assert_eq!(item.key, "pi_1");
+            let m = mapped(&item.mapping);
+            assert_eq!(m["status"], want, "{t} {status}");
+            assert!(m.get("order_id").is_none());
+            assert_eq!(m["object_ids"], json!(["pi_1", "ch_1"]));
+            assert_eq!(m["reason"], "fraudulent");
+        }
+    }
+
+    #[test]
+    fn missing_metadata_is_accepted_as_unmappable_with_its_reason() {
+        let s = stripe(false);
+        let body = event("evt_1", "payment_intent.succeeded", intent(json!({})));
+        let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        assert_eq!(item.key, "pi_1");
+        assert!(
+            matches!(&item.mapping, Mapping::Unmappable(r) if r.contains("metadata.order_id")),
+            "{:?}",
+            item.mapping
+        );
+        let body = event(
+            "evt_2",
+            "payment_intent.succeeded",
+            intent(json!({"order_id": "ord_1"})),
+        );
+        let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        assert!(matches!(&item.mapping, Mapping::Unmappable(r) if r.contains("metadata.user_id")));
+        // Configured keys are the ones looked up.
+        let mut custom = stripe(false);
+        custom.order_id_key = "payhook_order".into();
+        let body = event(
+            "evt_3",
+            "payment_intent.succeeded",
+            intent(json!({"payhook_order": "ord_9", "user_id": "u"})),
+        );
+        assert_eq!(
+            one(custom.accept(&HeaderMap::new(), &body, NOW).unwrap()).key,
+            "ord_9"
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_ignored_and_non_events_refused() {
+        let s = stripe(false);
+        let body = event("evt_1", "customer.created", json!({"id": "cus_1"}));
+        let a = s.accept(&HeaderMap::new(), &body, NOW).unwrap();
+        assert!(a.items.is_empty());
+        assert_eq!(a.ignored, vec!["customer.created"]);
+        for bad in [
+            json!({"type": "payment_intent.succeeded"}),
+            json!({"id": "evt_1", "created": NOW, "data": {"object": {}}}),
+            json!({"id": "evt_1", "type": "x", "created": "yesterday", "data": {"object": {}}}),
+            json!({"id": "evt_1", "type": "x", "created": NOW}),
+        ] {
+            let r = s.accept(&HeaderMap::new(), bad.to_string().as_bytes(), NOW);
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{bad}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn the_signature_is_checked_before_anything_else() {
+        let s = stripe(true);
+        let body = event("evt_1", "payment_intent.succeeded", intent(json!({})));
+        let mut tampered = body.clone();
+        tampered.push(b' ');
+        assert!(matches!(
+            s.accept(&signed(&body), &tampered, NOW),
+            Err(Refusal::Unauthorized(_))
+        ));
+        assert!(matches!(
+            s.accept(&HeaderMap::new(), b"not json", NOW),
+            Err(Refusal::Unauthorized(_))
+        ));
+    }
+}
