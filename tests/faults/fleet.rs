@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Books, Payhook, Stage, audit, drive_paced_load, wait_progress};
+use super::{Books, Pacing, Payhook, Stage, audit, drive_paced_load, wait_progress};
 
 const TTL: Duration = Duration::from_secs(4);
 const REPLICAS: usize = 3;
@@ -166,8 +166,15 @@ pub(super) async fn fleet() {
                 books,
                 usize::MAX / 2,
                 32,
-                Duration::from_millis(150),
-                Some(stop),
+                Pacing {
+                    pause: Duration::from_millis(150),
+                    // A hung replica must not hold the load (and so the
+                    // failover measurement, which needs records on the
+                    // taken-over partitions) for long: a load balancer's
+                    // upstream timeout, then the next replica.
+                    attempt_timeout: Duration::from_secs(2),
+                    stop: Some(stop),
+                },
             )
             .await
         }

@@ -521,24 +521,43 @@ async fn drive_load(
     total: usize,
     concurrency: usize,
 ) {
-    drive_paced_load(id, urls, books, total, concurrency, Duration::ZERO, None).await
+    let pacing = Pacing {
+        pause: Duration::ZERO,
+        attempt_timeout: Duration::from_secs(10),
+        stop: None,
+    };
+    drive_paced_load(id, urls, books, total, concurrency, pacing).await
 }
 
-/// [`drive_load`] with a pause after each webhook of a worker, and a flag
-/// that ends the load after the orders under way (so every order is whole).
+/// How a load generator paces itself.
+struct Pacing {
+    /// After each webhook of a worker.
+    pause: Duration,
+    /// Each attempt's timeout; then the next replica is tried (a load
+    /// balancer's upstream timeout).
+    attempt_timeout: Duration,
+    /// Ends the load after the orders under way (so every order is whole).
+    stop: Option<Arc<AtomicBool>>,
+}
+
+/// [`drive_load`], paced.
 async fn drive_paced_load(
     id: &str,
     urls: Vec<String>,
     books: Arc<Books>,
     total: usize,
     concurrency: usize,
-    pace: Duration,
-    stop: Option<Arc<AtomicBool>>,
+    pacing: Pacing,
 ) {
+    let Pacing {
+        pause: pace,
+        attempt_timeout,
+        stop,
+    } = pacing;
     let orders = total / EVENTS_PER_ORDER;
     let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(attempt_timeout)
         .build()
         .unwrap();
     let urls = Arc::new(urls);
