@@ -227,3 +227,33 @@ pub fn payment_event(run: &str, n: u64, topic: &str, partition: i32) -> PaymentE
 pub fn run_tag() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
+
+/// A separate `payhook serve` process on this environment, listening on
+/// `http_addr`, with its production defaults (log level `info`, JSON logs
+/// since stderr is not a terminal; the lines go nowhere) and the bench's
+/// `PAYHOOK_BENCH_SET` overrides.
+pub fn spawn_payhook(
+    env: &BenchEnv,
+    profile: &crate::Profile,
+    http_addr: &str,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .arg("serve")
+        .env("HTTP_ADDR", http_addr)
+        .env("DATABASE_URL", &env.db_url)
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_ORDERS_TOPIC", &env.orders_topic)
+        .env("KAFKA_DISPUTES_TOPIC", &env.disputes_topic)
+        .env("KAFKA_DLQ_TOPIC", &env.dlq_topic)
+        .env("WEBHOOK_ORDERS_SECRETS", crate::load::BENCH_SECRET)
+        .env("WEBHOOK_CHARGEBACKS_SECRETS", crate::load::BENCH_SECRET)
+        .env_remove("RUST_LOG")
+        .env_remove("LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .envs(profile.payhook_overrides())
+        .spawn()
+        .expect("start payhook")
+}

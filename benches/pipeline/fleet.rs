@@ -9,7 +9,7 @@
 //! share this machine.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -21,27 +21,6 @@ use crate::{
     env::{BenchEnv, PARTITIONS, run_tag},
     report::Row,
 };
-
-fn spawn(env: &BenchEnv, profile: &Profile) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_payhook"))
-        .arg("serve")
-        .env("HTTP_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", &env.db_url)
-        .env("KAFKA_BROKERS", crate::env::brokers())
-        .env("KAFKA_ORDERS_TOPIC", &env.orders_topic)
-        .env("KAFKA_DISPUTES_TOPIC", &env.disputes_topic)
-        .env("KAFKA_DLQ_TOPIC", &env.dlq_topic)
-        .env("WEBHOOK_ORDERS_SECRETS", crate::load::BENCH_SECRET)
-        .env("WEBHOOK_CHARGEBACKS_SECRETS", crate::load::BENCH_SECRET)
-        .env_remove("RUST_LOG")
-        .env_remove("LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .envs(profile.payhook_overrides())
-        .spawn()
-        .expect("start payhook")
-}
 
 /// Waits until every partition of the orders topic is leased and `k`
 /// processes (at most one per partition) hold them.
@@ -75,7 +54,9 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     for k in 1..=3i64 {
         let env = BenchEnv::new("fleet").await;
         let db = env.client().await;
-        let mut children: Vec<Child> = (0..k).map(|_| spawn(&env, profile)).collect();
+        let mut children: Vec<Child> = (0..k)
+            .map(|_| crate::env::spawn_payhook(&env, profile, "127.0.0.1:0"))
+            .collect();
         wait_shared(&db, &env, k).await;
         let group = "payhook-orders";
         let t0 = Instant::now();

@@ -176,25 +176,9 @@ async fn child_rss(profile: &Profile) -> Row {
         .expect("a free port")
         .port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_payhook"))
-        .arg("serve")
-        .env("HTTP_ADDR", addr.to_string())
-        .env("DATABASE_URL", &env.db_url)
-        .env("KAFKA_BROKERS", crate::env::brokers())
-        .env("KAFKA_ORDERS_TOPIC", &env.orders_topic)
-        .env("KAFKA_DISPUTES_TOPIC", &env.disputes_topic)
-        .env("KAFKA_DLQ_TOPIC", &env.dlq_topic)
-        .env("WEBHOOK_ORDERS_SECRETS", crate::load::BENCH_SECRET)
-        .env("WEBHOOK_CHARGEBACKS_SECRETS", crate::load::BENCH_SECRET)
-        // Its default log level and format, as it would run in production
-        // (`info`; JSON, stderr not being a terminal); the lines go nowhere.
-        .env_remove("RUST_LOG")
-        .env_remove("LOG_FORMAT")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .envs(profile.payhook_overrides())
-        .spawn()
-        .expect("start payhook");
+    // Its default log level and format, as it would run in production
+    // (`info`; JSON, stderr not being a terminal); the lines go nowhere.
+    let mut child = crate::env::spawn_payhook(&env, profile, &addr.to_string());
     let pid = child.id();
     let status = move || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |s: &str, name: &str| {

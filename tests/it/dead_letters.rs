@@ -105,15 +105,7 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
     );
     assert!(by_offset[3].error_message().unwrap().contains("currency"));
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let line = |outcome: &str| {
         format!(
             "payhook_consumer_records_total{{topic=\"{}\",outcome=\"{outcome}\"}}",
@@ -248,15 +240,7 @@ async fn readyz_and_metrics_report_on_the_pipeline() {
         .await;
     assert_eq!(r.status(), 400);
     env.wait_caught_up().await;
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for want in [
         r#"payhook_webhooks_total{endpoint="orders",status="202"} 1"#,
         r#"payhook_webhooks_total{endpoint="orders",status="400"} 1"#,

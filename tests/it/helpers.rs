@@ -338,6 +338,18 @@ impl TestApp {
         v["event_id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

@@ -177,15 +177,7 @@ async fn dashboard_and_alerts_use_only_metrics_payhook_exports() {
     env.wait_caught_up().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let names = loop {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         let names = exported(&text);
         if names.contains("payhook_consumer_stalled")
             && names.contains("payhook_consumer_records_total")

@@ -138,17 +138,6 @@ async fn adyen(app: &TestApp, body: String) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn order(env: &Env, order: &str) -> Option<(String, String, i64, String, String)> {
     env.db
         .query_opt(
@@ -253,7 +242,7 @@ async fn stripe_events_end_as_order_and_dispute_rows() {
     assert_eq!(row.get::<_, String>(1), "stripe");
     assert_eq!(row.get::<_, String>(2), stripe_body(&disputed));
     assert_eq!(env.end_offsets(&env.orders_topic).await, before);
-    let m = metrics(&app).await;
+    let m = app.metrics().await;
     assert!(
         m.contains(
             r#"payhook_provider_events_ignored_total{provider="stripe",event_type="customer.created"} 1"#
@@ -329,7 +318,7 @@ async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 2);
     assert_eq!(env.count("SELECT count(*) FROM disputes").await, 0);
-    wait_for(|| async { metrics(&app).await.contains("payhook_parked_disputes 2") }).await;
+    wait_for(|| async { app.metrics().await.contains("payhook_parked_disputes 2") }).await;
 
     // The payment arrives, naming the charge only (as a refund does).
     let refund = stripe_event(
@@ -414,7 +403,7 @@ async fn a_dispute_whose_payment_never_arrives_is_dead_lettered_after_the_wait()
     wait_for(|| async { env.count("SELECT count(*) FROM parked_disputes").await == 0 }).await;
     assert_eq!(env.count("SELECT count(*) FROM disputes").await, 0);
     wait_for(|| async {
-        let m = metrics(&app).await;
+        let m = app.metrics().await;
         m.contains("payhook_parked_disputes_dead_lettered_total 1")
             && m.contains("payhook_parked_disputes 0")
     })
@@ -614,7 +603,7 @@ async fn an_adyen_batch_ends_as_order_and_dispute_rows() {
         row.get::<_, Vec<String>>(1),
         ["8815000000000002".to_owned(), "8815000000000001".to_owned()]
     );
-    let m = metrics(&app).await;
+    let m = app.metrics().await;
     assert!(
         m.contains(
             r#"payhook_provider_events_ignored_total{provider="adyen",event_type="CAPTURE"} 2"#

@@ -68,17 +68,6 @@ async fn refuse_some_data(env: &Env) {
         .unwrap();
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of one sample line of `/metrics`, 0 if absent.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -223,7 +212,7 @@ async fn a_bad_record_deep_in_a_large_fetch_is_isolated_in_few_transactions() {
     let letters = app::dlq_list(&env.config(&[])).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].source_offset(), Some(BAD as i64));
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     let series = |outcome: &str| {
         format!(
             "payhook_consumer_transactions_total{{topic=\"{}\",outcome=\"{outcome}\"}}",
@@ -422,7 +411,7 @@ async fn an_offset_out_of_range_stops_the_partition_until_an_operator_resets_it(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(env.stored_offsets("payhook-orders", &topic).await[0], 2);
     assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 0);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     let series = |m: &str| format!("payhook_consumer_{m}{{topic=\"{topic}\",partition=\"0\"}}");
     assert_eq!(sample(&text, &series("stopped")), 1.0, "{text}");
     assert_eq!(sample(&text, &series("stalled")), 1.0, "{text}");
