@@ -907,6 +907,16 @@ impl Config {
                 "ssl or sasl_ssl when KAFKA_TLS_* files are set",
             );
         }
+        // A dead letter is published inside its fenced transaction: a
+        // session ended for idling meanwhile would roll back every dead
+        // letter of a slow broker, and the record would stall.
+        if self.database_idle_in_transaction_timeout <= self.publish_timeout {
+            refuse(
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+                humantime::format_duration(self.database_idle_in_transaction_timeout).to_string(),
+                "a duration longer than KAFKA_PUBLISH_TIMEOUT (a dead letter is published inside a transaction)",
+            );
+        }
         if let (Some(rf), Some(min)) = (self.replication_factor, self.min_insync_replicas) {
             if min > rf {
                 refuse(
@@ -1227,6 +1237,25 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_map(&map)
+    }
+
+    #[test]
+    fn a_transaction_may_idle_longer_than_a_dead_letter_publish() {
+        let e = cfg(&[
+            ("KAFKA_PUBLISH_TIMEOUT", "10s"),
+            ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "10s"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].var, "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT");
+        assert!(e.0[0].expected.contains("KAFKA_PUBLISH_TIMEOUT"), "{e}");
+        assert!(
+            cfg(&[
+                ("KAFKA_PUBLISH_TIMEOUT", "2s"),
+                ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3s")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
