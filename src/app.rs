@@ -500,19 +500,7 @@ pub async fn offsets_reset(
         )));
     }
     let client = kafka.partition_client(topic, partition).await?;
-    let t = kafka.request_timeout();
-    let earliest = crate::messaging::bounded(
-        "reading the earliest offset",
-        t,
-        client.get_offset(rskafka::client::partition::OffsetAt::Earliest),
-    )
-    .await?;
-    let latest = crate::messaging::bounded(
-        "reading the latest offset",
-        t,
-        client.get_offset(rskafka::client::partition::OffsetAt::Latest),
-    )
-    .await?;
+    let (earliest, latest) = crate::messaging::log_bounds(&client, kafka.request_timeout()).await?;
     let after = match to {
         ResetTo::Earliest => earliest,
         ResetTo::Latest => latest,

@@ -150,7 +150,6 @@ pub async fn consume_partition(
     stop: CancellationToken,
 ) {
     PartitionConsumer {
-        partition: lease.partition,
         shared,
         cfg,
         lease,
@@ -171,7 +170,6 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 struct PartitionConsumer {
     shared: Shared,
     cfg: Arc<ConsumerConfig>,
-    partition: i32,
     /// The lease this loop consumes under; every commit presents its epoch.
     lease: Lease,
     shutdown: CancellationToken,
@@ -292,7 +290,7 @@ impl PartitionConsumer {
     async fn run(self) {
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let topic = self.cfg.topic.clone();
-        let partition = self.partition;
+        let partition = self.lease.partition;
         let health = self.shared.health.clone();
         // Connect and find the starting position, retrying until both work.
         let (mut client, mut pos) = loop {
@@ -411,7 +409,7 @@ impl PartitionConsumer {
                         let fresh = async {
                             let kafka = self.shared.kafka.reconnect().await?;
                             kafka
-                                .partition_client(&self.cfg.topic, self.partition)
+                                .partition_client(&self.cfg.topic, self.lease.partition)
                                 .await
                         };
                         match fresh.await {
@@ -469,7 +467,7 @@ impl PartitionConsumer {
         suspect: &mut Option<Suspect>,
     ) -> Flow {
         let topic = &self.cfg.topic;
-        let partition = self.partition;
+        let partition = self.lease.partition;
         let mut i = records.partition_point(|r| r.offset < pos.next);
         // Shutdown is honoured between transactions: the current one
         // finishes, the rest of the fetched records wait for next time.
@@ -584,7 +582,7 @@ impl PartitionConsumer {
         for r in records.iter().take(limit) {
             let source = SourcePosition {
                 topic: self.cfg.topic.clone(),
-                partition: self.partition,
+                partition: self.lease.partition,
                 offset: r.offset,
             };
             let decoded = Envelope::decode(r.record.value.as_deref())
@@ -635,7 +633,7 @@ impl PartitionConsumer {
         let f = Failure {
             source: SourcePosition {
                 topic: self.cfg.topic.clone(),
-                partition: self.partition,
+                partition: self.lease.partition,
                 offset: record.offset,
             },
             class: e.class(),
@@ -659,7 +657,7 @@ impl PartitionConsumer {
         pos: &mut Position,
     ) -> Flow {
         let topic = &self.cfg.topic;
-        let partition = self.partition;
+        let partition = self.lease.partition;
         let offset = record.offset;
         let event_id = record
             .record
@@ -722,7 +720,7 @@ impl PartitionConsumer {
     async fn start(&self) -> Result<(PartitionClient, Position), ProcessError> {
         let kafka = &self.shared.kafka;
         let client = kafka
-            .partition_client(&self.cfg.topic, self.partition)
+            .partition_client(&self.cfg.topic, self.lease.partition)
             .await?;
         let stored = self.stored_offset().await?;
         let next = match stored {
@@ -742,7 +740,13 @@ impl PartitionConsumer {
     async fn stored_offset(&self) -> Result<Option<i64>, DbError> {
         crate::db::bounded("reading the stored offset", self.cfg.db_deadline, async {
             let conn = self.shared.pool.get().await?;
-            offsets::load(&**conn, &self.cfg.group, &self.cfg.topic, self.partition).await
+            offsets::load(
+                &**conn,
+                &self.cfg.group,
+                &self.cfg.topic,
+                self.lease.partition,
+            )
+            .await
         })
         .await
     }
@@ -765,7 +769,7 @@ impl PartitionConsumer {
         );
         let reset = format!(
             "`payhook offsets reset --topic {} --partition {} --to earliest|latest|OFFSET` moves it on",
-            self.cfg.topic, self.partition
+            self.cfg.topic, self.lease.partition
         );
         match (earliest, latest) {
             (Ok(earliest), _) if pos.next < earliest => format!(
@@ -832,7 +836,7 @@ impl PartitionConsumer {
     /// Counts a transaction's outcome and sorts it.
     fn outcome(&self, r: Result<Outcome, ProcessError>, next: i64) -> Applied {
         let topic = &self.cfg.topic;
-        let partition = self.partition;
+        let partition = self.lease.partition;
         let outcome = if r.is_ok() { "commit" } else { "rollback" };
         self.shared
             .metrics

@@ -32,10 +32,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rskafka::{
-    client::partition::OffsetAt,
-    record::{Record, RecordAndOffset},
-};
+use rskafka::record::{Record, RecordAndOffset};
 use uuid::Uuid;
 
 use super::{Kafka, KafkaError, bounded, envelope::HEADER_EVENT_ID};
@@ -190,18 +187,7 @@ pub async fn read_all(kafka: &Kafka, topic: &str) -> Result<Vec<DeadLetter>, Kaf
     let mut out = Vec::new();
     for partition in kafka.partitions(topic).await? {
         let client = kafka.partition_client(topic, partition).await?;
-        let mut at = bounded(
-            "reading the earliest offset",
-            t,
-            client.get_offset(OffsetAt::Earliest),
-        )
-        .await?;
-        let end = bounded(
-            "reading the latest offset",
-            t,
-            client.get_offset(OffsetAt::Latest),
-        )
-        .await?;
+        let (mut at, end) = super::log_bounds(&client, t).await?;
         while at < end {
             let (records, _) = bounded(
                 "fetching dead letters",

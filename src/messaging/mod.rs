@@ -107,6 +107,28 @@ async fn build_client(
     .await
 }
 
+/// The first offset still in a partition's log and the offset after its
+/// last record, each read with the deadline `t`.
+pub async fn log_bounds(
+    client: &rskafka::client::partition::PartitionClient,
+    t: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    use rskafka::client::partition::OffsetAt;
+    let earliest = bounded(
+        "reading the earliest offset",
+        t,
+        client.get_offset(OffsetAt::Earliest),
+    )
+    .await?;
+    let latest = bounded(
+        "reading the latest offset",
+        t,
+        client.get_offset(OffsetAt::Latest),
+    )
+    .await?;
+    Ok((earliest, latest))
+}
+
 /// Runs a broker call with a deadline. rskafka keeps retrying internally
 /// until its own backoff deadline; this is the hard stop.
 pub async fn bounded<T>(

@@ -266,25 +266,17 @@ async fn the_same_events_in_any_order_leave_the_same_state() {
     // chargebacks per order over two seconds, so ties are the rule.
     let mut events = Vec::new();
     for o in 0..ORDERS {
-        for k in 0..6 {
-            let p = rng.random_range(0..4u8);
-            events.push((
-                format!("o{o}"),
-                format!("e{o}-{k}"),
-                p,
-                rng.random_range(0..2i64),
-                pay[p as usize].to_owned(),
-            ));
-        }
-        for k in 0..3 {
-            let p = rng.random_range(0..3u8);
-            events.push((
-                format!("o{o}"),
-                format!("c{o}-{k}"),
-                p,
-                rng.random_range(0..2i64),
-                dis[p as usize].to_owned(),
-            ));
+        for (kind, count, statuses) in [('e', 6, &pay[..]), ('c', 3, &dis[..])] {
+            for k in 0..count {
+                let p = rng.random_range(0..statuses.len() as u8);
+                events.push((
+                    format!("o{o}"),
+                    format!("{kind}{o}-{k}"),
+                    p,
+                    rng.random_range(0..2i64),
+                    statuses[p as usize].to_owned(),
+                ));
+            }
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
