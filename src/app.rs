@@ -230,25 +230,32 @@ impl Application {
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        consumer_tasks.spawn(assignment::run(
-            shared,
-            consumer_configs,
-            member_name(),
-            cfg.consumer_lease_ttl,
-            consumers.clone(),
-        ));
-        // Disputes whose payment never arrived are dead-lettered.
-        consumer_tasks.spawn(
-            crate::messaging::parked::Sweeper {
-                pool: pool.clone(),
-                producer: producer.clone(),
-                dlq_topic: cfg.dlq_topic.clone(),
-                wait: cfg.dispute_payment_wait,
-                interval: cfg.dispute_sweep_interval,
-                metrics: metrics.clone(),
-            }
-            .run(consumers.clone()),
-        );
+        if cfg.consumer_enabled {
+            consumer_tasks.spawn(assignment::run(
+                shared,
+                consumer_configs,
+                member_name(),
+                cfg.consumer_lease_ttl,
+                consumers.clone(),
+            ));
+            // Disputes whose payment never arrived are dead-lettered.
+            consumer_tasks.spawn(
+                crate::messaging::parked::Sweeper {
+                    pool: pool.clone(),
+                    producer: producer.clone(),
+                    dlq_topic: cfg.dlq_topic.clone(),
+                    wait: cfg.dispute_payment_wait,
+                    interval: cfg.dispute_sweep_interval,
+                    metrics: metrics.clone(),
+                }
+                .run(consumers.clone()),
+            );
+        } else {
+            // An ingest-only replica: it takes no leases, so the fleet's
+            // consumers never count it as a member.
+            drop((shared, consumer_configs));
+            info!("consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks");
+        }
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({
             let (health, stop) = (health.clone(), consumers.clone());

@@ -390,6 +390,8 @@ settings! {
         fetch_max_wait: Duration = KAFKA_FETCH_MAX_WAIT("250ms") check::duration();
     }
     Consumer {
+        /// Run the consumers in this process (false: an ingest-only replica that only accepts and publishes webhooks)
+        consumer_enabled: bool = CONSUMER_ENABLED("true") check::switch("true or false");
         /// Most records applied in one database transaction
         consumer_max_batch: usize = CONSUMER_MAX_BATCH("2000")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
