@@ -109,6 +109,7 @@ impl Application {
             db::ping(&pool).await?;
         }
         let kafka = Kafka::from_config(&cfg).await?;
+        let metrics = Metrics::new();
         // Durability, retention, compression and size limits of the three
         // topics: warnings are logged; a webhook size the broker would
         // refuse stops start-up.
@@ -116,7 +117,7 @@ impl Application {
         let (producer, producer_tasks) = Producer::start(
             &kafka,
             &[&cfg.orders_topic, &cfg.disputes_topic, &cfg.dlq_topic],
-            ProducerConfig::from_config(&cfg),
+            ProducerConfig::from_config(&cfg).with_metrics(&metrics),
         )
         .await?;
         let listener =
@@ -135,7 +136,6 @@ impl Application {
             None => None,
         };
         let member = uuid::Uuid::new_v4();
-        let metrics = Metrics::new();
         let health = ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone());
         let state = Arc::new(AppState {
             publisher: Arc::new(producer.clone()),
@@ -254,7 +254,9 @@ impl Application {
             // An ingest-only replica: it takes no leases, so the fleet's
             // consumers never count it as a member.
             drop((shared, consumer_configs));
-            info!("consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks");
+            info!(
+                "consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks"
+            );
         }
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({
@@ -626,6 +628,7 @@ pub async fn dlq_replay(
             queue_per_partition: 64,
             publish_timeout: cfg.publish_timeout,
             metadata_refresh: Duration::from_secs(30),
+            metrics: None,
         },
     )
     .await?;

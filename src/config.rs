@@ -388,10 +388,16 @@ settings! {
             check::whole(65_536..=100 << 20, "a size in bytes between 65536 and 104857600");
         /// How long the broker may hold a fetch open waiting for data
         fetch_max_wait: Duration = KAFKA_FETCH_MAX_WAIT("250ms") check::duration();
+        /// Bytes a busy partition's fetch waits for (at most CONSUMER_LINGER) before it returns
+        fetch_min_bytes: i32 = KAFKA_FETCH_MIN_BYTES("262144")
+            check::whole(1..=100 << 20, "a size in bytes between 1 and 104857600, at most KAFKA_FETCH_MAX_BYTES");
     }
     Consumer {
         /// Run the consumers in this process (false: an ingest-only replica that only accepts and publishes webhooks)
         consumer_enabled: bool = CONSUMER_ENABLED("true") check::switch("true or false");
+        /// How long a busy partition waits for more records, so they are applied in one transaction (0: apply each fetch at once)
+        consumer_linger: Duration = CONSUMER_LINGER("20ms")
+            check::duration_within(Duration::ZERO..=Duration::from_secs(10), "a duration of at most 10s, like 0ms, 20ms");
         /// Most records applied in one database transaction
         consumer_max_batch: usize = CONSUMER_MAX_BATCH("2000")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
@@ -711,6 +717,13 @@ impl Config {
                 var: "RETRY_BACKOFF_MIN",
                 value: humantime::format_duration(self.retry_backoff_min).to_string(),
                 expected: "a duration no longer than RETRY_BACKOFF_MAX",
+            });
+        }
+        if self.fetch_min_bytes > self.fetch_max_bytes {
+            errors.push(VarError {
+                var: "KAFKA_FETCH_MIN_BYTES",
+                value: self.fetch_min_bytes.to_string(),
+                expected: "a size in bytes between 1 and 104857600, at most KAFKA_FETCH_MAX_BYTES",
             });
         }
         if self.orders_topic == self.disputes_topic {

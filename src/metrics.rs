@@ -57,6 +57,14 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     /// Seconds from handing a record to the producer to the broker's ack.
     pub publish_seconds: Histogram,
+    /// Of that, seconds a record waited in its partition's queue before the
+    /// request carrying it was sent.
+    pub producer_queue_seconds: Histogram,
+    /// Of that, seconds of the produce request itself (the broker's round
+    /// trip), once per request.
+    pub producer_request_seconds: Histogram,
+    /// Records per produce request.
+    pub producer_batch_records: Histogram,
     /// Records handled by the consumer: `applied`, `duplicate`,
     /// `dead_lettered`.
     pub records: Family<RecordLabels, Counter>,
@@ -121,6 +129,29 @@ impl Metrics {
             "publish_seconds",
             "Time from handing a record to the producer to the broker's acknowledgement",
             publish_seconds.clone(),
+        );
+        let latency_buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            5.0,
+        ];
+        let producer_queue_seconds = Histogram::new(latency_buckets);
+        registry.register(
+            "producer_queue_seconds",
+            "Time a record waited in its partition's queue before its produce request was sent",
+            producer_queue_seconds.clone(),
+        );
+        let producer_request_seconds = Histogram::new(latency_buckets);
+        registry.register(
+            "producer_request_seconds",
+            "Time of one produce request, from sending it to the broker's acknowledgement",
+            producer_request_seconds.clone(),
+        );
+        let producer_batch_records =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
+        registry.register(
+            "producer_batch_records",
+            "Records per produce request",
+            producer_batch_records.clone(),
         );
         let records = Family::<RecordLabels, Counter>::default();
         registry.register(
@@ -196,6 +227,9 @@ impl Metrics {
             parked_disputes_dead_lettered,
             webhooks,
             publish_seconds,
+            producer_queue_seconds,
+            producer_request_seconds,
+            producer_batch_records,
             records,
             retries,
             transactions,

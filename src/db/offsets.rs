@@ -45,26 +45,43 @@ pub enum Fenced {
 /// [`super::leases`] for why a stale owner therefore cannot commit). The
 /// offset row stays locked until the caller commits.
 pub async fn advance(
-    tx: &impl GenericClient,
+    tx: &deadpool_postgres::Transaction<'_>,
     member: Uuid,
     lease: &Lease,
     expected: Option<i64>,
     next: i64,
 ) -> Result<Result<(), Fenced>, DbError> {
-    const OWNED: &str = "EXISTS (SELECT 1 FROM partition_leases l
+    // The lease check of both statements: this member, this epoch, not
+    // expired, and the row share-locked until commit. Prepared once per
+    // pooled connection, like every statement of a consumer transaction.
+    macro_rules! owned {
+        () => {
+            "EXISTS (SELECT 1 FROM partition_leases l
                  WHERE l.consumer_group = $1 AND l.topic = $2 AND l.partition = $3
                    AND l.owner = $5 AND l.epoch = $6 AND l.expires_at > now()
-                 FOR SHARE)";
+                 FOR SHARE)"
+        };
+    }
+    const MOVE: &str = concat!(
+        "UPDATE consumer_offsets
+            SET next_offset = $4, lease_epoch = $6, updated_at = now()
+          WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+            AND next_offset = $7 AND ",
+        owned!()
+    );
+    const FIRST: &str = concat!(
+        "INSERT INTO consumer_offsets
+                (consumer_group, topic, partition, next_offset, lease_epoch)
+         SELECT $1, $2, $3, $4, $6 WHERE ",
+        owned!(),
+        " ON CONFLICT DO NOTHING"
+    );
     let (group, topic, partition) = (&lease.group, &lease.topic, lease.partition);
     let updated = match expected {
         Some(expected) => {
+            let stmt = tx.prepare_cached(MOVE).await?;
             tx.execute(
-                &format!(
-                    "UPDATE consumer_offsets
-                        SET next_offset = $4, lease_epoch = $6, updated_at = now()
-                      WHERE consumer_group = $1 AND topic = $2 AND partition = $3
-                        AND next_offset = $7 AND {OWNED}"
-                ),
+                &stmt,
                 &[
                     group,
                     topic,
@@ -78,13 +95,9 @@ pub async fn advance(
             .await?
         }
         None => {
+            let stmt = tx.prepare_cached(FIRST).await?;
             tx.execute(
-                &format!(
-                    "INSERT INTO consumer_offsets
-                            (consumer_group, topic, partition, next_offset, lease_epoch)
-                     SELECT $1, $2, $3, $4, $6 WHERE {OWNED}
-                     ON CONFLICT DO NOTHING"
-                ),
+                &stmt,
                 &[group, topic, &partition, &next, &member, &lease.epoch],
             )
             .await?
@@ -106,7 +119,7 @@ pub async fn advance(
         return Ok(Err(Fenced::Lease));
     }
     Ok(Err(Fenced::Offset(
-        load(tx, group, topic, partition).await?,
+        load(&**tx, group, topic, partition).await?,
     )))
 }
 

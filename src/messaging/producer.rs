@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Kafka, KafkaError, bounded, partitioner::partition_for_key};
+use crate::metrics::Metrics;
 
 /// Largest record batch a lane builds, counted as [`batch_bytes`] counts
 /// (an upper bound of its encoded size), under the broker's default
@@ -149,7 +150,7 @@ pub enum PublishError {
 }
 
 /// Producer settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProducerConfig {
     pub linger: Duration,
     pub queue_per_partition: usize,
@@ -157,6 +158,9 @@ pub struct ProducerConfig {
     /// How often topics are checked for new partitions
     /// (`KAFKA_METADATA_REFRESH`).
     pub metadata_refresh: Duration,
+    /// Where the lanes report queue wait, request time and batch size
+    /// (none: not reported).
+    pub metrics: Option<Metrics>,
 }
 
 impl ProducerConfig {
@@ -168,6 +172,15 @@ impl ProducerConfig {
             queue_per_partition: cfg.producer_queue,
             publish_timeout: cfg.publish_timeout,
             metadata_refresh: cfg.kafka_metadata_refresh,
+            metrics: None,
+        }
+    }
+
+    /// The same, reporting to `metrics`.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        Self {
+            metrics: Some(metrics.clone()),
+            ..self
         }
     }
 }
@@ -200,6 +213,7 @@ impl Publish for Producer {
 struct Pending {
     record: Record,
     ack: oneshot::Sender<Result<Published, PublishError>>,
+    queued_at: Instant,
 }
 
 /// Cheap to clone; every clone feeds the same lanes.
@@ -267,6 +281,7 @@ fn spawn_lanes(
                 client: None,
                 linger: cfg.linger,
                 call_timeout: cfg.publish_timeout,
+                metrics: cfg.metrics.clone(),
             };
             let alive = alive.clone();
             tokio::spawn(async move {
@@ -355,6 +370,7 @@ impl Producer {
             let lanes = spawn_lanes(kafka, topic, partitions, &cfg, &alive);
             map.insert(topic.to_owned(), lanes.into());
         }
+        let publish_timeout = cfg.publish_timeout;
         let inner = Arc::new(Inner {
             topics: RwLock::new(map),
             closed: CancellationToken::new(),
@@ -369,7 +385,7 @@ impl Producer {
         Ok((
             Self {
                 inner,
-                publish_timeout: cfg.publish_timeout,
+                publish_timeout,
             },
             ProducerTasks(tasks),
         ))
@@ -393,7 +409,16 @@ impl Producer {
         let lane = &lanes[partition as usize];
         let (ack, answer) = oneshot::channel();
         let timeout = PublishError::Timeout(self.publish_timeout);
-        match tokio::time::timeout_at(deadline, lane.send(Pending { record, ack })).await {
+        match tokio::time::timeout_at(
+            deadline,
+            lane.send(Pending {
+                record,
+                ack,
+                queued_at: Instant::now(),
+            }),
+        )
+        .await
+        {
             Err(_) => return Err(timeout),
             Ok(Err(_)) => return Err(PublishError::Closed),
             Ok(Ok(())) => {}
@@ -413,6 +438,7 @@ struct Lane {
     client: Option<PartitionClient>,
     linger: Duration,
     call_timeout: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl Lane {
@@ -456,12 +482,26 @@ impl Lane {
             if batch.is_empty() {
                 continue;
             }
+            let sent_at = Instant::now();
+            if let Some(m) = &self.metrics {
+                for p in &batch {
+                    m.producer_queue_seconds
+                        .observe((sent_at - p.queued_at).as_secs_f64());
+                }
+                m.producer_batch_records.observe(batch.len() as f64);
+            }
             let (records, acks): (Vec<Record>, Vec<_>) =
                 batch.drain(..).map(|p| (p.record, p.ack)).unzip();
             let n = records.len();
-            match self.send(records).await {
+            let sent = self.send(records).await;
+            let took = sent_at.elapsed();
+            if let Some(m) = &self.metrics {
+                m.producer_request_seconds.observe(took.as_secs_f64());
+            }
+            match sent {
                 Ok(offsets) => {
-                    debug!(topic = %self.topic, partition = self.partition, offset = offsets.first().copied(), records = n, "batch acknowledged");
+                    debug!(topic = %self.topic, partition = self.partition, offset = offsets.first().copied(),
+                           records = n, took_us = took.as_micros() as u64, "batch acknowledged");
                     for (ack, offset) in acks.into_iter().zip(offsets) {
                         let _ = ack.send(Ok(Published {
                             partition: self.partition,
@@ -526,6 +566,7 @@ mod tests {
                 timestamp: Utc::now(),
             },
             ack,
+            queued_at: Instant::now(),
         }
     }
 

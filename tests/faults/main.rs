@@ -922,6 +922,7 @@ async fn poison_records_interleaved(total: usize) {
             queue_per_partition: 1024,
             publish_timeout: Duration::from_secs(10),
             metadata_refresh: Duration::from_secs(30),
+            metrics: None,
         },
     )
     .await

@@ -177,6 +177,7 @@ impl Env {
                 queue_per_partition: 64,
                 publish_timeout: Duration::from_secs(10),
                 metadata_refresh: Duration::from_secs(30),
+                metrics: None,
             },
         )
         .await

@@ -5,6 +5,7 @@
 //! services from `./scripts/services up` (or `PAYHOOK_TEST_DATABASE_URL` /
 //! `PAYHOOK_TEST_KAFKA_BROKERS` pointing elsewhere).
 
+mod batching;
 mod dead_letters;
 mod fleet;
 mod helpers;

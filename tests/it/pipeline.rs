@@ -295,6 +295,7 @@ async fn stopping_mid_stream_loses_nothing_and_repeats_nothing() {
             queue_per_partition: 1024,
             publish_timeout: Duration::from_secs(10),
             metadata_refresh: Duration::from_secs(30),
+            metrics: None,
         },
     )
     .await

@@ -107,6 +107,7 @@ async fn the_producer_waits_a_bounded_time_for_a_topic_to_appear() {
             queue_per_partition: 8,
             publish_timeout: Duration::from_secs(10),
             metadata_refresh: Duration::from_secs(30),
+            metrics: None,
         },
     )
     .await
