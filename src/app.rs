@@ -19,6 +19,7 @@ use crate::{
     http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
     messaging::{
         Kafka, KafkaError, assignment,
+        committer::Committers,
         consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
         health::ConsumerHealth,
@@ -229,6 +230,11 @@ impl Application {
             },
             metrics: metrics.clone(),
             health: health.clone(),
+            committers: if cfg.consumer_enabled {
+                Committers::start(&pool, member, &metrics, &consumer_configs)
+            } else {
+                Committers::none()
+            },
         };
         if cfg.consumer_enabled {
             consumer_tasks.spawn(assignment::run(

@@ -45,8 +45,9 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let shutdown = CancellationToken::new();
     let t0 = Instant::now();
     let metrics = Metrics::new();
+    let member = uuid::Uuid::new_v4();
     let shared = consumer::Shared {
-        member: uuid::Uuid::new_v4(),
+        member,
         kafka: env.kafka.clone(),
         pool,
         dead_letters: DeadLetters {
@@ -54,6 +55,12 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
             topic: env.dlq_topic.clone(),
         },
         health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
+        committers: payhook::messaging::committer::Committers::start(
+            &pool,
+            member,
+            &metrics,
+            std::slice::from_ref(&ccfg),
+        ),
         metrics,
     };
     let task = tokio::spawn(assignment::run(

@@ -63,6 +63,7 @@ use uuid::Uuid;
 
 use super::{
     Kafka, KafkaError, bounded,
+    committer::Committers,
     dlq::{self, Failure},
     envelope::{Envelope, Event},
     health::ConsumerHealth,
@@ -143,6 +144,9 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
     pub health: ConsumerHealth,
+    /// Where runs of events are committed, combined with other partitions'
+    /// ([`super::committer`]); [`Committers::none`] commits each alone.
+    pub committers: Committers,
 }
 
 /// Consumes one partition, held under `lease`, until `stop` is cancelled
@@ -504,7 +508,7 @@ impl PartitionConsumer {
             let n = chunk.len();
             let first = records[i].offset;
             let next = records[i + n - 1].offset + 1;
-            match self.apply(pos.stored, next, chunk).await {
+            match self.apply(pos.stored, next, chunk, suspect.is_none()).await {
                 Applied::Committed => {
                     pos.committed(next);
                     self.shared.health.advanced(topic, partition, next);
@@ -697,19 +701,19 @@ impl PartitionConsumer {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let r = self
-            .bounded(
-                self.cfg.db_deadline + self.cfg.publish_timeout,
-                fenced(
-                    &self.shared.pool,
-                    self.shared.member,
-                    &self.lease,
-                    pos.stored,
-                    offset + 1,
-                    Work::Publish(publish),
-                ),
-            )
-            .await;
+        let r = with_deadline(
+            self.cfg.db_deadline + self.cfg.publish_timeout,
+            fenced(
+                &self.shared.pool,
+                self.shared.member,
+                &self.lease,
+                pos.stored,
+                offset + 1,
+                Work::Publish(publish),
+            ),
+        )
+        .await;
+        self.count_transaction(r.is_ok());
         match self.outcome(r, offset + 1) {
             Applied::Committed => {
                 pos.committed(offset + 1);
@@ -813,53 +817,61 @@ impl PartitionConsumer {
 
     /// Applies `chunk` (in order) and moves the stored offset from
     /// `expected` to `next`, in one fenced transaction.
-    async fn apply(&self, expected: Option<i64>, next: i64, chunk: Vec<Event>) -> Applied {
-        let r = self
-            .bounded(
-                self.cfg.db_deadline,
-                fenced(
-                    &self.shared.pool,
-                    self.shared.member,
-                    &self.lease,
-                    expected,
-                    next,
-                    Work::<std::future::Ready<_>>::Events(chunk),
-                ),
-            )
-            .await;
+    ///
+    /// With `combine` (not while isolating a failure), the run goes to the
+    /// topic's committer and may share its transaction with other
+    /// partitions' runs; the outcome is the one it would have had alone.
+    async fn apply(
+        &self,
+        expected: Option<i64>,
+        next: i64,
+        chunk: Vec<Event>,
+        combine: bool,
+    ) -> Applied {
+        let chunk = if combine {
+            match self
+                .shared
+                .committers
+                .commit(&self.lease, expected, next, chunk)
+                .await
+            {
+                Ok(r) => return self.outcome(r, next),
+                Err(chunk) => chunk,
+            }
+        } else {
+            chunk
+        };
+        let r = with_deadline(
+            self.cfg.db_deadline,
+            fenced(
+                &self.shared.pool,
+                self.shared.member,
+                &self.lease,
+                expected,
+                next,
+                Work::<std::future::Ready<_>>::Events(chunk),
+            ),
+        )
+        .await;
+        self.count_transaction(r.is_ok());
         self.outcome(r, next)
     }
 
-    /// A transaction with a client-side deadline: a database that stops
-    /// answering without closing the connection is a transient failure
-    /// after `after`, not a partition stuck for the kernel's keepalive time.
-    async fn bounded(
-        &self,
-        after: Duration,
-        tx: impl Future<Output = Result<Outcome, ProcessError>>,
-    ) -> Result<Outcome, ProcessError> {
-        match tokio::time::timeout(after, tx).await {
-            Ok(r) => r,
-            Err(_) => Err(ProcessError::Db(DbError::Timeout {
-                what: "a consumer transaction",
-                after,
-            })),
-        }
+    fn count_transaction(&self, committed: bool) {
+        self.shared
+            .metrics
+            .transactions
+            .get_or_create(&RecordLabels {
+                topic: self.cfg.topic.clone(),
+                outcome: if committed { "commit" } else { "rollback" },
+            })
+            .inc();
     }
 
     /// Counts a transaction's outcome and sorts it.
     fn outcome(&self, r: Result<Outcome, ProcessError>, next: i64) -> Applied {
         let topic = &self.cfg.topic;
         let partition = self.lease.partition;
-        let outcome = if r.is_ok() { "commit" } else { "rollback" };
-        self.shared
-            .metrics
-            .transactions
-            .get_or_create(&RecordLabels {
-                topic: topic.clone(),
-                outcome,
-            })
-            .inc();
         match r {
             Ok(stats) => {
                 self.count("applied", stats.stored);
@@ -924,12 +936,28 @@ fn class_name(c: ErrorClass) -> &'static str {
     }
 }
 
+/// A transaction with a client-side deadline: a database that stops
+/// answering without closing the connection is a transient failure after
+/// `after`, not a partition stuck for the kernel's keepalive time.
+pub(super) async fn with_deadline(
+    after: Duration,
+    tx: impl Future<Output = Result<Outcome, ProcessError>>,
+) -> Result<Outcome, ProcessError> {
+    match tokio::time::timeout(after, tx).await {
+        Ok(r) => r,
+        Err(_) => Err(ProcessError::Db(DbError::Timeout {
+            what: "a consumer transaction",
+            after,
+        })),
+    }
+}
+
 /// The fenced transaction: moves the stored offset from `expected` to
 /// `next` **first**, which requires this member's lease at its epoch and
 /// locks the lease and offset rows until commit, then runs `work` (the
 /// effects, or publishing a dead letter), then commits. A consumer whose
 /// lease or position is stale finds out before doing anything.
-async fn fenced<P>(
+pub(super) async fn fenced<P>(
     pool: &Pool,
     member: Uuid,
     lease: &Lease,
@@ -964,7 +992,7 @@ where
 }
 
 /// What a fenced transaction does between its fence and its commit.
-enum Work<P> {
+pub(super) enum Work<P> {
     /// Apply these events.
     Events(Vec<Event>),
     /// Publish a dead letter and wait for the broker's acknowledgement.
@@ -972,7 +1000,10 @@ enum Work<P> {
 }
 
 /// The effects of a run of events, inside the fenced transaction.
-async fn apply_events(tx: &Transaction<'_>, chunk: Vec<Event>) -> Result<Outcome, DbError> {
+pub(super) async fn apply_events(
+    tx: &Transaction<'_>,
+    chunk: Vec<Event>,
+) -> Result<Outcome, DbError> {
     let mut payments: Vec<PaymentEvent> = Vec::new();
     let mut chargebacks: Vec<ChargebackEvent> = Vec::new();
     let mut pending = Vec::new();

@@ -108,7 +108,7 @@ pub enum DecodeError {
 }
 
 /// A decoded record, ready for its service.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Event {
     Payment(PaymentEvent),
     Chargeback(ChargebackEvent),

@@ -7,6 +7,8 @@
 //!   a deadline on every publish.
 //! - [`consumer`]: the hand-rolled, per-partition consume loop that commits
 //!   offsets to Postgres in the same transaction as the effect.
+//! - [`committer`]: combines the runs of a topic's partitions that are ready
+//!   at the same time into one such transaction.
 //! - [`parked`]: disputes that name a payment not stored yet wait, and are
 //!   applied with that payment or dead-lettered after `DISPUTE_PAYMENT_WAIT`.
 //!
@@ -15,6 +17,7 @@
 //! here is wrapped in [`bounded`].
 
 pub mod assignment;
+pub mod committer;
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
