@@ -254,7 +254,9 @@ impl Application {
             // An ingest-only replica: it takes no leases, so the fleet's
             // consumers never count it as a member.
             drop((shared, consumer_configs));
-            info!("consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks");
+            info!(
+                "consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks"
+            );
         }
         // The partition gauges follow the consumers' health every second.
         consumer_tasks.spawn({

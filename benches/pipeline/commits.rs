@@ -206,8 +206,11 @@ impl LogEnd {
     }
 
     /// Records in the log not yet applied: log end − stored next offsets.
+    /// The stored offsets are read first, so the figure is never below the
+    /// true lag (nor below zero).
     pub async fn lag(&self, env: &BenchEnv, db: &tokio_postgres::Client) -> i64 {
-        self.total().await - env.stored_total(db, &self.group).await
+        let stored = env.stored_total(db, &self.group).await;
+        self.total().await - stored
     }
 
     /// Waits (at most `limit`) until the consumer has applied everything in

@@ -42,9 +42,7 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     // Wait for the consumer to apply everything in the log; what is not
     // applied by then shows as unmatched.
     let log = LogEnd::new(&env).await;
-    let _ = log
-        .wait_applied(&env, &db, Duration::from_secs(120))
-        .await;
+    let _ = log.wait_applied(&env, &db, Duration::from_secs(120)).await;
     let m = commits.end_to_end(&db, &run, &out.acks).await;
 
     shutdown.cancel();

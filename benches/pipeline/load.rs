@@ -138,7 +138,14 @@ impl Part {
     }
 
     /// Counts one answer; `measured`: the request is inside the window.
-    fn count(&mut self, status: StatusCode, measured: bool, n: u64, latency: Duration, keep_ack: bool) {
+    fn count(
+        &mut self,
+        status: StatusCode,
+        measured: bool,
+        n: u64,
+        latency: Duration,
+        keep_ack: bool,
+    ) {
         if status != StatusCode::ACCEPTED {
             self.failed += 1;
             return;

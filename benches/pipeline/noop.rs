@@ -33,7 +33,9 @@ pub fn serve(addr: &str) {
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr).await.expect("bind the no-op server");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind the no-op server");
         let accept = async {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

@@ -103,7 +103,9 @@ pub fn listener_pid(port: u16) -> Result<u32, String> {
         }
     }
     if inodes.is_empty() {
-        return Err(format!("no socket listens on port {port} in /proc/net/tcp{{,6}}"));
+        return Err(format!(
+            "no socket listens on port {port} in /proc/net/tcp{{,6}}"
+        ));
     }
     let mut unreadable = 0;
     for pid in all_pids() {

@@ -76,11 +76,26 @@ impl Load {
         }
     }
 
-    async fn drive(self, addr: SocketAddr, run: &str, profile: &Profile, keep_acks: bool) -> Outcome {
+    async fn drive(
+        self,
+        addr: SocketAddr,
+        run: &str,
+        profile: &Profile,
+        keep_acks: bool,
+    ) -> Outcome {
         match self {
             Load::Closed(n) => {
                 let seq = Arc::new(AtomicU64::new(0));
-                closed_loop(addr, run, seq, n, profile.warmup, profile.measure, keep_acks).await
+                closed_loop(
+                    addr,
+                    run,
+                    seq,
+                    n,
+                    profile.warmup,
+                    profile.measure,
+                    keep_acks,
+                )
+                .await
             }
             Load::Open(rate) => {
                 open_loop(
@@ -390,7 +405,8 @@ async fn sustain(
     const CAP: f64 = 25_000.0;
     let mut rows = Vec::new();
     let mut step = async |rate: u64, commits: &mut CommitLog| -> bool {
-        let (bounded, row) = sustain_step(profile, procs, child, addr, applied, commits, rate).await;
+        let (bounded, row) =
+            sustain_step(profile, procs, child, addr, applied, commits, rate).await;
         rows.push(row);
         bounded
     };
@@ -427,9 +443,9 @@ async fn sustain(
             "highest bounded rate, {} s runs; {definition}",
             profile.sustain.as_secs()
         )),
-        None => Row::info("sustained").note(format!(
-            "no rate bounded from {START}/s up; {definition}"
-        )),
+        None => {
+            Row::info("sustained").note(format!("no rate bounded from {START}/s up; {definition}"))
+        }
     });
     rows
 }
@@ -467,8 +483,12 @@ async fn sustain_step(
         let sample = async {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 tick.tick().await;
+                // Only while the load runs.
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let lag = applied.log.lag(applied.env, applied.db).await;
                 samples
                     .lock()
@@ -505,7 +525,10 @@ async fn sustain_step(
             m.out.per_s(),
             m.out.failed
         ),
-        (true, false) => format!("NOT bounded: lag reached {} records", max_tail.unwrap_or(-1)),
+        (true, false) => format!(
+            "NOT bounded: lag reached {} records",
+            max_tail.unwrap_or(-1)
+        ),
     };
     let lags: Vec<String> = samples.iter().map(|s| s.1.to_string()).collect();
     let row = m.row(format!("sustain rate={rate}/s"));
