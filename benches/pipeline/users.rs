@@ -285,33 +285,47 @@ fn cases() -> Vec<Load> {
         .collect()
 }
 
+/// Runs `loads` one after the other against the server on `addr`, counting
+/// the CPU of `who`; rows named `<label> <load>`. With `applied` (consumers
+/// on), each case is drained and matched end to end.
+async fn run_cases(
+    profile: &Profile,
+    procs: &Procs,
+    (label, addr, who): (&str, SocketAddr, [Option<Who>; 5]),
+    loads: Vec<Load>,
+    mut applied: Option<(&Applied<'_>, &mut CommitLog)>,
+) -> Vec<(Load, Row)> {
+    let mut rows = Vec::new();
+    for load in loads {
+        let run = run_tag();
+        let keep_acks = applied.is_some();
+        let m = measure(
+            procs,
+            who,
+            &run,
+            load.drive(addr, &run, profile, keep_acks),
+            applied.as_mut().map(|(a, c)| (*a, &mut **c)),
+        )
+        .await;
+        rows.push((load, m.row(format!("{label} {}", load.name()))));
+    }
+    rows
+}
+
 pub async fn run(profile: &Profile) -> Vec<Row> {
     let procs = Procs::find();
 
     // The ceiling.
-    let mut noop_rows = Vec::new();
-    {
+    let noop_rows = {
         let addr = free_addr();
         let mut child = Proc(noop::spawn(addr));
         wait_ready(&mut child, addr, reqwest::StatusCode::ACCEPTED).await;
-        for load in cases() {
-            let run = run_tag();
-            let m = measure(
-                &procs,
-                procs.noop(child.pid()),
-                &run,
-                load.drive(addr, &run, profile, false),
-                None,
-            )
-            .await;
-            noop_rows.push((load, m.row(format!("noop {}", load.name()))));
-        }
-    }
+        let server = ("noop", addr, procs.noop(child.pid()));
+        run_cases(profile, &procs, server, cases(), None).await
+    };
 
     // payhook, consumers on, then the sustained-throughput search.
-    let mut on_rows = Vec::new();
-    let sustain_rows;
-    {
+    let (on_rows, sustain_rows) = {
         let env = BenchEnv::new("users-on").await;
         let db = env.client().await;
         let mut commits = CommitLog::start(&env, &db).await;
@@ -324,28 +338,26 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
         let addr = free_addr();
         let mut child = Proc(spawn_payhook(&env, profile, &addr.to_string(), &[]));
         wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
-        for load in cases() {
-            let run = run_tag();
-            let m = measure(
-                &procs,
-                procs.payhook(child.pid()),
-                &run,
-                load.drive(addr, &run, profile, true),
-                Some((&applied, &mut commits)),
-            )
-            .await;
-            on_rows.push((load, m.row(format!("on {}", load.name()))));
-        }
-        sustain_rows = sustain(profile, &procs, &child, addr, &applied, &mut commits).await;
+        let server = ("on", addr, procs.payhook(child.pid()));
+        let on_applied = Some((&applied, &mut commits));
+        let rows = run_cases(profile, &procs, server, cases(), on_applied).await;
+        let sustain = Sustain {
+            profile,
+            procs: &procs,
+            who: procs.payhook(child.pid()),
+            addr,
+            applied: &applied,
+        };
+        let sustain_rows = sustain.search(&mut commits).await;
         drop(child);
         commits.stop();
         drop(db);
         env.cleanup().await;
-    }
+        (rows, sustain_rows)
+    };
 
     // payhook, consumers idle.
-    let mut idle_rows = Vec::new();
-    {
+    let idle_rows = {
         let env = BenchEnv::new("users-idle").await;
         let addr = free_addr();
         let mut child = Proc(spawn_payhook(
@@ -355,23 +367,18 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
             &[("CONSUMER_ENABLED", "false")],
         ));
         wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
-        for load in IN_FLIGHT.map(Load::Closed) {
-            let run = run_tag();
-            let m = measure(
-                &procs,
-                procs.payhook(child.pid()),
-                &run,
-                load.drive(addr, &run, profile, false),
-                None,
-            )
-            .await;
-            let row = m.row(format!("idle {}", load.name()));
-            let note = format!("{}; nobody consumes", row.note);
-            idle_rows.push((load, row.note(note)));
-        }
+        let server = ("idle", addr, procs.payhook(child.pid()));
+        let loads = IN_FLIGHT.map(Load::Closed).to_vec();
+        let rows = run_cases(profile, &procs, server, loads, None).await;
         drop(child);
         env.cleanup().await;
-    }
+        rows.into_iter()
+            .map(|(load, row)| {
+                let note = format!("{}; nobody consumes", row.note);
+                (load, row.note(note))
+            })
+            .collect::<Vec<_>>()
+    };
 
     let against_noop = |(load, row): (Load, Row)| -> Row {
         let Some((_, base)) = noop_rows.iter().find(|(l, _)| *l == load) else {
@@ -391,151 +398,143 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     rows
 }
 
-/// The sustained-throughput search (see the module doc): a row per step
-/// and the `sustained` row.
-async fn sustain(
-    profile: &Profile,
-    procs: &Procs,
-    child: &Proc,
+/// The sustained-throughput search (see the module doc), against the
+/// consumers-on payhook.
+struct Sustain<'a> {
+    profile: &'a Profile,
+    procs: &'a Procs,
+    who: [Option<Who>; 5],
     addr: SocketAddr,
-    applied: &Applied<'_>,
-    commits: &mut CommitLog,
-) -> Vec<Row> {
-    const START: f64 = 2_000.0;
-    const CAP: f64 = 25_000.0;
-    let mut rows = Vec::new();
-    let mut step = async |rate: u64, commits: &mut CommitLog| -> bool {
-        let (bounded, row) =
-            sustain_step(profile, procs, child, addr, applied, commits, rate).await;
-        rows.push(row);
-        bounded
-    };
-    let (mut best, mut worst) = (None::<u64>, None::<u64>);
-    let mut rate = START;
-    loop {
-        let r = rate.round() as u64;
-        if step(r, commits).await {
+    applied: &'a Applied<'a>,
+}
+
+impl Sustain<'_> {
+    /// A row per step and the `sustained` row.
+    async fn search(&self, commits: &mut CommitLog) -> Vec<Row> {
+        const START: f64 = 2_000.0;
+        const CAP: f64 = 25_000.0;
+        let mut rows = Vec::new();
+        let (mut best, mut worst) = (None::<u64>, None::<u64>);
+        let mut rate = START;
+        loop {
+            let r = rate.round() as u64;
+            let (bounded, row) = self.step(commits, r).await;
+            rows.push(row);
+            if !bounded {
+                worst = Some(r);
+                break;
+            }
             best = Some(r);
             if rate >= CAP {
                 break;
             }
             rate = (rate * 1.25).min(CAP);
-        } else {
-            worst = Some(r);
-            break;
         }
-    }
-    if let (Some(mut lo), Some(mut hi)) = (best, worst) {
-        for _ in 0..2 {
-            let mid = (lo + hi) / 2;
-            if step(mid, commits).await {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        best = Some(lo);
-    }
-    let definition = "bounded: ≥ 97% of due requests answered 202 in time, no error, \
-                      every lag sample in the last third of the run below 1 s of arrivals";
-    rows.push(match best {
-        Some(r) => Row::throughput("sustained", r as f64).note(format!(
-            "highest bounded rate, {} s runs; {definition}",
-            profile.sustain.as_secs()
-        )),
-        None => {
-            Row::info("sustained").note(format!("no rate bounded from {START}/s up; {definition}"))
-        }
-    });
-    rows
-}
-
-/// One step of the search: (bounded, its row).
-async fn sustain_step(
-    profile: &Profile,
-    procs: &Procs,
-    child: &Proc,
-    addr: SocketAddr,
-    applied: &Applied<'_>,
-    commits: &mut CommitLog,
-    rate: u64,
-) -> (bool, Row) {
-    let run = run_tag();
-    let samples: Mutex<Vec<(Duration, i64)>> = Mutex::new(Vec::new());
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let t0 = Instant::now();
-    let load = async {
-        let drive = async {
-            let out = open_loop(
-                addr,
-                &run,
-                0,
-                rate,
-                profile.rate_conns,
-                profile.warmup,
-                profile.sustain,
-                true,
-            )
-            .await;
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            out
-        };
-        let sample = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                // Only while the load runs.
-                if done.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
+        if let (Some(mut lo), Some(mut hi)) = (best, worst) {
+            for _ in 0..2 {
+                let mid = (lo + hi) / 2;
+                let (bounded, row) = self.step(commits, mid).await;
+                rows.push(row);
+                if bounded {
+                    lo = mid;
+                } else {
+                    hi = mid;
                 }
-                let lag = applied.log.lag(applied.env, applied.db).await;
-                samples
-                    .lock()
-                    .expect("not poisoned")
-                    .push((t0.elapsed(), lag));
             }
-        };
-        tokio::join!(drive, sample).0
-    };
-    let m = measure(
-        procs,
-        procs.payhook(child.pid()),
-        &run,
-        load,
-        Some((applied, commits)),
-    )
-    .await;
+            best = Some(lo);
+        }
+        let definition = "bounded: ≥ 97% of due requests answered 202 in time, no error, \
+                          every lag sample in the last third of the run below 1 s of arrivals";
+        rows.push(match best {
+            Some(r) => Row::throughput("sustained", r as f64).note(format!(
+                "highest bounded rate, {} s runs; {definition}",
+                self.profile.sustain.as_secs()
+            )),
+            None => Row::info("sustained")
+                .note(format!("no rate bounded from {START}/s up; {definition}")),
+        });
+        rows
+    }
 
-    let last_third = profile.warmup + profile.sustain * 2 / 3;
-    let samples = samples.into_inner().expect("not poisoned");
-    let tail: Vec<i64> = samples
-        .iter()
-        .filter(|(at, _)| *at >= last_third)
-        .map(|s| s.1)
-        .collect();
-    let max_tail = tail.iter().copied().max();
-    let kept_pace = m.out.failed == 0 && m.out.per_s() >= 0.97 * rate as f64;
-    let lag_ok = max_tail.is_some_and(|l| l < rate as i64);
-    let bounded = kept_pace && lag_ok;
-    let verdict = match (kept_pace, lag_ok) {
-        (true, true) => "bounded".to_owned(),
-        (false, _) => format!(
-            "NOT bounded: ingest answered {:.0}/s of {rate}/s with {} errors",
-            m.out.per_s(),
-            m.out.failed
-        ),
-        (true, false) => format!(
-            "NOT bounded: lag reached {} records",
-            max_tail.unwrap_or(-1)
-        ),
-    };
-    let lags: Vec<String> = samples.iter().map(|s| s.1.to_string()).collect();
-    let row = m.row(format!("sustain rate={rate}/s"));
-    let note = format!(
-        "{verdict}; lag each second: [{}]; {}",
-        lags.join(" "),
-        row.note
-    );
-    (bounded, row.note(note))
+    /// One step of the search: (bounded, its row).
+    async fn step(&self, commits: &mut CommitLog, rate: u64) -> (bool, Row) {
+        let Self {
+            profile,
+            procs,
+            who,
+            addr,
+            applied,
+        } = *self;
+        let run = run_tag();
+        let samples: Mutex<Vec<(Duration, i64)>> = Mutex::new(Vec::new());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let t0 = Instant::now();
+        let load = async {
+            let drive = async {
+                let out = open_loop(
+                    addr,
+                    &run,
+                    0,
+                    rate,
+                    profile.rate_conns,
+                    profile.warmup,
+                    profile.sustain,
+                    true,
+                )
+                .await;
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                out
+            };
+            let sample = async {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    // Only while the load runs.
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let lag = applied.log.lag(applied.env, applied.db).await;
+                    samples
+                        .lock()
+                        .expect("not poisoned")
+                        .push((t0.elapsed(), lag));
+                }
+            };
+            tokio::join!(drive, sample).0
+        };
+        let m = measure(procs, who, &run, load, Some((applied, commits))).await;
+
+        let last_third = profile.warmup + profile.sustain * 2 / 3;
+        let samples = samples.into_inner().expect("not poisoned");
+        let tail: Vec<i64> = samples
+            .iter()
+            .filter(|(at, _)| *at >= last_third)
+            .map(|s| s.1)
+            .collect();
+        let max_tail = tail.iter().copied().max();
+        let kept_pace = m.out.failed == 0 && m.out.per_s() >= 0.97 * rate as f64;
+        let lag_ok = max_tail.is_some_and(|l| l < rate as i64);
+        let bounded = kept_pace && lag_ok;
+        let verdict = match (kept_pace, lag_ok) {
+            (true, true) => "bounded".to_owned(),
+            (false, _) => format!(
+                "NOT bounded: ingest answered {:.0}/s of {rate}/s with {} errors",
+                m.out.per_s(),
+                m.out.failed
+            ),
+            (true, false) => format!(
+                "NOT bounded: lag reached {} records",
+                max_tail.unwrap_or(-1)
+            ),
+        };
+        let lags: Vec<String> = samples.iter().map(|s| s.1.to_string()).collect();
+        let row = m.row(format!("sustain rate={rate}/s"));
+        let note = format!(
+            "{verdict}; lag each second: [{}]; {}",
+            lags.join(" "),
+            row.note
+        );
+        (bounded, row.note(note))
+    }
 }
