@@ -228,14 +228,22 @@ pub fn run_tag() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
+/// A free local address for a child process to listen on.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 /// A separate `payhook serve` process on this environment, listening on
 /// `http_addr`, with its production defaults (log level `info`, JSON logs
 /// since stderr is not a terminal; the lines go nowhere) and the bench's
-/// `PAYHOOK_BENCH_SET` overrides.
+/// `PAYHOOK_BENCH_SET` overrides, then `extra` settings.
 pub fn spawn_payhook(
     env: &BenchEnv,
     profile: &crate::Profile,
     http_addr: &str,
+    extra: &[(&str, &str)],
 ) -> std::process::Child {
     use std::process::{Command, Stdio};
     Command::new(env!("CARGO_BIN_EXE_payhook"))
@@ -254,6 +262,7 @@ pub fn spawn_payhook(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .envs(profile.payhook_overrides())
+        .envs(extra.iter().copied())
         .spawn()
         .expect("start payhook")
 }

@@ -55,7 +55,7 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
         let env = BenchEnv::new("fleet").await;
         let db = env.client().await;
         let mut children: Vec<Child> = (0..k)
-            .map(|_| crate::env::spawn_payhook(&env, profile, "127.0.0.1:0"))
+            .map(|_| crate::env::spawn_payhook(&env, profile, "127.0.0.1:0", &[]))
             .collect();
         wait_shared(&db, &env, k).await;
         let group = "payhook-orders";

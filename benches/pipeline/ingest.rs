@@ -111,6 +111,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
             n,
             profile.warmup,
             profile.measure,
+            false,
         )
         .await;
         let (rss, _) = rss_mib();
@@ -171,14 +172,10 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
 /// cannot give, since there the load generator shares the process.
 async fn child_rss(profile: &Profile) -> Row {
     let env = BenchEnv::new("rss").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr = crate::env::free_addr();
     // Its default log level and format, as it would run in production
     // (`info`; JSON, stderr not being a terminal); the lines go nowhere.
-    let mut child = crate::env::spawn_payhook(&env, profile, &addr.to_string());
+    let mut child = crate::env::spawn_payhook(&env, profile, &addr.to_string(), &[]);
     let pid = child.id();
     let status = move || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |s: &str, name: &str| {
@@ -213,6 +210,7 @@ async fn child_rss(profile: &Profile) -> Row {
         64,
         profile.warmup,
         profile.measure,
+        false,
     )
     .await;
     let hwm = field(&status(), "VmHWM:");

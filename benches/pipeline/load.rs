@@ -103,6 +103,8 @@ pub struct Outcome {
     pub accepted: u64,
     /// Other answers (any time).
     pub failed: u64,
+    /// 202 answers in all, warm-up included (what per-event costs divide by).
+    pub accepted_all: u64,
     /// Length of the measured window.
     pub window: Duration,
     /// When each accepted event was answered: (event number, instant).
@@ -115,29 +117,72 @@ impl Outcome {
     }
 }
 
-/// One connection's share: latencies, accepted, failed, ack instants.
-type Part = (Histogram<u64>, u64, u64, Vec<(u64, Instant)>);
+/// One connection's share.
+struct Part {
+    latency: Histogram<u64>,
+    accepted: u64,
+    failed: u64,
+    accepted_all: u64,
+    acks: Vec<(u64, Instant)>,
+}
 
-fn merge(parts: Vec<Part>, window: Duration) -> Outcome {
-    let mut latency = histogram();
-    let (mut accepted, mut failed, mut acks) = (0, 0, Vec::new());
-    for (h, a, f, k) in parts {
-        latency.add(&h).expect("same bounds");
-        accepted += a;
-        failed += f;
-        acks.extend(k);
+impl Part {
+    fn new() -> Self {
+        Self {
+            latency: histogram(),
+            accepted: 0,
+            failed: 0,
+            accepted_all: 0,
+            acks: Vec::new(),
+        }
     }
-    Outcome {
-        latency,
-        accepted,
-        failed,
-        window,
-        acks,
+
+    /// Counts one answer; `measured`: the request is inside the window.
+    fn count(
+        &mut self,
+        status: StatusCode,
+        measured: bool,
+        n: u64,
+        latency: Duration,
+        keep_ack: bool,
+    ) {
+        if status != StatusCode::ACCEPTED {
+            self.failed += 1;
+            return;
+        }
+        self.accepted_all += 1;
+        if measured {
+            self.accepted += 1;
+            let _ = self.latency.record(latency.as_micros().max(1) as u64);
+            if keep_ack {
+                self.acks.push((n, Instant::now()));
+            }
+        }
     }
 }
 
+fn merge(parts: Vec<Part>, window: Duration) -> Outcome {
+    let mut out = Outcome {
+        latency: histogram(),
+        accepted: 0,
+        failed: 0,
+        accepted_all: 0,
+        window,
+        acks: Vec::new(),
+    };
+    for p in parts {
+        out.latency.add(&p.latency).expect("same bounds");
+        out.accepted += p.accepted;
+        out.failed += p.failed;
+        out.accepted_all += p.accepted_all;
+        out.acks.extend(p.acks);
+    }
+    out
+}
+
 /// `in_flight` connections sending back to back for `warmup + measure`;
-/// only requests that start inside the measured window are counted.
+/// only requests that start inside the measured window are counted. With
+/// `keep_acks`, records when each accepted event (by number) was answered.
 pub async fn closed_loop(
     addr: SocketAddr,
     run: &str,
@@ -145,6 +190,7 @@ pub async fn closed_loop(
     in_flight: usize,
     warmup: Duration,
     measure: Duration,
+    keep_acks: bool,
 ) -> Outcome {
     let mut conns = Vec::with_capacity(in_flight);
     for _ in 0..in_flight {
@@ -158,8 +204,7 @@ pub async fn closed_loop(
         let run = run.to_owned();
         let seq = Arc::clone(&seq);
         tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut part = Part::new();
             tokio::time::sleep_until(start).await;
             loop {
                 let t0 = Instant::now();
@@ -168,15 +213,9 @@ pub async fn closed_loop(
                 }
                 let n = seq.fetch_add(1, Ordering::Relaxed);
                 let status = conn.post(payment_body(&run, n)).await;
-                let t1 = Instant::now();
-                if status != StatusCode::ACCEPTED {
-                    failed += 1;
-                } else if t0 >= from {
-                    ok += 1;
-                    let _ = h.record((t1 - t0).as_micros().max(1) as u64);
-                }
+                part.count(status, t0 >= from, n, t0.elapsed(), keep_acks);
             }
-            (h, ok, failed, Vec::new())
+            part
         }));
     }
     let mut parts = Vec::new();
@@ -214,9 +253,7 @@ pub async fn open_loop(
         let run = run.to_owned();
         let slot = Arc::clone(&slot);
         tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let (mut ok, mut failed) = (0u64, 0u64);
-            let mut acks = Vec::new();
+            let mut part = Part::new();
             let mut last = start;
             loop {
                 let i = slot.fetch_add(1, Ordering::Relaxed);
@@ -229,17 +266,9 @@ pub async fn open_loop(
                 let status = conn.post(payment_body(&run, n)).await;
                 let done = Instant::now();
                 last = last.max(done);
-                if status != StatusCode::ACCEPTED {
-                    failed += 1;
-                } else if i >= warm {
-                    ok += 1;
-                    let _ = h.record((done - due).as_micros().max(1) as u64);
-                    if keep_acks {
-                        acks.push((n, done));
-                    }
-                }
+                part.count(status, i >= warm, n, done - due, keep_acks);
             }
-            (h, ok, failed, acks, last)
+            (part, last)
         }));
     }
     // If payhook falls behind, the last answers come after the schedule
@@ -248,9 +277,9 @@ pub async fn open_loop(
     let mut parts = Vec::new();
     let mut last = from + measure;
     for t in tasks {
-        let (h, ok, failed, acks, l) = t.await.expect("load task");
+        let (part, l) = t.await.expect("load task");
         last = last.max(l);
-        parts.push((h, ok, failed, acks));
+        parts.push(part);
     }
     merge(parts, last - from)
 }

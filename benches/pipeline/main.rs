@@ -7,28 +7,39 @@
 //! - `consume`: a pre-filled topic drained into Postgres;
 //! - `e2e`: 202 → committed row at a fixed rate;
 //! - `fleet`: consume throughput with 1, 2 and 3 `payhook serve` processes
-//!   sharing the partitions.
+//!   sharing the partitions;
+//! - `users`: as a provider sees it: `payhook serve` as a child process
+//!   (consumers on, then consumers idle) and a no-op HTTP server child (the
+//!   ceiling) driven from this process over keep-alive HTTP at 1/16/64 in
+//!   flight and 1,000/2,000/5,000 per second, with end to end, drain time,
+//!   CPU seconds per 1,000 events of payhook, the broker, Postgres, the
+//!   no-op server and the load generator, ratios to the no-op server, and a
+//!   sustained-throughput search (see `users.rs` for the definitions).
 //!
 //! They run in this order: the per-record produce ceilings, ingest, the bulk
 //! produce and insert ceilings (which build all their records up front, so
-//! they come after ingest's memory figure), consume, e2e.
+//! they come after ingest's memory figure), consume, e2e, fleet, users.
 //!
 //! `PAYHOOK_BENCH_PROFILE=full` for real figures; the default `short`
 //! profile is a quick look. Results: a table per section and
-//! `target/bench/{ceilings,ingest,consume,e2e,fleet}.json`.
+//! `target/bench/{ceilings,ingest,consume,e2e,fleet,users}.json`.
 //!
 //! The services come from `./scripts/services up` (or
 //! `PAYHOOK_TEST_DATABASE_URL` / `PAYHOOK_TEST_KAFKA_BROKERS`); without them
 //! the bench says how to start them and exits 0 having measured nothing.
 
 mod ceilings;
+mod commits;
 mod consume;
 mod e2e;
 mod env;
 mod fleet;
 mod ingest;
 mod load;
+mod noop;
+mod procstat;
 mod report;
+mod users;
 
 use std::time::Duration;
 
@@ -42,6 +53,9 @@ pub struct Profile {
     pub measure: Duration,
     pub rate: u64,
     pub rate_conns: usize,
+    /// Each step of the sustained-throughput search (`users`), after the
+    /// warm-up.
+    pub sustain: Duration,
     pub consume_n: u64,
     /// Backlog drained by 1, 2 and 3 processes in the fleet section.
     pub fleet_n: u64,
@@ -64,6 +78,7 @@ impl Profile {
             measure: Duration::from_secs(4),
             rate: 2000,
             rate_conns: 128,
+            sustain: Duration::from_secs(6),
             consume_n: 30_000,
             fleet_n: 60_000,
             produce_ceiling_n: 50_000,
@@ -74,6 +89,7 @@ impl Profile {
                 name: "full",
                 warmup: Duration::from_secs(3),
                 measure: Duration::from_secs(15),
+                sustain: Duration::from_secs(30),
                 consume_n: 200_000,
                 fleet_n: 200_000,
                 produce_ceiling_n: 200_000,
@@ -101,6 +117,11 @@ impl Profile {
 }
 
 fn main() {
+    // Started again as the no-op server by the `users` section.
+    if let Ok(addr) = std::env::var(noop::ADDR_VAR) {
+        noop::serve(&addr);
+        return;
+    }
     // `cargo test --all-targets` builds and runs this binary without
     // `--bench`: measure nothing then.
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -196,6 +217,10 @@ fn main() {
         if on("fleet") {
             let rows = fleet::run(&profile).await;
             publish("fleet", profile.name, &rows);
+        }
+        if on("users") {
+            let rows = users::run(&profile).await;
+            publish("users", profile.name, &rows);
         }
     });
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::procstat::CpuPer1k;
+
 /// One measured setting.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -16,6 +18,15 @@ pub struct Row {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub ratio_to_ceiling: Option<f64>,
+    /// End to end, 202 → committed row (the `users` section).
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+    /// CPU seconds per 1,000 accepted events, by process (`users`).
+    pub cpu_s_per_1k: Option<CpuPer1k>,
+    /// This row's ingest p99 over the no-op server's for the same load.
+    pub p99_ratio_to_noop: Option<f64>,
+    /// From the end of the load until the consumer had applied all of it.
+    pub drain_s: Option<f64>,
     /// Anything else worth printing (errors, memory); kept out of the
     /// fixed JSON fields but written as `"note"`.
     pub note: String,
@@ -30,6 +41,11 @@ impl Row {
             p99_ms: None,
             p999_ms: None,
             ratio_to_ceiling: None,
+            e2e_p50_ms: None,
+            e2e_p99_ms: None,
+            cpu_s_per_1k: None,
+            p99_ratio_to_noop: None,
+            drain_s: None,
             note: String::new(),
         }
     }
@@ -51,6 +67,23 @@ impl Row {
             self.p999_ms = Some(ms(0.999));
         }
         self
+    }
+
+    /// End-to-end percentiles from a histogram of microseconds.
+    pub fn with_e2e(mut self, h: &Histogram<u64>) -> Self {
+        if !h.is_empty() {
+            self.e2e_p50_ms = Some(h.value_at_quantile(0.50) as f64 / 1000.0);
+            self.e2e_p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1000.0);
+        }
+        self
+    }
+
+    /// Whether any of the `users` figures is set (printed on a second line).
+    fn has_extras(&self) -> bool {
+        self.e2e_p50_ms.is_some()
+            || self.cpu_s_per_1k.is_some()
+            || self.p99_ratio_to_noop.is_some()
+            || self.drain_s.is_some()
     }
 
     pub fn ratio_to(mut self, ceiling: Option<f64>) -> Self {
@@ -109,6 +142,22 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
             opt(r.ratio_to_ceiling, 2),
             r.note
         );
+        if r.has_extras() {
+            let cpu = r.cpu_s_per_1k.unwrap_or_default();
+            println!(
+                "{:<28} e2e p50 {} p99 {} ms; p99/no-op {}; drain {} s; CPU s/1k: payhook {} broker {} postgres {} no-op {} load {}",
+                "",
+                opt(r.e2e_p50_ms, 2),
+                opt(r.e2e_p99_ms, 2),
+                opt(r.p99_ratio_to_noop, 2),
+                opt(r.drain_s, 2),
+                opt(cpu.payhook, 3),
+                opt(cpu.broker, 3),
+                opt(cpu.postgres, 3),
+                opt(cpu.noop, 3),
+                opt(cpu.load, 3),
+            );
+        }
     }
     let doc = json!({
         "bench": bench,
@@ -122,6 +171,17 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
             "p99_ms": r.p99_ms,
             "p999_ms": r.p999_ms,
             "ratio_to_ceiling": r.ratio_to_ceiling,
+            "e2e_p50_ms": r.e2e_p50_ms,
+            "e2e_p99_ms": r.e2e_p99_ms,
+            "cpu_s_per_1k": r.cpu_s_per_1k.map(|c| json!({
+                "payhook": c.payhook,
+                "broker": c.broker,
+                "postgres": c.postgres,
+                "noop": c.noop,
+                "load": c.load,
+            })),
+            "p99_ratio_to_noop": r.p99_ratio_to_noop,
+            "drain_s": r.drain_s,
             "note": if r.note.is_empty() { Value::Null } else { json!(r.note) },
         })).collect::<Vec<_>>(),
     });
