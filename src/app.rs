@@ -230,7 +230,9 @@ impl Application {
             },
             metrics: metrics.clone(),
             health: health.clone(),
-            committers: if cfg.consumer_enabled {
+            committers: if cfg.consumer_enabled
+                && std::env::var_os("PAYHOOK_NO_COMMITTER").is_none()
+            {
                 Committers::start(&pool, member, &metrics, &consumer_configs)
             } else {
                 Committers::none()

@@ -161,7 +161,18 @@ impl CommitLog {
                     m.early += 1;
                     let _ = m.latency.record(1);
                 }
-                None => m.missing += 1,
+                None => {
+                    m.missing += 1;
+                    if std::env::var_os("PAYHOOK_BENCH_DEBUG").is_some() && m.missing < 6 {
+                        let v = self.seen.get(&p).cloned().unwrap_or_default();
+                        let i = v.partition_point(|c| c.0 <= off);
+                        let near: Vec<_> = v[i.saturating_sub(3)..(i + 2).min(v.len())]
+                            .iter()
+                            .map(|c| (c.0, c.1))
+                            .collect();
+                        eprintln!("unmatched p{p} off {off}: ranges near {near:?}");
+                    }
+                }
             }
         }
         m

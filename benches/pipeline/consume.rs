@@ -49,7 +49,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let shared = consumer::Shared {
         member,
         kafka: env.kafka.clone(),
-        pool,
+        pool: pool.clone(),
         dead_letters: DeadLetters {
             producer: dead_letter_producer.clone(),
             topic: env.dlq_topic.clone(),

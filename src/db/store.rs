@@ -19,7 +19,7 @@ use super::DbError;
 use crate::domain::{
     apply::EventStore,
     disputes::ChargebackEvent,
-    orders::PaymentEvent,
+    orders::{PaymentEvent, SourcePosition},
     types::{Origin, ProviderEventId},
 };
 
@@ -57,12 +57,13 @@ INSERT INTO payment_events (provider_event_id, event_id, order_id, user_id, stat
                             currency, occurred_at, payload, kafka_topic, kafka_partition,
                             kafka_offset, provider, provider_object_ids,
                             payload_raw)
-SELECT p, e, o, u, s, a, c, t, j::jsonb, $10, $11, k, pr,
+SELECT p, e, o, u, s, a, c, t, j::jsonb, tp, pa, k, pr,
        ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
        CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
-            $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
-     AS x(p, e, o, u, s, a, c, t, j, k, pr, ids)
+            $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int4[], $12::int8[],
+            $13::text[], $14::text[])
+     AS x(p, e, o, u, s, a, c, t, j, tp, pa, k, pr, ids)
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
@@ -92,12 +93,13 @@ INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, re
                                currency, occurred_at, payload, kafka_topic, kafka_partition,
                                kafka_offset, provider, provider_object_ids,
                             payload_raw)
-SELECT p, e, o, s, r, a, c, t, j::jsonb, $10, $11, k, pr,
+SELECT p, e, o, s, r, a, c, t, j::jsonb, tp, pa, k, pr,
        ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
        CASE WHEN pr = 'generic' THEN NULL ELSE j END
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
-            $7::text[], $8::timestamptz[], $9::text[], $12::int8[], $13::text[], $14::text[])
-     AS x(p, e, o, s, r, a, c, t, j, k, pr, ids)
+            $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int4[], $12::int8[],
+            $13::text[], $14::text[])
+     AS x(p, e, o, s, r, a, c, t, j, tp, pa, k, pr, ids)
 ON CONFLICT (provider_event_id) DO NOTHING
 RETURNING provider_event_id";
 
@@ -132,7 +134,7 @@ struct Common<'e> {
     currency: &'e str,
     occurred_at: DateTime<Utc>,
     payload: &'e str,
-    offset: i64,
+    source: &'e SourcePosition,
     origin: &'e Origin,
 }
 
@@ -148,7 +150,7 @@ impl<'e> From<&'e PaymentEvent> for Common<'e> {
             currency: w.currency.as_str(),
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
-            offset: e.source.offset,
+            source: &e.source,
             origin: &e.origin,
         }
     }
@@ -166,7 +168,7 @@ impl<'e> From<&'e ChargebackEvent> for Common<'e> {
             currency: w.currency.as_str(),
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
-            offset: e.source.offset,
+            source: &e.source,
             origin: &e.origin,
         }
     }
@@ -183,6 +185,11 @@ struct Columns<'e> {
     currency: Vec<&'e str>,
     occurred_at: Vec<DateTime<Utc>>,
     payload: Vec<&'e str>,
+    /// Where each event was read: a transaction can hold several
+    /// partitions' events (the consumer's committer), and a released dispute
+    /// keeps the position it was read at.
+    topic: Vec<&'e str>,
+    partition: Vec<i32>,
     offset: Vec<i64>,
     provider: Vec<&'e str>,
     /// Each event's object ids as a JSON array (arrays of arrays cannot be
@@ -205,6 +212,8 @@ impl<'e> Columns<'e> {
             currency: Vec::with_capacity(n),
             occurred_at: Vec::with_capacity(n),
             payload: Vec::with_capacity(n),
+            topic: Vec::with_capacity(n),
+            partition: Vec::with_capacity(n),
             offset: Vec::with_capacity(n),
             provider: Vec::with_capacity(n),
             object_ids: Vec::with_capacity(n),
@@ -219,7 +228,9 @@ impl<'e> Columns<'e> {
             c.currency.push(r.currency);
             c.occurred_at.push(r.occurred_at);
             c.payload.push(r.payload);
-            c.offset.push(r.offset);
+            c.topic.push(&r.source.topic);
+            c.partition.push(r.source.partition);
+            c.offset.push(r.source.offset);
             c.provider.push(&r.origin.provider);
             c.object_ids.push(
                 serde_json::to_string(&r.origin.object_ids).expect("strings always serialize"),
@@ -236,9 +247,9 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
         &mut self,
         events: &[&PaymentEvent],
     ) -> Result<Vec<ProviderEventId>, DbError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let c = Columns::of(events);
         let user_id: Vec<&str> = events.iter().map(|e| e.webhook.user_id.as_str()).collect();
         let stmt = self.tx.prepare_cached(INSERT_PAYMENTS).await?;
@@ -256,8 +267,8 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
                     &c.currency,
                     &c.occurred_at,
                     &c.payload,
-                    &first.source.topic,
-                    &first.source.partition,
+                    &c.topic,
+                    &c.partition,
                     &c.offset,
                     &c.provider,
                     &c.object_ids,
@@ -300,9 +311,9 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
         &mut self,
         events: &[&ChargebackEvent],
     ) -> Result<Vec<ProviderEventId>, DbError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let c = Columns::of(events);
         let reason: Vec<Option<&str>> = events.iter().map(|e| reason_of(e)).collect();
         let stmt = self.tx.prepare_cached(INSERT_CHARGEBACKS).await?;
@@ -320,8 +331,8 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
                     &c.currency,
                     &c.occurred_at,
                     &c.payload,
-                    &first.source.topic,
-                    &first.source.partition,
+                    &c.topic,
+                    &c.partition,
                     &c.offset,
                     &c.provider,
                     &c.object_ids,

@@ -103,3 +103,81 @@ async fn an_ingest_only_replica_accepts_webhooks_and_leaves_them_to_the_consumer
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_several_partitions_share_a_transaction_and_keep_their_positions() {
+    use payhook::messaging::partitioner::partition_for_key;
+
+    let env = Env::with_partitions(8).await;
+    // A backlog on every partition, accepted by an ingest-only replica...
+    let edge = env.start(&[("CONSUMER_ENABLED", "false")]).await;
+    let n = 1600;
+    for wave in 0..n / 40 {
+        futures::future::join_all((0..40).map(|i| {
+            let k = wave * 40 + i;
+            let body = payment(
+                &format!("evt_{k}"),
+                &format!("ord_{}", k % 400),
+                "succeeded",
+                &at(k as i64),
+            );
+            let edge = &edge;
+            async move { edge.payment(&body).await }
+        }))
+        .await;
+    }
+    edge.stop().await;
+    // ...so all eight partitions have runs ready at once when consuming starts.
+    let app = env.start(&[]).await;
+    env.wait_caught_up().await;
+    app.stop().await;
+
+    let rows = env
+        .db
+        .query(
+            "SELECT provider_event_id, order_id, kafka_partition, kafka_offset, xmin::text
+               FROM payment_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n);
+    let parts = std::num::NonZeroU32::new(8).unwrap();
+    let mut positions = std::collections::HashSet::new();
+    let mut partitions_of_tx: std::collections::HashMap<String, std::collections::HashSet<i32>> =
+        Default::default();
+    for r in &rows {
+        let (order, partition, offset): (&str, i32, i64) = (r.get(1), r.get(2), r.get(3));
+        // Each event keeps the position it was read at, even in a
+        // transaction that also holds other partitions' events.
+        assert_eq!(
+            partition,
+            partition_for_key(order.as_bytes(), parts),
+            "{order}"
+        );
+        assert!(
+            positions.insert((partition, offset)),
+            "two events at {partition}/{offset}"
+        );
+        partitions_of_tx
+            .entry(r.get(4))
+            .or_default()
+            .insert(partition);
+    }
+    for r in rows.iter().step_by(97) {
+        let record = env.record_at(&env.orders_topic, r.get(2), r.get(3)).await;
+        let value = String::from_utf8(record.value.unwrap()).unwrap();
+        let id: &str = r.get(0);
+        assert!(
+            value.contains(&format!(r#""provider_event_id":"{id}""#)),
+            "{id} is not at its position"
+        );
+    }
+    let shared = partitions_of_tx.values().filter(|p| p.len() > 1).count();
+    assert!(
+        shared > 0,
+        "no transaction held more than one partition's run ({} transactions)",
+        partitions_of_tx.len()
+    );
+    env.cleanup().await;
+}
