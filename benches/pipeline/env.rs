@@ -246,7 +246,11 @@ pub fn spawn_payhook(
     extra: &[(&str, &str)],
 ) -> std::process::Child {
     use std::process::{Command, Stdio};
-    Command::new(env!("CARGO_BIN_EXE_payhook"))
+    // `PAYHOOK_BENCH_BIN`: another build of payhook (e.g. an older commit's,
+    // for before/after figures from the same bench).
+    let bin = std::env::var_os("PAYHOOK_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_payhook").into());
+    Command::new(bin)
         .arg("serve")
         .env("HTTP_ADDR", http_addr)
         .env("DATABASE_URL", &env.db_url)

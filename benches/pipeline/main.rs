@@ -39,6 +39,7 @@ mod load;
 mod noop;
 mod procstat;
 mod report;
+mod scrape;
 mod users;
 
 use std::time::Duration;

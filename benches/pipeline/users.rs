@@ -278,11 +278,26 @@ async fn measure(
 }
 
 fn cases() -> Vec<Load> {
-    IN_FLIGHT
-        .map(Load::Closed)
+    in_flight()
         .into_iter()
+        .map(Load::Closed)
         .chain(RATES.map(Load::Open))
         .collect()
+}
+
+/// The closed-loop settings: [`IN_FLIGHT`], or for experiments
+/// `PAYHOOK_BENCH_IN_FLIGHT=64` (or `"1,64"`).
+fn in_flight() -> Vec<usize> {
+    std::env::var("PAYHOOK_BENCH_IN_FLIGHT")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| IN_FLIGHT.to_vec())
+}
+
+/// Which parts run: all, or for experiments `PAYHOOK_BENCH_USERS=idle,on`
+/// (of `noop`, `on`, `sustain`, `idle`).
+fn part(name: &str) -> bool {
+    std::env::var("PAYHOOK_BENCH_USERS").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
 }
 
 /// Runs `loads` one after the other against the server on `addr`, counting
@@ -299,6 +314,8 @@ async fn run_cases(
     for load in loads {
         let run = run_tag();
         let keep_acks = applied.is_some();
+        // payhook's own producer figures (the no-op server has none).
+        let before = crate::scrape::Producer::read(addr).await;
         let m = measure(
             procs,
             who,
@@ -307,7 +324,11 @@ async fn run_cases(
             applied.as_mut().map(|(a, c)| (*a, &mut **c)),
         )
         .await;
-        rows.push((load, m.row(format!("{label} {}", load.name()))));
+        let mut row = m.row(format!("{label} {}", load.name()));
+        if let (Some(before), Some(after)) = (before, crate::scrape::Producer::read(addr).await) {
+            row.note = format!("{}; {}", row.note, after.since(&before));
+        }
+        rows.push((load, row));
     }
     rows
 }
@@ -316,7 +337,9 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     let procs = Procs::find();
 
     // The ceiling.
-    let noop_rows = {
+    let noop_rows = if !part("noop") {
+        Vec::new()
+    } else {
         let addr = free_addr();
         let mut child = Proc(noop::spawn(addr));
         wait_ready(&mut child, addr, reqwest::StatusCode::ACCEPTED).await;
@@ -325,7 +348,9 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     };
 
     // payhook, consumers on, then the sustained-throughput search.
-    let (on_rows, sustain_rows) = {
+    let (on_rows, sustain_rows) = if !part("on") && !part("sustain") {
+        (Vec::new(), Vec::new())
+    } else {
         let env = BenchEnv::new("users-on").await;
         let db = env.client().await;
         let mut commits = CommitLog::start(&env, &db).await;
@@ -340,7 +365,8 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
         wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
         let server = ("on", addr, procs.payhook(child.pid()));
         let on_applied = Some((&applied, &mut commits));
-        let rows = run_cases(profile, &procs, server, cases(), on_applied).await;
+        let loads = if part("on") { cases() } else { Vec::new() };
+        let rows = run_cases(profile, &procs, server, loads, on_applied).await;
         let sustain = Sustain {
             profile,
             procs: &procs,
@@ -348,7 +374,11 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
             addr,
             applied: &applied,
         };
-        let sustain_rows = sustain.search(&mut commits).await;
+        let sustain_rows = if part("sustain") {
+            sustain.search(&mut commits).await
+        } else {
+            Vec::new()
+        };
         drop(child);
         commits.stop();
         drop(db);
@@ -357,7 +387,9 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     };
 
     // payhook, consumers idle.
-    let idle_rows = {
+    let idle_rows = if !part("idle") {
+        Vec::new()
+    } else {
         let env = BenchEnv::new("users-idle").await;
         let addr = free_addr();
         let mut child = Proc(spawn_payhook(
@@ -368,7 +400,7 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
         ));
         wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
         let server = ("idle", addr, procs.payhook(child.pid()));
-        let loads = IN_FLIGHT.map(Load::Closed).to_vec();
+        let loads = in_flight().into_iter().map(Load::Closed).collect();
         let rows = run_cases(profile, &procs, server, loads, None).await;
         drop(child);
         env.cleanup().await;

@@ -49,6 +49,34 @@ use crate::metrics::Metrics;
 /// with [`max_batch_bytes_for_body`].
 pub const MAX_BATCH_BYTES: usize = 900 * 1024;
 
+/// rskafka writes each request through an 8 KiB buffer (tokio's `BufStream`
+/// default): the 4-byte length prefix, then the request. A request that
+/// does not fit with its prefix goes out as **two** writes, the prefix alone
+/// and then the rest, and on a socket without `TCP_NODELAY` (rskafka does
+/// not set it) Nagle's algorithm holds the second write until the broker
+/// acknowledges the first, which the broker's kernel delays by its delayed-ACK
+/// timer: 40 ms on Linux. That was the 64-in-flight tail (README,
+/// "Performance"). A lane therefore keeps each produce request within one
+/// buffer: more records wait for the next request, which costs a fraction of
+/// a millisecond, instead of 40.
+pub const RSKAFKA_WRITE_BUFFER: usize = 8 * 1024;
+
+/// Room for everything of a Produce request (v3 to v7) besides the record
+/// batch: the length prefix (4), the request header (api key, version,
+/// correlation id, client id `payhook`: 17), transactional id, acks,
+/// timeout, topic and partition counts, the partition index and the
+/// records' length (26), rounded up generously.
+const PRODUCE_REQUEST_OVERHEAD: usize = 96;
+
+/// The largest record batch for `topic` whose Produce request rskafka writes
+/// in a single write (see [`RSKAFKA_WRITE_BUFFER`]). A record that alone is
+/// larger still goes, alone, and pays the delayed acknowledgement.
+pub fn single_write_batch_bytes(topic: &str) -> usize {
+    RSKAFKA_WRITE_BUFFER
+        .saturating_sub(PRODUCE_REQUEST_OVERHEAD + topic.len())
+        .min(MAX_BATCH_BYTES)
+}
+
 /// The fixed part of a v2 record batch: base offset (8), length (4),
 /// leader epoch (4), magic (1), CRC (4), attributes (2), last offset delta
 /// (4), first and max timestamps (8 + 8), producer id (8) and epoch (2),
@@ -282,6 +310,7 @@ fn spawn_lanes(
                 linger: cfg.linger,
                 call_timeout: cfg.publish_timeout,
                 metrics: cfg.metrics.clone(),
+                batch_limit: single_write_batch_bytes(topic),
             };
             let alive = alive.clone();
             tokio::spawn(async move {
@@ -439,6 +468,8 @@ struct Lane {
     linger: Duration,
     call_timeout: Duration,
     metrics: Option<Metrics>,
+    /// [`single_write_batch_bytes`] of the lane's topic.
+    batch_limit: usize,
 }
 
 impl Lane {
@@ -455,7 +486,7 @@ impl Lane {
                     None => break,
                 },
             };
-            let mut batch = Batch::start(first, MAX_BATCH_BYTES);
+            let mut batch = Batch::start(first, self.batch_limit);
             // Let every task that is ready to run (handlers about to publish)
             // run once first: their records join this batch at no timer cost.
             tokio::task::yield_now().await;
@@ -622,6 +653,115 @@ mod tests {
         let formed = batches(&sizes, 20_000);
         assert_eq!(formed.concat(), sizes);
         assert!(formed.len() > 100);
+    }
+
+    /// The Produce request rskafka sends for `batch` to `topic`, encoded
+    /// independently (by `kafka-protocol`): v7, as rskafka speaks to Kafka
+    /// 4, uncompressed record batch v2, client id `payhook`.
+    fn produce_request_bytes(topic: &str, batch: &[Pending]) -> usize {
+        use bytes::{Bytes, BytesMut};
+        use kafka_protocol::{
+            messages::{
+                ApiKey, ProduceRequest, RequestHeader, TopicName,
+                produce_request::{PartitionProduceData, TopicProduceData},
+            },
+            protocol::{Encodable, HeaderVersion, StrBytes},
+            records::{
+                Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions,
+                TimestampType,
+            },
+        };
+        let records: Vec<KRecord> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| KRecord {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: p.record.timestamp.timestamp_millis(),
+                key: p.record.key.clone().map(Bytes::from),
+                value: p.record.value.clone().map(Bytes::from),
+                headers: p
+                    .record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            StrBytes::from_string(k.clone()),
+                            Some(Bytes::from(v.clone())),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut encoded = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut encoded, &records, &options).unwrap();
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(encoded.freeze())),
+                    ]),
+            ]);
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(7)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("payhook")))
+            .encode(&mut buf, ProduceRequest::header_version(7))
+            .unwrap();
+        req.encode(&mut buf, 7).unwrap();
+        buf.len()
+    }
+
+    #[test]
+    fn a_full_lane_batch_is_one_write_for_rskafka() {
+        // Real envelopes of a realistic webhook, under the longest topic
+        // name and a short one.
+        for topic in ["payments.orders".to_owned(), "t".repeat(249)] {
+            let limit = single_write_batch_bytes(&topic);
+            let body = r#"{"provider_event_id":"evt_000000001","order_id":"ord_00001","user_id":"usr_000001","status":"succeeded","amount":1999,"currency":"EUR","occurred_at":"2026-11-26T10:00:00Z","metadata":{"cart":"c_1"}}"#;
+            let envelope = || {
+                let mut p = pending(0);
+                p.record = Envelope::new(
+                    EventType::OrderWebhook,
+                    "ord_00001",
+                    RawValue::from_string(body.to_owned()).unwrap(),
+                )
+                .to_record();
+                p
+            };
+            let mut batch = Batch::start(envelope(), limit);
+            while batch.push(envelope()).is_ok() {}
+            let n = batch.records.len();
+            assert!(n >= 10, "only {n} records fit {limit} bytes");
+            let request = produce_request_bytes(&topic, &batch.records);
+            // The length prefix and the request share rskafka's buffer.
+            assert!(
+                4 + request <= RSKAFKA_WRITE_BUFFER,
+                "{n} records: a {request}-byte request for {} ({limit}-byte batch limit)",
+                topic.len()
+            );
+            // And the limit is not wasteful: one more record would not fit.
+            batch.records.push(envelope());
+            assert!(4 + produce_request_bytes(&topic, &batch.records) > RSKAFKA_WRITE_BUFFER - 400);
+        }
     }
 
     #[test]
