@@ -85,6 +85,7 @@ impl Committers {
                     topic: cfg.topic.clone(),
                     max_events: cfg.max_batch,
                     deadline: cfg.db_deadline,
+                    gather: cfg.linger / 8,
                 };
                 tokio::spawn(worker.run());
             }
@@ -139,6 +140,9 @@ struct Worker {
     /// that alone is larger goes alone.
     max_events: usize,
     deadline: Duration,
+    /// How long a transaction waits for other partitions' runs after its
+    /// first one (half of `CONSUMER_LINGER`).
+    gather: Duration,
 }
 
 impl Worker {
@@ -149,20 +153,34 @@ impl Worker {
                 let Some(first) = rx.recv().await else { return };
                 let mut events = first.events.len();
                 let mut runs = vec![first];
-                // Runs that became ready meanwhile join this transaction.
-                tokio::task::yield_now().await;
+                // Runs that are ready join this transaction. While it is
+                // small (a trickle, not a backlog), so do runs that become
+                // ready within `gather`: partitions answered together fetch
+                // together, so after a few transactions their runs arrive
+                // within that window.
+                let until = tokio::time::Instant::now() + self.gather;
                 while events < self.max_events {
-                    match rx.try_recv() {
-                        Ok(r) if events + r.events.len() <= self.max_events => {
+                    let next = match rx.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(_) if events < self.max_events / 8 => {
+                            tokio::time::timeout_at(until, rx.recv())
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                        Err(_) => None,
+                    };
+                    match next {
+                        Some(r) if events + r.events.len() <= self.max_events => {
                             events += r.events.len();
                             runs.push(r);
                         }
-                        Ok(r) => {
+                        Some(r) => {
                             // Too many for this one: it goes next, alone.
                             self.commit_alone(r).await;
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 runs
