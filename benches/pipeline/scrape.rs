@@ -62,6 +62,7 @@ impl Producer {
             .ok()?;
         let hist = |name: &str| {
             let mut h = Hist::default();
+            let mut found = false;
             for line in text.lines() {
                 let Some(rest) = line.strip_prefix(name) else {
                     continue;
@@ -69,6 +70,7 @@ impl Producer {
                 let value = |s: &str| s.trim().parse::<f64>().ok();
                 if let Some(v) = rest.strip_prefix("_count ").and_then(value) {
                     h.count = v;
+                    found = true;
                 } else if let Some(v) = rest.strip_prefix("_sum ").and_then(value) {
                     h.sum = v;
                 } else if let Some(b) = rest.strip_prefix("_bucket{le=\"") {
@@ -81,7 +83,8 @@ impl Producer {
                     h.buckets.push((le, value(v)?));
                 }
             }
-            Some(h)
+            // An older build without these metrics: no figures, not zeros.
+            found.then_some(h)
         };
         Some(Self {
             queue: hist("payhook_producer_queue_seconds")?,
