@@ -32,11 +32,11 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    consumer::{ConsumerConfig, Work, apply_events, fenced, with_deadline},
+    consumer::{ConsumerConfig, Work, apply_events, fence, fenced, with_deadline},
     envelope::Event,
 };
 use crate::{
-    db::{DbError, leases::Lease, offsets},
+    db::{DbError, leases::Lease},
     domain::orders::Outcome,
     error::ProcessError,
     metrics::{Metrics, RecordLabels},
@@ -266,15 +266,7 @@ async fn together(
     let mut conn = pool.get().await.map_err(DbError::from)?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
     for &(lease, expected, next) in moves {
-        match offsets::advance(&tx, member, lease, expected, next).await? {
-            Ok(()) => {}
-            Err(offsets::Fenced::Lease) => {
-                return Err(ProcessError::LeaseLost { epoch: lease.epoch });
-            }
-            Err(offsets::Fenced::Offset(found)) => {
-                return Err(ProcessError::Fenced { expected, found });
-            }
-        }
+        fence(&tx, member, lease, expected, next).await?;
     }
     let outcome = apply_events(&tx, events).await?;
     tx.commit().await.map_err(DbError::from)?;

@@ -970,16 +970,8 @@ where
 {
     let mut conn = pool.get().await.map_err(DbError::from)?;
     let tx = conn.transaction().await.map_err(DbError::from)?;
-    match offsets::advance(&tx, member, lease, expected, next).await? {
-        Ok(()) => {}
-        // Dropping `tx` rolls back; nothing was written.
-        Err(offsets::Fenced::Lease) => {
-            return Err(ProcessError::LeaseLost { epoch: lease.epoch });
-        }
-        Err(offsets::Fenced::Offset(found)) => {
-            return Err(ProcessError::Fenced { expected, found });
-        }
-    }
+    // On error, dropping `tx` rolls back; nothing was written.
+    fence(&tx, member, lease, expected, next).await?;
     let outcome = match work {
         Work::Events(chunk) => apply_events(&tx, chunk).await?,
         Work::Publish(publish) => {
@@ -989,6 +981,23 @@ where
     };
     tx.commit().await.map_err(DbError::from)?;
     Ok(outcome)
+}
+
+/// The first statement of every effect transaction: moves the stored offset
+/// from `expected` to `next` if this member still holds `lease` at its
+/// epoch, and locks both rows until commit; otherwise says why not.
+pub(super) async fn fence(
+    tx: &Transaction<'_>,
+    member: Uuid,
+    lease: &Lease,
+    expected: Option<i64>,
+    next: i64,
+) -> Result<(), ProcessError> {
+    match offsets::advance(tx, member, lease, expected, next).await? {
+        Ok(()) => Ok(()),
+        Err(offsets::Fenced::Lease) => Err(ProcessError::LeaseLost { epoch: lease.epoch }),
+        Err(offsets::Fenced::Offset(found)) => Err(ProcessError::Fenced { expected, found }),
+    }
 }
 
 /// What a fenced transaction does between its fence and its commit.
