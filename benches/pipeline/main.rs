@@ -68,10 +68,7 @@ impl Profile {
     fn from_env() -> Self {
         let full = std::env::var("PAYHOOK_BENCH_PROFILE").is_ok_and(|v| v == "full");
         // For experiments: PAYHOOK_BENCH_IN_FLIGHT=64 (or "1,64").
-        let in_flight = std::env::var("PAYHOOK_BENCH_IN_FLIGHT")
-            .ok()
-            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![1, 16, 64, 256]);
+        let in_flight = in_flight_from_env().unwrap_or_else(|| vec![1, 16, 64, 256]);
         let base = Self {
             name: "short",
             in_flight,
@@ -115,6 +112,14 @@ impl Profile {
             .map(|(k, v)| (k.trim(), v.trim()))
             .collect()
     }
+}
+
+/// `PAYHOOK_BENCH_IN_FLIGHT=64` (or `"1,64"`), for experiments: the
+/// closed-loop settings of the sections that have them.
+pub fn in_flight_from_env() -> Option<Vec<usize>> {
+    std::env::var("PAYHOOK_BENCH_IN_FLIGHT")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
 }
 
 fn main() {

@@ -288,10 +288,7 @@ fn cases() -> Vec<Load> {
 /// The closed-loop settings: [`IN_FLIGHT`], or for experiments
 /// `PAYHOOK_BENCH_IN_FLIGHT=64` (or `"1,64"`).
 fn in_flight() -> Vec<usize> {
-    std::env::var("PAYHOOK_BENCH_IN_FLIGHT")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| IN_FLIGHT.to_vec())
+    crate::in_flight_from_env().unwrap_or_else(|| IN_FLIGHT.to_vec())
 }
 
 /// Which parts run: all, or for experiments `PAYHOOK_BENCH_USERS=idle,on`

@@ -32,14 +32,16 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    consumer::{ConsumerConfig, Work, apply_events, fence, fenced, with_deadline},
+    consumer::{
+        ConsumerConfig, Work, apply_events, count_transaction, fence, fenced, with_deadline,
+    },
     envelope::Event,
 };
 use crate::{
     db::{DbError, leases::Lease},
     domain::orders::Outcome,
     error::ProcessError,
-    metrics::{Metrics, RecordLabels},
+    metrics::Metrics,
 };
 
 /// Transactions a topic's committer runs at once. Two keep the database
@@ -245,13 +247,7 @@ impl Worker {
     }
 
     fn count(&self, committed: bool) {
-        self.metrics
-            .transactions
-            .get_or_create(&RecordLabels {
-                topic: self.topic.clone(),
-                outcome: if committed { "commit" } else { "rollback" },
-            })
-            .inc();
+        count_transaction(&self.metrics, &self.topic, committed);
     }
 }
 

@@ -858,14 +858,7 @@ impl PartitionConsumer {
     }
 
     fn count_transaction(&self, committed: bool) {
-        self.shared
-            .metrics
-            .transactions
-            .get_or_create(&RecordLabels {
-                topic: self.cfg.topic.clone(),
-                outcome: if committed { "commit" } else { "rollback" },
-            })
-            .inc();
+        count_transaction(&self.shared.metrics, &self.cfg.topic, committed);
     }
 
     /// Counts a transaction's outcome and sorts it.
@@ -934,6 +927,18 @@ fn class_name(c: ErrorClass) -> &'static str {
         ErrorClass::Transient => "transient",
         ErrorClass::Permanent => "permanent",
     }
+}
+
+/// Counts one consumer transaction of `topic` in
+/// `payhook_consumer_transactions_total`, by whether it committed.
+pub(super) fn count_transaction(metrics: &Metrics, topic: &str, committed: bool) {
+    metrics
+        .transactions
+        .get_or_create(&RecordLabels {
+            topic: topic.to_owned(),
+            outcome: if committed { "commit" } else { "rollback" },
+        })
+        .inc();
 }
 
 /// A transaction with a client-side deadline: a database that stops
