@@ -12,11 +12,11 @@ use sha2::Sha256;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use payhook::{
     domain::orders::{PaymentWebhook, SourcePosition},
-    http::signature::{Scheme, SigningKey, Verifier},
-    messaging::{
+    kafka::{
         envelope::{Envelope, EventType},
         partitioner::partition_for_key,
     },
+    providers::signature::{Scheme, SigningKey, Verifier},
 };
 use serde_json::value::RawValue;
 

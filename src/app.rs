@@ -15,18 +15,22 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, WebhookAuth},
-    db::{self, DbError},
-    http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
-    messaging::{
-        Kafka, KafkaError, assignment,
+    consume::{
         committer::Committers,
-        consumer::{self, ConsumerConfig, DeadLetters},
         dlq::{self, DeadLetter},
+        fleet,
         health::ConsumerHealth,
+        partition::{self as consumer, ConsumerConfig, DeadLetters},
+    },
+    db::{self, DbError},
+    http::{self, AppState, Endpoint, routes::ServiceProbe},
+    kafka::{
+        Kafka, KafkaError,
         producer::{Producer, ProducerConfig, ProducerTasks, PublishError, Published},
         topics::{self, TopicReport},
     },
     metrics::Metrics,
+    providers::signature::Verifier,
 };
 
 /// Why the service could not start.
@@ -239,7 +243,7 @@ impl Application {
             },
         };
         if cfg.consumer_enabled {
-            consumer_tasks.spawn(assignment::run(
+            consumer_tasks.spawn(fleet::run(
                 shared,
                 consumer_configs,
                 member_name(),
@@ -248,7 +252,7 @@ impl Application {
             ));
             // Disputes whose payment never arrived are dead-lettered.
             consumer_tasks.spawn(
-                crate::messaging::parked::Sweeper {
+                crate::consume::waiting::Sweeper {
                     pool: pool.clone(),
                     producer: producer.clone(),
                     dlq_topic: cfg.dlq_topic.clone(),
@@ -422,7 +426,7 @@ pub async fn fleet_status(cfg: &Config) -> Result<FleetStatus, StartError> {
     for row in rows {
         let end = match &kafka {
             Ok(k) => match k.partition_client(&row.topic, row.partition).await {
-                Ok(c) => crate::messaging::bounded(
+                Ok(c) => crate::kafka::bounded(
                     "reading the latest offset",
                     k.request_timeout(),
                     c.get_offset(rskafka::client::partition::OffsetAt::Latest),
@@ -517,7 +521,7 @@ pub async fn offsets_reset(
         )));
     }
     let client = kafka.partition_client(topic, partition).await?;
-    let (earliest, latest) = crate::messaging::log_bounds(&client, kafka.request_timeout()).await?;
+    let (earliest, latest) = crate::kafka::log_bounds(&client, kafka.request_timeout()).await?;
     let after = match to {
         ResetTo::Earliest => earliest,
         ResetTo::Latest => latest,
@@ -733,8 +737,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             o.unwrap().scheme(),
-            crate::http::signature::Scheme::Standard
+            crate::providers::signature::Scheme::Standard
         );
-        assert_eq!(c.unwrap().scheme(), crate::http::signature::Scheme::Stripe);
+        assert_eq!(
+            c.unwrap().scheme(),
+            crate::providers::signature::Scheme::Stripe
+        );
     }
 }

@@ -45,12 +45,12 @@
 pub mod app;
 pub mod config;
 pub mod connect;
+pub mod consume;
 pub mod db;
 pub mod domain;
-pub mod error;
 pub mod http;
+pub mod kafka;
 pub mod logging;
-pub mod messaging;
 pub mod metrics;
 pub mod providers;
 pub mod version;

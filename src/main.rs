@@ -15,8 +15,8 @@ use payhook::{
         cli::{self, Settings},
     },
     http::probe,
+    kafka::topics::Finding,
     logging,
-    messaging::topics::Finding,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -326,7 +326,7 @@ fn healthcheck(url: Option<&str>, ready: bool, addr: SocketAddr, timeout: Durati
     }
 }
 
-fn print_dead_letters(letters: &[payhook::messaging::dlq::DeadLetter], full: bool) {
+fn print_dead_letters(letters: &[payhook::consume::dlq::DeadLetter], full: bool) {
     println!(
         "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} error",
         "dlq p/off", "source topic/p/off", "class", "attempts", "first failure", "event id", "key"

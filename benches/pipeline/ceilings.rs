@@ -25,7 +25,7 @@ use std::{
 use payhook::{
     db::store::PgStore,
     domain::orders::{OrderService, PaymentEvent},
-    messaging::partitioner::partition_for_key,
+    kafka::partitioner::partition_for_key,
 };
 use rskafka::{
     client::{

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use payhook::{
-    messaging::{
-        assignment,
-        consumer::{self, ConsumerConfig, DeadLetters},
+    consume::{
+        fleet,
         health::ConsumerHealth,
-        producer::{Producer, ProducerConfig},
+        partition::{self as consumer, ConsumerConfig, DeadLetters},
     },
+    kafka::producer::{Producer, ProducerConfig},
     metrics::Metrics,
 };
 use tokio::time::Instant;
@@ -55,7 +55,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
             topic: env.dlq_topic.clone(),
         },
         health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
-        committers: payhook::messaging::committer::Committers::start(
+        committers: payhook::consume::committer::Committers::start(
             &pool,
             member,
             &metrics,
@@ -63,7 +63,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
         ),
         metrics,
     };
-    let task = tokio::spawn(assignment::run(
+    let task = tokio::spawn(fleet::run(
         shared,
         vec![ccfg],
         "bench".into(),

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use payhook::{
     config::Config,
     domain::orders::{PaymentEvent, PaymentWebhook, SourcePosition},
-    messaging::{
+    kafka::{
         Kafka,
         envelope::{Envelope, EventType},
     },

@@ -10,12 +10,11 @@ use std::{
 };
 
 use payhook::{
-    http::{self, AppState, Endpoint, routes::ServiceProbe, signature::Verifier},
-    messaging::{
-        health::ConsumerHealth,
-        producer::{Producer, ProducerConfig},
-    },
+    consume::health::ConsumerHealth,
+    http::{self, AppState, Endpoint, routes::ServiceProbe},
+    kafka::producer::{Producer, ProducerConfig},
     metrics::Metrics,
+    providers::signature::Verifier,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

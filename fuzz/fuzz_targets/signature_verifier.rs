@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::{HeaderMap, header::HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use payhook::http::signature::{Scheme, SigningKey, Verifier};
+use payhook::providers::signature::{Scheme, SigningKey, Verifier};
 
 const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const STRIPE_SECRET: &str = "whsec_stripe_test_secret_0123456789";

@@ -6,10 +6,10 @@
 use libfuzzer_sys::fuzz_target;
 use payhook::{
     domain::{
-        disputes::ChargebackWebhook, orders::PaymentWebhook, orders::SourcePosition,
-        types::parse_json_body,
+        disputes::ChargebackWebhook, json::parse_json_body, orders::PaymentWebhook,
+        orders::SourcePosition,
     },
-    messaging::envelope::Envelope,
+    kafka::envelope::Envelope,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -22,8 +22,6 @@
 //! use elsewhere, so [`crypto_provider`] checks the CPU first and refuses
 //! with a message instead.
 
-pub mod admin;
-
 use std::{fmt, path::Path, sync::Arc};
 
 use rustls::{

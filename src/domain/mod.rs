@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod disputes;
+pub mod json;
 pub mod orders;
 pub mod types;
 

@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode, header};
 use serde_json::json;
 
 use crate::providers::signature::SignatureError;
-use crate::{domain::ValidationError, messaging::producer::PublishError};
+use crate::{domain::ValidationError, kafka::producer::PublishError};
 
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]

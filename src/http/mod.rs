@@ -4,8 +4,6 @@
 //!   cap, shuts down gracefully.
 //! - [`routes`]: the endpoints; a webhook is parsed and validated, wrapped in
 //!   an envelope, published, and answered 202 only once the broker has it.
-//! - [`signature`]: re-exported from [`crate::providers::signature`], where
-//!   the signature schemes now live with the providers that use them.
 //! - [`error`]: the one place that turns errors into HTTP answers.
 //! - [`probe`]: the client side of `/healthz` and `/readyz`, for
 //!   `payhook healthcheck`.
@@ -14,8 +12,6 @@ pub mod error;
 pub mod probe;
 pub mod routes;
 pub mod server;
-
-pub use crate::providers::signature;
 
 pub use routes::{AppState, Endpoint};
 pub use server::{Limits, Surface, serve};

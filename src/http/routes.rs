@@ -49,10 +49,10 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::error::{ApiError, Body, json_response};
-use crate::messaging::{
+use crate::consume::health::{ConsumerHealth, PartitionReport};
+use crate::kafka::{
     Kafka,
     envelope::{Envelope, EventType},
-    health::{ConsumerHealth, PartitionReport},
     producer::Publish,
 };
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};

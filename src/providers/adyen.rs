@@ -39,8 +39,6 @@
 //! - **Answer**: `200 [accepted]`, once every item is acknowledged by the
 //!   broker.
 
-use std::fmt;
-
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use hyper::{HeaderMap, StatusCode};
@@ -53,56 +51,15 @@ use uuid::Uuid;
 use super::{
     Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, signature::SignatureError,
 };
-use crate::domain::{ValidationError, types::parse_json_body};
+pub use crate::config::keys::{HmacKey, HmacKeyError};
+use crate::domain::{ValidationError, json::parse_json_body};
 
-/// An Adyen HMAC key (hex in the Customer Area). `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HmacKey(Vec<u8>);
-
-impl fmt::Debug for HmacKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HmacKey(<{} bytes, redacted>)", self.0.len())
-    }
-}
-
-/// Why a configured Adyen key cannot be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HmacKeyError {
-    #[error("a key is empty")]
-    Empty,
-    #[error("a key is not hex")]
-    NotHex,
-    #[error("a key must hold at least 16 bytes (32 hex digits)")]
-    TooShort,
-}
-
-impl HmacKey {
-    pub fn parse(hex_key: &str) -> Result<Self, HmacKeyError> {
-        let s = hex_key.trim();
-        if s.is_empty() {
-            return Err(HmacKeyError::Empty);
-        }
-        let key = hex::decode(s).map_err(|_| HmacKeyError::NotHex)?;
-        if key.len() < 16 {
-            return Err(HmacKeyError::TooShort);
-        }
-        Ok(Self(key))
-    }
-
-    /// A comma-separated list; empty means "none configured".
-    pub fn parse_list(list: &str) -> Result<Vec<Self>, HmacKeyError> {
-        if list.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        list.split(',').map(Self::parse).collect()
-    }
-
-    fn sign(&self, signing_string: &str) -> [u8; 32] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
-        mac.update(signing_string.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
+/// Adyen's HMAC-SHA256 of a signing string.
+fn sign(key: &HmacKey, signing_string: &str) -> [u8; 32] {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes a key of any length");
+    mac.update(signing_string.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The Adyen endpoint's settings.
@@ -172,7 +129,7 @@ pub fn verify_item(keys: &[HmacKey], item: &Value) -> Result<(), SignatureError>
     let s = signing_string(item);
     if keys
         .iter()
-        .any(|k| bool::from(k.sign(&s).as_slice().ct_eq(&tag)))
+        .any(|k| bool::from(sign(k, &s).as_slice().ct_eq(&tag)))
     {
         Ok(())
     } else {
@@ -390,9 +347,9 @@ mod tests {
         list.iter().map(|k| HmacKey::parse(k).unwrap()).collect()
     }
 
-    fn sign(key: &str, item: &mut Value) {
+    fn sign_item(key: &str, item: &mut Value) {
         let k = HmacKey::parse(key).unwrap();
-        let tag = k.sign(&signing_string(item));
+        let tag = super::sign(&k, &signing_string(item));
         item["additionalData"]["hmacSignature"] =
             base64::engine::general_purpose::STANDARD.encode(tag).into();
     }
@@ -491,7 +448,7 @@ mod tests {
             "merchantReference": "ord_1", "amount": {"value": 1999, "currency": "EUR"},
             "eventCode": code, "success": success, "eventDate": "2026-11-26T10:00:00+01:00",
             "additionalData": {"shopperReference": "u_1", "chargebackReasonCode": "10.4"}});
-        sign(KEY_B, &mut i);
+        sign_item(KEY_B, &mut i);
         i
     }
 
@@ -555,7 +512,7 @@ mod tests {
 
         let mut cancel = item("CANCEL_OR_REFUND", "true", "1");
         cancel["additionalData"]["modification.action"] = json!("cancel");
-        sign(KEY_B, &mut cancel);
+        sign_item(KEY_B, &mut cancel);
         let body = batch(&[
             cancel,
             item("CAPTURE", "true", "2"),

@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{Accepted, Item, Mapping, Provider, Refusal, Stream, raw_of, signature::Verifier};
-use crate::domain::{disputes::ChargebackWebhook, orders::PaymentWebhook, types::parse_json_body};
+use crate::domain::{disputes::ChargebackWebhook, json::parse_json_body, orders::PaymentWebhook};
 
 /// One generic endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +26,7 @@ pub struct Generic<'a> {
 
 impl Provider for Generic<'_> {
     fn name(&self) -> &'static str {
-        "generic"
+        crate::domain::types::GENERIC
     }
 
     fn accept(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {

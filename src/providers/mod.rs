@@ -33,6 +33,7 @@ use hyper::{HeaderMap, StatusCode};
 use serde_json::{Value, value::RawValue};
 use uuid::Uuid;
 
+use crate::domain::types::Mapping;
 use crate::domain::{
     ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook, types::OccurredAt,
 };
@@ -45,21 +46,6 @@ pub enum Stream {
     Orders,
     /// Dispute events, applied to `disputes`.
     Disputes,
-}
-
-/// How a provider's event maps onto payhook's.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Mapping {
-    /// payhook's own format: the raw body is the event.
-    Generic,
-    /// The mapped event, in the generic shape plus `object_ids` (a dispute
-    /// may lack `order_id`: the consumer resolves it from `object_ids`).
-    Mapped(Value),
-    /// The event is of a mapped type but cannot be mapped (for example a
-    /// payment without the configured metadata key). It is published all the
-    /// same, and the consumer dead-letters it with this reason: the provider
-    /// would only retry it for days, and nothing is lost this way.
-    Unmappable(String),
 }
 
 /// One event of a request, ready to publish.

@@ -22,7 +22,7 @@
 //! gets one generic 401 (see [`super::error`]). Nothing here ever formats a
 //! secret or a whole signature.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use base64::{
     Engine,
@@ -33,7 +33,13 @@ use hyper::HeaderMap;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+pub use crate::config::keys::{KeyError, Scheme, SigningKey};
+
 type HmacSha256 = Hmac<Sha256>;
+
+fn mac(key: &SigningKey) -> HmacSha256 {
+    HmacSha256::new_from_slice(key.expose()).expect("HMAC takes a key of any length")
+}
 
 /// Length of an HMAC-SHA256 tag. A shorter (truncated) signature never
 /// matches.
@@ -51,104 +57,6 @@ const B64_SIGNATURE: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
 );
-const B64_SECRET: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// Which signature format an endpoint expects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`,
-    /// `webhook-signature`).
-    Standard,
-    /// Stripe (`Stripe-Signature`).
-    Stripe,
-}
-
-impl Scheme {
-    /// `standard` or `stripe` (any case).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "standard" => Some(Self::Standard),
-            "stripe" => Some(Self::Stripe),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Standard => "standard",
-            Self::Stripe => "stripe",
-        }
-    }
-}
-
-/// An HMAC key. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKey(Vec<u8>);
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey(<{} bytes, redacted>)", self.0.len())
-    }
-}
-
-/// Why a configured secret cannot be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("a secret is empty")]
-    Empty,
-    #[error("a Standard Webhooks secret must start with whsec_")]
-    NotWhsec,
-    #[error("the part after whsec_ is not base64")]
-    NotBase64,
-    #[error("a secret must hold at least {} bytes of key", SigningKey::MIN_BYTES)]
-    TooShort,
-}
-
-impl SigningKey {
-    /// Shortest key accepted. HMAC takes any length, but a short key can be
-    /// guessed; providers issue 24 to 64 bytes.
-    pub const MIN_BYTES: usize = 16;
-
-    /// One secret as the provider shows it.
-    pub fn parse(scheme: Scheme, secret: &str) -> Result<Self, KeyError> {
-        let secret = secret.trim();
-        if secret.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        let key = match scheme {
-            Scheme::Standard => {
-                let b64 = secret.strip_prefix("whsec_").ok_or(KeyError::NotWhsec)?;
-                if b64.is_empty() {
-                    return Err(KeyError::Empty);
-                }
-                B64_SECRET.decode(b64).map_err(|_| KeyError::NotBase64)?
-            }
-            // Stripe signs with the secret string's bytes, `whsec_` and all.
-            Scheme::Stripe => secret.as_bytes().to_vec(),
-        };
-        if key.len() < Self::MIN_BYTES {
-            return Err(KeyError::TooShort);
-        }
-        Ok(Self(key))
-    }
-
-    /// A comma-separated list; an empty list is allowed here (start-up
-    /// decides whether that may serve), an empty entry is not.
-    pub fn parse_list(scheme: Scheme, list: &str) -> Result<Vec<Self>, KeyError> {
-        if list.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        list.split(',').map(|s| Self::parse(scheme, s)).collect()
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.0).expect("HMAC takes a key of any length")
-    }
-}
-
 /// Why a request's signature was refused. For the log: the client only ever
 /// learns "invalid or missing signature".
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -214,7 +122,7 @@ impl Verifier {
             });
         }
         for key in &self.keys {
-            let mut mac = key.mac();
+            let mut mac = mac(key);
             mac.update(&claim.prefix);
             mac.update(body);
             let expected = mac.finalize().into_bytes();

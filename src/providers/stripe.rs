@@ -39,7 +39,7 @@ use super::{
     Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, raw_of, rfc3339,
     signature::Verifier,
 };
-use crate::domain::{ValidationError, types::parse_json_body};
+use crate::domain::{ValidationError, json::parse_json_body};
 
 /// The Stripe endpoint's settings.
 #[derive(Clone, Debug)]

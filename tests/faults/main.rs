@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use payhook::messaging::{
+use payhook::kafka::{
     Kafka,
     envelope::{Envelope, EventType},
     producer::{Producer, ProducerConfig},
@@ -993,7 +993,7 @@ async fn poison_records_interleaved(total: usize) {
     let mut app = Payhook::new(&stage);
     app.start(&stage).await;
     stage.wait_caught_up(Duration::from_secs(180)).await;
-    let letters = payhook::messaging::dlq::read_all(&kafka, &stage.dlq_topic)
+    let letters = payhook::consume::dlq::read_all(&kafka, &stage.dlq_topic)
         .await
         .unwrap();
     let db = stage.db().await;

@@ -106,7 +106,7 @@ async fn an_ingest_only_replica_accepts_webhooks_and_leaves_them_to_the_consumer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_of_several_partitions_share_a_transaction_and_keep_their_positions() {
-    use payhook::messaging::partitioner::partition_for_key;
+    use payhook::kafka::partitioner::partition_for_key;
 
     let env = Env::with_partitions(8).await;
     // A backlog on every partition, accepted by an ingest-only replica...

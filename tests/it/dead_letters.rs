@@ -3,7 +3,7 @@
 
 use payhook::{
     app::{self, ReplaySelection},
-    messaging::envelope::{Envelope, EventType},
+    kafka::envelope::{Envelope, EventType},
 };
 use serde_json::{json, value::RawValue};
 

@@ -12,14 +12,12 @@ use std::sync::Arc;
 use payhook::{
     app::Application,
     config::Config,
-    http::{
-        AppState, Endpoint,
-        signature::{Scheme, SigningKey, Verifier},
-    },
-    messaging::{
+    http::{AppState, Endpoint},
+    kafka::{
         Kafka,
         producer::{Publish, PublishError, Published},
     },
+    providers::signature::{Scheme, SigningKey, Verifier},
 };
 use rskafka::client::partition::OffsetAt;
 use serde_json::{Value, json};
@@ -169,10 +167,10 @@ impl Env {
         records: Vec<(Option<&str>, Vec<u8>)>,
         timestamp: chrono::DateTime<chrono::Utc>,
     ) {
-        let (producer, lanes) = payhook::messaging::producer::Producer::start(
+        let (producer, lanes) = payhook::kafka::producer::Producer::start(
             &self.kafka,
             &[topic],
-            payhook::messaging::producer::ProducerConfig {
+            payhook::kafka::producer::ProducerConfig {
                 linger: Duration::ZERO,
                 queue_per_partition: 64,
                 publish_timeout: Duration::from_secs(10),

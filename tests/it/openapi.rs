@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Method, Request, body::Frame};
 use payhook::{
-    domain::{disputes::ChargebackWebhook, orders::PaymentWebhook, types::parse_json_body},
+    domain::{disputes::ChargebackWebhook, json::parse_json_body, orders::PaymentWebhook},
     http::routes::handle,
 };
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@ use std::{collections::HashMap, num::NonZeroU32};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use payhook::messaging::{
+use payhook::kafka::{
     envelope::{Envelope, EventType},
     partitioner::partition_for_key,
     producer::{Producer, ProducerConfig},

@@ -664,9 +664,9 @@ where
 
 /// The consumer's decoded event for one Stripe event, as it would come off
 /// the topic.
-fn decoded(event: &Value, offset: i64) -> payhook::messaging::envelope::Event {
+fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
     use payhook::{
-        messaging::envelope::{Envelope, EventType},
+        kafka::envelope::{Envelope, EventType},
         providers::{Provider, Stream, stripe::Stripe},
     };
     let stripe = Stripe {
@@ -700,7 +700,7 @@ async fn a_dispute_and_its_payment_applied_at_the_same_moment_never_miss_each_ot
     use payhook::{
         db::store::PgStore,
         domain::{disputes::DisputeService, orders::OrderService},
-        messaging::{envelope::Event, parked::settle},
+        {consume::waiting::settle, kafka::envelope::Event},
     };
     let env = Env::new().await;
     let pool = payhook::db::pool(&env.db_url, 4, Duration::from_secs(5)).unwrap();

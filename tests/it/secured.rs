@@ -163,7 +163,7 @@ async fn every_sasl_mechanism_publishes_and_consumes() {
 async fn a_reconnected_client_keeps_its_security_settings() {
     let env = Env::new().await;
     let cfg = env.config(&sasl_plaintext("SCRAM-SHA-256", &sasl_password()).pairs());
-    let kafka = payhook::messaging::Kafka::from_config(&cfg).await.unwrap();
+    let kafka = payhook::kafka::Kafka::from_config(&cfg).await.unwrap();
     let fresh = kafka.reconnect().await.unwrap();
     assert_eq!(
         fresh.partitions(&env.orders_topic).await.unwrap(),
@@ -758,7 +758,7 @@ async fn a_sigstopped_database_is_noticed_within_seconds() {
 /// read back through DescribeConfigs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
-    use payhook::messaging::topics;
+    use payhook::kafka::topics;
     let env = Env::new().await;
     let id = Uuid::new_v4().simple().to_string();
     let (o, d, q) = (
@@ -810,7 +810,7 @@ async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
 /// stops `serve` before it answers anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_too_small_for_the_largest_webhook_refuses_start() {
-    use payhook::connect::{KafkaTransport, admin::Admin};
+    use payhook::{connect::KafkaTransport, kafka::admin::Admin};
     let env = Env::new().await;
     let small = format!("it-{}-small", Uuid::new_v4().simple());
     let mut admin = Admin::connect(

@@ -11,7 +11,7 @@ use std::{
 
 use payhook::{
     app::{self, ResetTo},
-    messaging::{
+    kafka::{
         envelope::{Envelope, EventType},
         partitioner::partition_for_key,
     },

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use payhook::{
     app,
-    messaging::{
+    kafka::{
         KafkaError,
         producer::{Producer, ProducerConfig},
     },

@@ -4,8 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use payhook::domain::{
+    json::{MAX_JSON_DEPTH, MAX_NUMBER_EXPONENT, parse_json_body},
     orders::PaymentWebhook,
-    types::{MAX_JSON_DEPTH, MAX_NUMBER_EXPONENT, OccurredAt, parse_json_body},
+    types::OccurredAt,
 };
 use proptest::{
     prelude::*,

@@ -32,15 +32,15 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    consumer::{
+    classify::ProcessError,
+    partition::{
         ConsumerConfig, Work, apply_events, count_transaction, fence, fenced, with_deadline,
     },
-    envelope::Event,
 };
 use crate::{
     db::{DbError, leases::Lease},
     domain::orders::Outcome,
-    error::ProcessError,
+    kafka::envelope::Event,
     metrics::Metrics,
 };
 

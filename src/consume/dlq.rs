@@ -35,8 +35,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rskafka::record::{Record, RecordAndOffset};
 use uuid::Uuid;
 
-use super::{Kafka, KafkaError, bounded, envelope::HEADER_EVENT_ID};
-use crate::{domain::orders::SourcePosition, error::ErrorClass};
+use super::classify::ErrorClass;
+use crate::{
+    domain::orders::SourcePosition,
+    kafka::{Kafka, KafkaError, bounded, envelope::HEADER_EVENT_ID, log_bounds},
+};
 
 pub const H_SOURCE_TOPIC: &str = "dlq.source.topic";
 pub const H_SOURCE_PARTITION: &str = "dlq.source.partition";
@@ -187,7 +190,7 @@ pub async fn read_all(kafka: &Kafka, topic: &str) -> Result<Vec<DeadLetter>, Kaf
     let mut out = Vec::new();
     for partition in kafka.partitions(topic).await? {
         let client = kafka.partition_client(topic, partition).await?;
-        let (mut at, end) = super::log_bounds(&client, t).await?;
+        let (mut at, end) = log_bounds(&client, t).await?;
         while at < end {
             let (records, _) = bounded(
                 "fetching dead letters",

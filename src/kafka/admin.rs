@@ -30,7 +30,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::KafkaTransport;
+use crate::connect::KafkaTransport;
 
 /// A failed admin request. Carries the broker's error name and message,
 /// never credentials.

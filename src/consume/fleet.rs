@@ -15,7 +15,7 @@
 //! 4. holding more than its share, it stops the extra partitions (each
 //!    finishes its current transaction) and releases their leases at once;
 //!    holding fewer, it acquires free or expired leases, and starts a
-//!    partition consumer ([`super::consumer::consume_partition`]) for each.
+//!    partition consumer ([`super::partition::consume_partition`]) for each.
 //!
 //! Shares are sticky: a process keeps what it holds up to its share, so a
 //! member joining or leaving moves only the partitions that must move. A
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::consumer::{ConsumerConfig, Shared, consume_partition};
+use super::partition::{ConsumerConfig, Shared, consume_partition};
 use crate::db::{
     DbError,
     leases::{self, Lease},

@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::{db::DbError, messaging::KafkaError, messaging::envelope::DecodeError};
+use crate::{
+    db::DbError,
+    kafka::{KafkaError, envelope::DecodeError},
+};
 
 /// Whether retrying can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,10 +28,10 @@ use uuid::Uuid;
 use crate::domain::{
     ValidationError,
     disputes::{ChargebackEvent, ChargebackWebhook, PendingChargeback},
+    json::parse_json_body,
     orders::{PaymentEvent, PaymentWebhook, SourcePosition},
-    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, OccurredAt, OrderId, Origin, parse_json_body},
+    types::{DEFAULT_OCCURRED_AT_MAX_FUTURE, Mapping, OccurredAt, OrderId, Origin},
 };
-use crate::providers::Mapping;
 
 /// Which kind of webhook an envelope carries, and so which service handles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +113,7 @@ pub enum Event {
     Payment(PaymentEvent),
     Chargeback(ChargebackEvent),
     /// A dispute whose order is found from the payment events stored
-    /// (`crate::messaging::parked`).
+    /// (`crate::consume::waiting`).
     PendingChargeback(PendingChargeback),
 }
 
@@ -260,7 +260,7 @@ impl Envelope {
                     origin,
                 }))
             }
-            EventType::DisputeWebhook if origin.provider != "generic" && !has_order(&json) => {
+            EventType::DisputeWebhook if !origin.is_generic() && !has_order(&json) => {
                 // Keyed by a payment object it names; the order comes later.
                 if !origin.object_ids.contains(&self.key) {
                     return Err(DecodeError::UnresolvableDispute {

@@ -62,12 +62,10 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::{
-    Kafka, KafkaError, bounded,
+    classify::{Backoff, ErrorClass, ProcessError},
     committer::Committers,
     dlq::{self, Failure},
-    envelope::{Envelope, Event},
     health::ConsumerHealth,
-    producer::Producer,
 };
 use crate::{
     db::{DbError, leases::Lease, offsets, store::PgStore},
@@ -75,7 +73,11 @@ use crate::{
         disputes::{ChargebackEvent, DisputeService},
         orders::{OrderService, Outcome, PaymentEvent, SourcePosition},
     },
-    error::{Backoff, ErrorClass, ProcessError},
+    kafka::{
+        Kafka, KafkaError, bounded,
+        envelope::{Envelope, Event},
+        producer::Producer,
+    },
     metrics::{Metrics, RecordLabels},
 };
 
@@ -680,7 +682,7 @@ impl PartitionConsumer {
         let event_id = record
             .record
             .headers
-            .get(super::envelope::HEADER_EVENT_ID)
+            .get(crate::kafka::envelope::HEADER_EVENT_ID)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         let order_id = record
@@ -1034,7 +1036,7 @@ pub(super) async fn apply_events(
         .await?;
     // Disputes that name a payment, not an order: resolved (or parked) now,
     // and those that waited for these payments released.
-    let settled = super::parked::settle(tx, &payments, pending).await?;
+    let settled = super::waiting::settle(tx, &payments, pending).await?;
     chargebacks.extend(settled.resolved);
     let b = DisputeService
         .process_chargebacks(&mut store, &chargebacks)

@@ -585,7 +585,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::messaging::envelope::{Envelope, EventType};
+    use crate::kafka::envelope::{Envelope, EventType};
 
     fn pending(value_len: usize) -> Pending {
         let (ack, _) = oneshot::channel();

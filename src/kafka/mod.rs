@@ -16,13 +16,8 @@
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
 //! here is wrapped in [`bounded`].
 
-pub mod assignment;
-pub mod committer;
-pub mod consumer;
-pub mod dlq;
+pub mod admin;
 pub mod envelope;
-pub mod health;
-pub mod parked;
 pub mod partitioner;
 pub mod producer;
 pub mod topics;
@@ -31,8 +26,9 @@ use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};
 
 use crate::{
     config::Config,
-    connect::{self, ConnectError, KafkaTransport, admin::AdminError},
+    connect::{self, ConnectError, KafkaTransport},
 };
+use admin::AdminError;
 
 use rskafka::{
     BackoffConfig,
@@ -200,12 +196,9 @@ impl Kafka {
         {
             Ok(k) => Ok(k),
             Err(e) => {
-                let reason = connect::admin::diagnose(
-                    &cfg.kafka_brokers,
-                    &transport,
-                    cfg.kafka_request_timeout,
-                )
-                .await;
+                let reason =
+                    admin::diagnose(&cfg.kafka_brokers, &transport, cfg.kafka_request_timeout)
+                        .await;
                 Err(match reason {
                     Some(reason) => KafkaError::Refused {
                         first: Box::new(e),

@@ -35,9 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{
+    classify::ErrorClass,
     dlq::{self, Failure},
-    envelope::{Envelope, Event, HEADER_EVENT_ID, HEADER_TYPE},
-    producer::Producer,
 };
 use crate::{
     db::{
@@ -49,7 +48,10 @@ use crate::{
         orders::PaymentEvent,
         types::OrderId,
     },
-    error::ErrorClass,
+    kafka::{
+        envelope::{Envelope, Event, HEADER_EVENT_ID, HEADER_TYPE},
+        producer::Producer,
+    },
     metrics::Metrics,
 };
 
@@ -74,7 +76,7 @@ pub async fn settle(
 ) -> Result<Settled, DbError> {
     let naming: Vec<&PaymentEvent> = payments
         .iter()
-        .filter(|p| p.origin.provider != "generic" && !p.origin.object_ids.is_empty())
+        .filter(|p| !p.origin.is_generic() && !p.origin.object_ids.is_empty())
         .collect();
     let mut keys: Vec<String> = Vec::new();
     for o in naming
@@ -152,7 +154,7 @@ pub async fn settle(
 #[derive(Debug, thiserror::Error)]
 enum ParkedError {
     #[error(transparent)]
-    Decode(#[from] super::envelope::DecodeError),
+    Decode(#[from] crate::kafka::envelope::DecodeError),
     #[error("not a pending dispute")]
     NotPending,
 }
@@ -210,7 +212,7 @@ pub enum SweepError {
     #[error("database: {0}")]
     Db(#[from] DbError),
     #[error("dead letter not acknowledged: {0}")]
-    Publish(#[from] super::producer::PublishError),
+    Publish(#[from] crate::kafka::producer::PublishError),
 }
 
 impl Sweeper {

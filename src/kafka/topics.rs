@@ -3,7 +3,7 @@
 //!
 //! rskafka 0.6 creates topics without configuration and cannot read a
 //! topic's configuration, so both go through payhook's own admin connection
-//! ([`crate::connect::admin`]), with the same SASL/TLS settings as the data
+//! ([`super::admin`]), with the same SASL/TLS settings as the data
 //! connections.
 //!
 //! A 202 promises the record survives. With `acks=all` that holds through
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::envelope;
+use super::{
+    admin::{Admin, AdminError, Created, TopicConfigs},
+    envelope,
+};
 use crate::{
     config::Config,
-    connect::{
-        self, KafkaTransport,
-        admin::{Admin, AdminError, Created, TopicConfigs},
-    },
+    connect::{self, KafkaTransport},
 };
 
 /// What a topic is for.
