@@ -52,5 +52,6 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod providers;
 pub mod version;

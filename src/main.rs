@@ -1,11 +1,7 @@
 //! The `payhook` binary: parse the command line, set up logging, hand over to
-//! [`payhook::app`].
+//! [`payhook::app`] (`serve`) or [`payhook::ops`] (every other command).
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use payhook::{
@@ -14,9 +10,7 @@ use payhook::{
         Config,
         cli::{self, Settings},
     },
-    http::probe,
-    kafka::topics::Finding,
-    logging,
+    logging, ops,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -91,7 +85,7 @@ enum OffsetsCommand {
         /// `earliest` (first record still in the log), `latest` (the log
         /// end) or an offset in between.
         #[arg(long)]
-        to: app::ResetTo,
+        to: ops::offsets::ResetTo,
         /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -157,7 +151,7 @@ fn main() -> ExitCode {
             ready,
             http_addr,
             timeout,
-        } => return healthcheck(url.as_deref(), *ready, *http_addr, *timeout),
+        } => return ops::healthcheck::run(url.as_deref(), *ready, *http_addr, *timeout),
     };
     let cfg = match cfg {
         Ok(c) => c,
@@ -169,49 +163,28 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    logging::init(&cfg.log_filter, cfg.log_format);
+    logging::init(&cfg.process.log_filter, cfg.process.log_format);
     let rt = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     rt.block_on(async move {
         match cli.command {
             Command::Serve(_) => serve(cfg).await,
-            Command::Migrate(_) => match app::migrate(&cfg).await {
+            Command::Migrate(_) => match ops::migrate(&cfg).await {
                 Ok(v) => {
                     info!(applied = ?v, "migrations up to date");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             },
-            Command::Topics(_) => match app::create_topics(&cfg).await {
-                Ok(v) => {
-                    for t in v {
-                        let what = if t.created {
-                            "created"
-                        } else {
-                            "exists (left as it is)"
-                        };
-                        info!(
-                            topic = %t.topic,
-                            partitions = cfg.partitions,
-                            replication_factor = t.replication_factor.unwrap_or_default(),
-                            min_insync_replicas = t.min_insync_replicas.as_deref().unwrap_or("?"),
-                            retention_ms = t.retention_ms.as_deref().unwrap_or("?"),
-                            "{what}"
-                        );
-                        for f in t.findings {
-                            match f {
-                                Finding::Note(m) => info!("{m}"),
-                                Finding::Warn(m) => warn!("{m}"),
-                                Finding::Refuse(m) => error!("{m}"),
-                            }
-                        }
-                    }
+            Command::Topics(_) => match ops::topics::create(&cfg).await {
+                Ok(reports) => {
+                    ops::topics::print(&reports, cfg.kafka.partitions.get());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             },
-            Command::Status(_) => match app::fleet_status(&cfg).await {
+            Command::Status(_) => match ops::status::fleet(&cfg).await {
                 Ok(s) => {
-                    print_status(&s);
+                    ops::status::print(&s);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -222,21 +195,16 @@ fn main() -> ExitCode {
                 to,
                 dry_run,
                 ..
-            }) => match app::offsets_reset(&cfg, &topic, partition, to, dry_run).await {
+            }) => match ops::offsets::reset(&cfg, &topic, partition, to, dry_run).await {
                 Ok(r) => {
-                    let verb = if r.applied { "moved" } else { "would move" };
-                    let before = r.before.map_or("(none)".into(), |o| o.to_string());
-                    println!(
-                        "{}/{} (group {}): log {}..{}; stored offset {verb} {before} -> {}",
-                        r.topic, r.partition, r.group, r.earliest, r.latest, r.after
-                    );
+                    r.print();
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             },
-            Command::Dlq(DlqCommand::List { full, .. }) => match app::dlq_list(&cfg).await {
+            Command::Dlq(DlqCommand::List { full, .. }) => match ops::dlq::list(&cfg).await {
                 Ok(letters) => {
-                    print_dead_letters(&letters, full);
+                    ops::dlq::print(&letters, full);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -249,34 +217,15 @@ fn main() -> ExitCode {
                 dry_run,
                 ..
             }) => {
-                let sel = app::ReplaySelection {
+                let sel = ops::dlq::ReplaySelection {
                     event_ids,
                     partition,
                     from,
                     to,
                 };
-                match app::dlq_replay(&cfg, &sel, dry_run).await {
+                match ops::dlq::replay(&cfg, &sel, dry_run).await {
                     Ok(done) => {
-                        for r in &done {
-                            let d = &r.letter;
-                            match r.published {
-                                Some(p) => println!(
-                                    "replayed {}/{} -> {} partition {} offset {}",
-                                    d.partition,
-                                    d.offset,
-                                    d.source_topic().unwrap_or("?"),
-                                    p.partition,
-                                    p.offset
-                                ),
-                                None => println!(
-                                    "would replay {}/{} -> {}",
-                                    d.partition,
-                                    d.offset,
-                                    d.source_topic().unwrap_or("?")
-                                ),
-                            }
-                        }
-                        println!("{} dead letter(s) selected", done.len());
+                        ops::dlq::print_replayed(&done);
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(e),
@@ -285,125 +234,6 @@ fn main() -> ExitCode {
             Command::Config(_) | Command::Healthcheck { .. } => unreachable!("handled above"),
         }
     })
-}
-
-/// `payhook healthcheck`: exit 0 on a 2xx, 1 otherwise (what Docker's
-/// HEALTHCHECK expects).
-fn healthcheck(url: Option<&str>, ready: bool, addr: SocketAddr, timeout: Duration) -> ExitCode {
-    let url = match url {
-        Some(u) => u.to_owned(),
-        None => {
-            let mut addr = addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(match addr {
-                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            let path = if ready { "/readyz" } else { "/healthz" };
-            format!("http://{addr}{path}")
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("unhealthy: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(probe::probe(&url, timeout)) {
-        Ok(status) => {
-            println!("healthy: {url} answered {status}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("unhealthy: {url}: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn print_dead_letters(letters: &[payhook::consume::dlq::DeadLetter], full: bool) {
-    println!(
-        "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} error",
-        "dlq p/off", "source topic/p/off", "class", "attempts", "first failure", "event id", "key"
-    );
-    for d in letters {
-        let source = format!(
-            "{}/{}/{}",
-            d.source_topic().unwrap_or("?"),
-            d.source_partition().map_or("?".into(), |p| p.to_string()),
-            d.source_offset().map_or("?".into(), |o| o.to_string())
-        );
-        let mut msg = d.error_message().unwrap_or("").to_owned();
-        if !full && msg.chars().count() > 80 {
-            msg = msg.chars().take(79).collect::<String>() + "…";
-        }
-        println!(
-            "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} {}",
-            format!("{}/{}", d.partition, d.offset),
-            source,
-            d.error_class().unwrap_or("?"),
-            d.attempts().map_or("?".into(), |a| a.to_string()),
-            d.first_failure().unwrap_or("?"),
-            d.event_id().map_or("-".into(), |e| e.to_string()),
-            d.key(),
-            msg
-        );
-    }
-    println!("{} dead letter(s)", letters.len());
-}
-
-fn print_status(s: &app::FleetStatus) {
-    let short = |id: &uuid::Uuid| id.simple().to_string()[..8].to_owned();
-    println!("members");
-    println!(
-        "  {:<10} {:<28} {:<7} {:<22} {:>8}",
-        "member", "name", "state", "last heartbeat", "owns"
-    );
-    for m in &s.members {
-        let owns = s
-            .partitions
-            .iter()
-            .filter(|(p, _)| p.lease_valid && p.owner == Some(m.member_id))
-            .count();
-        println!(
-            "  {:<10} {:<28} {:<7} {:<22} {:>8}",
-            short(&m.member_id),
-            m.name,
-            if m.alive { "alive" } else { "expired" },
-            m.heartbeat_at.format("%Y-%m-%d %H:%M:%S%.3f"),
-            owns
-        );
-    }
-    println!("partitions");
-    println!(
-        "  {:<20} {:<28} {:>4} {:<10} {:>6} {:>12} {:>12} {:>10}",
-        "group", "topic", "part", "owner", "epoch", "stored", "log end", "lag"
-    );
-    for (p, end) in &s.partitions {
-        let owner = match p.owner {
-            Some(o) if p.lease_valid => short(&o),
-            Some(o) => format!("{}(exp)", &short(&o)[..4]),
-            None => "-".into(),
-        };
-        let opt = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
-        let lag = end.map(|e| e - p.stored_offset.unwrap_or(0));
-        println!(
-            "  {:<20} {:<28} {:>4} {:<10} {:>6} {:>12} {:>12} {:>10}",
-            p.group,
-            p.topic,
-            p.partition,
-            owner,
-            p.epoch,
-            opt(p.stored_offset),
-            opt(*end),
-            opt(lag)
-        );
-    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

@@ -117,7 +117,7 @@ pub async fn produce_per_record_ceilings(profile: &Profile) -> Vec<Row> {
         .build()
         .await
         .expect("connect to Kafka");
-    let linger = env.config(&profile.payhook_overrides()).linger;
+    let linger = env.config(&profile.payhook_overrides()).kafka.linger;
     let mut producers = Vec::new();
     for p in 0..PARTITIONS as i32 {
         let pc = client

@@ -203,7 +203,7 @@ impl LogEnd {
         }
         Self {
             partitions,
-            group: env.config(&[]).orders_consumer_group,
+            group: env.config(&[]).kafka.orders_consumer_group,
         }
     }
 

@@ -31,14 +31,21 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let topic = env.orders_topic.clone();
     produce_all(&env, &topic, &run, n).await;
     let cfg = env.config(&profile.payhook_overrides());
-    let pool = env.pool(cfg.database_pool_size);
+    let pool = env.pool(cfg.database.pool_size);
     let db = env.client().await;
-    let group = cfg.orders_consumer_group.clone();
-    let ccfg = ConsumerConfig::from_config(&cfg, &group, &topic);
+    let group = cfg.kafka.orders_consumer_group.clone();
+    let ccfg = ConsumerConfig::new(
+        &group,
+        &topic,
+        &cfg.consumer,
+        &cfg.kafka,
+        &cfg.database,
+        cfg.http.occurred_at_max_future,
+    );
     let (dead_letter_producer, dead_letter_lanes) = Producer::start(
         &env.kafka,
         &[&env.dlq_topic],
-        ProducerConfig::from_config(&cfg),
+        ProducerConfig::from_config(&cfg.kafka),
     )
     .await
     .expect("start the dead-letter producer");
@@ -54,7 +61,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
             producer: dead_letter_producer.clone(),
             topic: env.dlq_topic.clone(),
         },
-        health: ConsumerHealth::new(cfg.consumer_stall_after, metrics.clone()),
+        health: ConsumerHealth::new(cfg.consumer.stall_after, metrics.clone()),
         committers: payhook::consume::committer::Committers::start(
             &pool,
             member,
@@ -67,7 +74,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
         shared,
         vec![ccfg],
         "bench".into(),
-        cfg.consumer_lease_ttl,
+        cfg.consumer.lease_ttl,
         shutdown.clone(),
     ));
     let deadline = t0 + Duration::from_secs(600);
@@ -97,7 +104,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
             .note(format!(
                 "{:.1} s, CONSUMER_MAX_BATCH={}, {} partitions",
                 took.as_secs_f64(),
-                cfg.consumer_max_batch,
+                cfg.consumer.max_batch,
                 crate::env::PARTITIONS
             )),
     ]

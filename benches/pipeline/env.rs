@@ -91,7 +91,7 @@ impl BenchEnv {
             dlq_topic,
             kafka,
         };
-        payhook::app::migrate(&env.config(&[]))
+        payhook::ops::migrate(&env.config(&[]))
             .await
             .expect("migrate the bench database");
         env

@@ -10,8 +10,9 @@ use std::{
 };
 
 use payhook::{
+    app::readiness::ServiceProbe,
     consume::health::ConsumerHealth,
-    http::{self, AppState, Endpoint, routes::ServiceProbe},
+    http::{self, AppState, Endpoint},
     kafka::producer::{Producer, ProducerConfig},
     metrics::Metrics,
     providers::signature::Verifier,
@@ -34,45 +35,45 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
     let (rss_before, _) = rss_mib();
     let (producer, producer_tasks) = Producer::start(
         &env.kafka,
-        &[&cfg.orders_topic, &cfg.disputes_topic],
-        ProducerConfig::from_config(&cfg),
+        &[&cfg.kafka.orders_topic, &cfg.kafka.disputes_topic],
+        ProducerConfig::from_config(&cfg.kafka),
     )
     .await
     .expect("start the producer");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let verifier = |auth: &payhook::config::WebhookAuth| {
-        Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhook_tolerance)
+        Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhooks.tolerance)
     };
     let state = Arc::new(AppState {
         publisher: Arc::new(producer),
         orders: Endpoint {
-            topic: cfg.orders_topic.clone(),
-            verifier: verifier(&cfg.webhook_orders()),
+            topic: cfg.kafka.orders_topic.clone(),
+            verifier: verifier(&cfg.webhooks.orders()),
         },
         chargebacks: Endpoint {
-            topic: cfg.disputes_topic.clone(),
-            verifier: verifier(&cfg.webhook_chargebacks()),
+            topic: cfg.kafka.disputes_topic.clone(),
+            verifier: verifier(&cfg.webhooks.chargebacks()),
         },
         readiness: Arc::new(ServiceProbe {
             kafka: env.kafka.clone(),
             pool: env.pool(1),
-            topic: cfg.orders_topic.clone(),
-            health: ConsumerHealth::new(cfg.consumer_stall_after, Metrics::new()),
+            topic: cfg.kafka.orders_topic.clone(),
+            health: ConsumerHealth::new(cfg.consumer.stall_after, Metrics::new()),
             member: uuid::Uuid::new_v4(),
         }),
-        max_body_bytes: cfg.http_max_body_bytes,
-        request_timeout: cfg.http_request_timeout,
-        retry_after: cfg.http_retry_after,
-        occurred_at_max_future: cfg.occurred_at_max_future,
+        max_body_bytes: cfg.http.max_body_bytes,
+        request_timeout: cfg.http.request_timeout,
+        retry_after: cfg.http.retry_after,
+        occurred_at_max_future: cfg.http.occurred_at_max_future,
         metrics: Metrics::new(),
         ops_on_public: true,
         providers: Default::default(),
     });
     let shutdown = CancellationToken::new();
     let limits = http::Limits {
-        header_timeout: cfg.http_header_timeout,
-        max_connections: cfg.http_max_connections,
+        header_timeout: cfg.http.header_timeout,
+        max_connections: cfg.http.max_connections,
     };
     let server = tokio::spawn(http::serve(
         listener,

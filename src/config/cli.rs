@@ -126,9 +126,9 @@ mod tests {
     fn flags_set_values_and_defaults_fill_the_rest() {
         let s = parse(&["--http-addr", "0.0.0.0:9000", "--kafka-linger=2ms"]);
         let c = s.config().unwrap();
-        assert_eq!(c.http_addr, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(c.linger, std::time::Duration::from_millis(2));
-        assert_eq!(c.consumer_max_batch, 2000);
+        assert_eq!(c.http.addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.kafka.linger, std::time::Duration::from_millis(2));
+        assert_eq!(c.consumer.max_batch, 2000);
     }
 
     #[test]

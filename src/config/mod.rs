@@ -188,21 +188,48 @@ macro_rules! settings {
     (@secrecy secret) => { Secrecy::Secret };
     (@secrecy password_in_url) => { Secrecy::PasswordInUrl };
     ($(
-        $section:ident {
+        #[doc = $section_doc:literal]
+        $section:ident => $part:ident : $part_ty:ident {
             $(
                 #[doc = $help:literal]
                 $field:ident : $ty:ty = $env:ident ($default:literal $(, $secrecy:ident)?) $check:expr;
             )*
         }
     )*) => {
-        /// Everything payhook reads from its environment (or its flags).
-        /// `Debug` shows secrets the way errors do: not at all.
-        #[derive(Clone)]
+        $(
+            #[doc = $section_doc]
+            ///
+            /// `Debug` shows secrets the way errors do: not at all.
+            #[derive(Clone)]
+            pub struct $part_ty {
+                $(
+                    #[doc = concat!($help, " (`", stringify!($env), "`, default `", $default, "`)")]
+                    pub $field: $ty,
+                )*
+            }
+
+            impl fmt::Debug for $part_ty {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.debug_struct(stringify!($part_ty))
+                        $(
+                            .field(
+                                stringify!($field),
+                                &Shown(settings!(@secrecy $($secrecy)?), format!("{:?}", self.$field)),
+                            )
+                        )*
+                        .finish()
+                }
+            }
+        )*
+
+        /// Everything payhook reads from its environment (or its flags), one
+        /// section per part of the service: each module takes only its own.
+        #[derive(Clone, Debug)]
         pub struct Config {
-            $($(
-                #[doc = concat!($help, " (`", stringify!($env), "`, default `", $default, "`)")]
-                pub $field: $ty,
-            )*)*
+            $(
+                #[doc = $section_doc]
+                pub $part: $part_ty,
+            )*
         }
 
         /// Every setting, in the order `--help` shows them.
@@ -230,30 +257,21 @@ macro_rules! settings {
             ""
         }
 
-        impl fmt::Debug for Config {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct("Config")
-                    $($(
-                        .field(
-                            stringify!($field),
-                            &Shown(settings!(@secrecy $($secrecy)?), format!("{:?}", self.$field)),
-                        )
-                    )*)*
-                    .finish()
-            }
-        }
-
         impl Config {
             fn read_all(r: &mut Reader<'_>) -> Self {
                 Config {
-                    $($(
-                        $field: r.read(
-                            stringify!($env),
-                            $default,
-                            settings!(@secrecy $($secrecy)?),
-                            $check,
-                        ),
-                    )*)*
+                    $(
+                        $part: $part_ty {
+                            $(
+                                $field: r.read(
+                                    stringify!($env),
+                                    $default,
+                                    settings!(@secrecy $($secrecy)?),
+                                    $check,
+                                ),
+                            )*
+                        },
+                    )*
                 }
             }
         }
@@ -261,44 +279,46 @@ macro_rules! settings {
 }
 
 settings! {
-    Http {
+    /// The HTTP listeners and the edge's limits.
+    Http => http: HttpSettings {
         /// Address the HTTP server listens on
-        http_addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
+        addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
         /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
         admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
             check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
         /// Largest webhook body accepted, in bytes (413 beyond)
-        http_max_body_bytes: usize = HTTP_MAX_BODY_BYTES("262144")
+        max_body_bytes: usize = HTTP_MAX_BODY_BYTES("262144")
             check::whole(1024..=16 << 20, "a size in bytes between 1024 and 16777216");
         /// Retry-After sent with a 503
-        http_retry_after: Duration = HTTP_RETRY_AFTER("5s") check::duration();
+        retry_after: Duration = HTTP_RETRY_AFTER("5s") check::duration();
         /// Time a client has to send its request headers, then the connection is closed
-        http_header_timeout: Duration = HTTP_HEADER_TIMEOUT("10s") check::duration();
+        header_timeout: Duration = HTTP_HEADER_TIMEOUT("10s") check::duration();
         /// Time a client has to send its request body, then 408
-        http_request_timeout: Duration = HTTP_REQUEST_TIMEOUT("30s") check::duration();
+        request_timeout: Duration = HTTP_REQUEST_TIMEOUT("30s") check::duration();
         /// Connections served at once; more wait to be accepted
-        http_max_connections: usize = HTTP_MAX_CONNECTIONS("1024")
+        max_connections: usize = HTTP_MAX_CONNECTIONS("1024")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
         /// How far after its arrival a webhook's occurred_at may be (400 beyond)
         occurred_at_max_future: Duration = OCCURRED_AT_MAX_FUTURE("1d")
             check::duration_within(Duration::from_secs(60)..=Duration::from_secs(365 * 86_400), "a duration between 1m and 365d, like 1d");
     }
-    Webhook {
+    /// How each webhook endpoint verifies what it receives, and the providers' field names.
+    Webhook => webhooks: WebhookSettings {
         /// Check webhook signatures; off for local use only
-        webhook_verify: bool = WEBHOOK_VERIFY("on") check::switch("on or off");
+        verify: bool = WEBHOOK_VERIFY("on") check::switch("on or off");
         /// Allowed skew of a signature's timestamp from this server's clock, either way
-        webhook_tolerance: Duration = WEBHOOK_TOLERANCE("5m")
+        tolerance: Duration = WEBHOOK_TOLERANCE("5m")
             check::duration_within(Duration::from_secs(1)..=Duration::from_secs(3600), "a duration between 1s and 1h, like 5m");
         /// Signature scheme of the payment endpoint: standard or stripe
-        webhook_orders_scheme: Scheme = WEBHOOK_ORDERS_SCHEME("standard") check::scheme();
+        orders_scheme: Scheme = WEBHOOK_ORDERS_SCHEME("standard") check::scheme();
         /// Active secrets of the payment endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
-        webhook_orders_secrets: Secrets = WEBHOOK_ORDERS_SECRETS("", secret) check::secrets();
+        orders_secrets: Secrets = WEBHOOK_ORDERS_SECRETS("", secret) check::secrets();
         /// Signature scheme of the chargeback endpoint: standard or stripe
-        webhook_chargebacks_scheme: Scheme = WEBHOOK_CHARGEBACKS_SCHEME("standard") check::scheme();
+        chargebacks_scheme: Scheme = WEBHOOK_CHARGEBACKS_SCHEME("standard") check::scheme();
         /// Active secrets of the chargeback endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
-        webhook_chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
+        chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
         /// Stripe endpoint secrets, comma-separated; none: /webhooks/stripe is off (404) unless WEBHOOK_VERIFY=off
-        stripe_webhook_secrets: Secrets = STRIPE_WEBHOOK_SECRETS("", secret) check::secrets();
+        stripe_secrets: Secrets = STRIPE_WEBHOOK_SECRETS("", secret) check::secrets();
         /// The Stripe metadata key holding the order id
         stripe_order_id_key: String = STRIPE_ORDER_ID_KEY("order_id") check::metadata_key();
         /// The Stripe metadata key holding the user id
@@ -308,32 +328,34 @@ settings! {
         /// The Adyen additionalData key holding the user id
         adyen_user_id_key: String = ADYEN_USER_ID_KEY("shopperReference") check::metadata_key();
     }
-    Database {
+    /// How payhook reaches Postgres and bounds its sessions.
+    Database => database: DatabaseSettings {
         /// Postgres connection URL; the database must be UTF8 (its password is never shown)
-        database_url: String = DATABASE_URL("postgres://postgres@127.0.0.1:5432/payhook", password_in_url)
+        url: String = DATABASE_URL("postgres://postgres@127.0.0.1:5432/payhook", password_in_url)
             check::postgres_url();
         /// Connections in the Postgres pool
-        database_pool_size: usize = DATABASE_POOL_SIZE("16")
+        pool_size: usize = DATABASE_POOL_SIZE("16")
             check::whole(1..=1000, "a whole number between 1 and 1000");
         /// Apply the sql/ migrations when serve starts
         run_migrations: bool = RUN_MIGRATIONS("true") check::switch("true or false");
         /// TLS to Postgres: disable, require or verify-full; empty takes sslmode from DATABASE_URL, else disable
-        database_sslmode: Option<SslMode> = DATABASE_SSLMODE("")
+        sslmode: Option<SslMode> = DATABASE_SSLMODE("")
             check::optional(Check { expected: "disable, require or verify-full", parse: SslMode::parse });
         /// PEM file of the CAs that may sign the server's certificate (verify-full); empty: Mozilla's roots
-        database_tls_ca_file: Option<PathBuf> = DATABASE_TLS_CA_FILE("") check::optional(check::pem_file());
+        tls_ca_file: Option<PathBuf> = DATABASE_TLS_CA_FILE("") check::optional(check::pem_file());
         /// Server-side statement_timeout of payhook's sessions; the client gives up one second later
-        database_statement_timeout: Duration = DATABASE_STATEMENT_TIMEOUT("10s") check::duration();
+        statement_timeout: Duration = DATABASE_STATEMENT_TIMEOUT("10s") check::duration();
         /// Server-side idle_in_transaction_session_timeout (longer than KAFKA_PUBLISH_TIMEOUT: a dead letter is published inside a transaction)
-        database_idle_in_transaction_timeout: Duration = DATABASE_IDLE_IN_TRANSACTION_TIMEOUT("10s") check::duration();
+        idle_in_transaction_timeout: Duration = DATABASE_IDLE_IN_TRANSACTION_TIMEOUT("10s") check::duration();
         /// Bound on making a database connection and on waiting for one from the pool
-        database_connect_timeout: Duration = DATABASE_CONNECT_TIMEOUT("5s") check::duration();
+        connect_timeout: Duration = DATABASE_CONNECT_TIMEOUT("5s") check::duration();
         /// TCP keepalive idle time on database connections (then 1s probes, 3 misses)
-        database_keepalive: Duration = DATABASE_KEEPALIVE("10s") check::duration();
+        keepalive: Duration = DATABASE_KEEPALIVE("10s") check::duration();
     }
-    Kafka {
+    /// The brokers, the topics, and how payhook produces and fetches.
+    Kafka => kafka: KafkaSettings {
         /// Bootstrap brokers, comma-separated host:port
-        kafka_brokers: Vec<String> = KAFKA_BROKERS("127.0.0.1:9092") check::brokers();
+        brokers: Vec<String> = KAFKA_BROKERS("127.0.0.1:9092") check::brokers();
         /// Topic of payment webhooks
         orders_topic: String = KAFKA_ORDERS_TOPIC("payments.orders") check::name();
         /// Topic of chargeback webhooks
@@ -355,21 +377,21 @@ settings! {
         /// serve warns when a source topic deletes records sooner than this (time to fix a stalled partition)
         min_retention: Duration = KAFKA_MIN_RETENTION("7days") check::duration();
         /// How payhook reaches the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl (ssl needs the kafka-tls build)
-        kafka_security_protocol: SecurityProtocol = KAFKA_SECURITY_PROTOCOL("plaintext")
+        security_protocol: SecurityProtocol = KAFKA_SECURITY_PROTOCOL("plaintext")
             Check { expected: "plaintext, ssl, sasl_plaintext or sasl_ssl", parse: SecurityProtocol::parse };
         /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
-        kafka_sasl_mechanism: SaslMechanism = KAFKA_SASL_MECHANISM("PLAIN")
+        sasl_mechanism: SaslMechanism = KAFKA_SASL_MECHANISM("PLAIN")
             Check { expected: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", parse: SaslMechanism::parse };
         /// SASL user name (required with sasl_*)
-        kafka_sasl_username: Option<String> = KAFKA_SASL_USERNAME("") check::optional(check::text("a user name"));
+        sasl_username: Option<String> = KAFKA_SASL_USERNAME("") check::optional(check::text("a user name"));
         /// SASL password (required with sasl_*; never shown)
-        kafka_sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
+        sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
         /// PEM file of the CAs that may sign the brokers' certificates; empty: Mozilla's roots
-        kafka_tls_ca_file: Option<PathBuf> = KAFKA_TLS_CA_FILE("") check::optional(check::pem_file());
+        tls_ca_file: Option<PathBuf> = KAFKA_TLS_CA_FILE("") check::optional(check::pem_file());
         /// Client certificate chain (PEM) for mutual TLS, with KAFKA_TLS_KEY_FILE
-        kafka_tls_cert_file: Option<PathBuf> = KAFKA_TLS_CERT_FILE("") check::optional(check::pem_file());
+        tls_cert_file: Option<PathBuf> = KAFKA_TLS_CERT_FILE("") check::optional(check::pem_file());
         /// Client private key (PEM, PKCS#8) for mutual TLS, with KAFKA_TLS_CERT_FILE
-        kafka_tls_key_file: Option<PathBuf> = KAFKA_TLS_KEY_FILE("") check::optional(check::pem_file());
+        tls_key_file: Option<PathBuf> = KAFKA_TLS_KEY_FILE("") check::optional(check::pem_file());
         /// Longest wait for the broker's acknowledgement before a webhook gets 503
         publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
         /// How long an idle producer lane waits for more records before sending
@@ -379,9 +401,9 @@ settings! {
         producer_queue: usize = KAFKA_PRODUCER_QUEUE("4096")
             check::whole(1..=1_000_000, "a whole number between 1 and 1000000");
         /// How often the producer looks for partitions added to its topics (consumers look on every lease renewal)
-        kafka_metadata_refresh: Duration = KAFKA_METADATA_REFRESH("30s") check::duration();
+        metadata_refresh: Duration = KAFKA_METADATA_REFRESH("30s") check::duration();
         /// Hard deadline on any single broker call
-        kafka_request_timeout: Duration = KAFKA_REQUEST_TIMEOUT("10s") check::duration();
+        request_timeout: Duration = KAFKA_REQUEST_TIMEOUT("10s") check::duration();
         /// Bytes asked for per fetch
         fetch_max_bytes: i32 = KAFKA_FETCH_MAX_BYTES("4194304")
             check::whole(65_536..=100 << 20, "a size in bytes between 65536 and 104857600");
@@ -391,21 +413,22 @@ settings! {
         fetch_min_bytes: i32 = KAFKA_FETCH_MIN_BYTES("262144")
             check::whole(1..=100 << 20, "a size in bytes between 1 and 104857600, at most KAFKA_FETCH_MAX_BYTES");
     }
-    Consumer {
+    /// The partition consumers, the fleet, and the disputes that wait for their payment.
+    Consumer => consumer: ConsumerSettings {
         /// Run the consumers in this process (false: an ingest-only replica that only accepts and publishes webhooks)
-        consumer_enabled: bool = CONSUMER_ENABLED("true") check::switch("true or false");
+        enabled: bool = CONSUMER_ENABLED("true") check::switch("true or false");
         /// How long a busy partition waits for more records, so they are applied in one transaction (0: apply each fetch at once)
-        consumer_linger: Duration = CONSUMER_LINGER("20ms")
+        linger: Duration = CONSUMER_LINGER("20ms")
             check::duration_within(Duration::ZERO..=Duration::from_secs(10), "a duration of at most 10s, like 0ms, 20ms");
         /// Most records applied in one database transaction
-        consumer_max_batch: usize = CONSUMER_MAX_BATCH("2000")
+        max_batch: usize = CONSUMER_MAX_BATCH("2000")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
         /// Transient failures of one record before it is dead-lettered (0 = retry without limit)
-        consumer_max_attempts: Option<u32> = CONSUMER_MAX_ATTEMPTS("0") check::attempts();
+        max_attempts: Option<u32> = CONSUMER_MAX_ATTEMPTS("0") check::attempts();
         /// How long a partition with lag may go without moving before it is reported stalled
-        consumer_stall_after: Duration = CONSUMER_STALL_AFTER("1m") check::duration();
+        stall_after: Duration = CONSUMER_STALL_AFTER("1m") check::duration();
         /// How long a partition lease lasts without renewal (renewed every quarter of it)
-        consumer_lease_ttl: Duration = CONSUMER_LEASE_TTL("10s") check::duration();
+        lease_ttl: Duration = CONSUMER_LEASE_TTL("10s") check::duration();
         /// How long a dispute waits for the payment it names before it is dead-lettered
         dispute_payment_wait: Duration = DISPUTE_PAYMENT_WAIT("96h") check::duration();
         /// How often waiting disputes are counted and the expired ones dead-lettered
@@ -415,7 +438,8 @@ settings! {
         /// Longest pause between retries
         retry_backoff_max: Duration = RETRY_BACKOFF_MAX("30s") check::duration();
     }
-    Process {
+    /// Shutdown and logging.
+    Process => process: ProcessSettings {
         /// Graceful shutdown limit (exit 1 if exceeded)
         shutdown_timeout: Duration = SHUTDOWN_TIMEOUT("30s") check::duration();
         /// Log filter, tracing-subscriber EnvFilter syntax
@@ -711,45 +735,47 @@ impl Config {
 
     /// Checks that involve more than one setting.
     fn check_together(&self, errors: &mut Vec<VarError>) {
-        if self.retry_backoff_min > self.retry_backoff_max {
+        if self.consumer.retry_backoff_min > self.consumer.retry_backoff_max {
             errors.push(VarError {
                 var: "RETRY_BACKOFF_MIN",
-                value: humantime::format_duration(self.retry_backoff_min).to_string(),
+                value: humantime::format_duration(self.consumer.retry_backoff_min).to_string(),
                 expected: "a duration no longer than RETRY_BACKOFF_MAX",
             });
         }
-        if self.fetch_min_bytes > self.fetch_max_bytes {
+        if self.kafka.fetch_min_bytes > self.kafka.fetch_max_bytes {
             errors.push(VarError {
                 var: "KAFKA_FETCH_MIN_BYTES",
-                value: self.fetch_min_bytes.to_string(),
+                value: self.kafka.fetch_min_bytes.to_string(),
                 expected: "a size in bytes between 1 and 104857600, at most KAFKA_FETCH_MAX_BYTES",
             });
         }
-        if self.orders_topic == self.disputes_topic {
+        if self.kafka.orders_topic == self.kafka.disputes_topic {
             errors.push(VarError {
                 var: "KAFKA_DISPUTES_TOPIC",
-                value: self.disputes_topic.clone(),
+                value: self.kafka.disputes_topic.clone(),
                 expected: "a topic name different from KAFKA_ORDERS_TOPIC",
             });
         }
-        if self.dlq_topic == self.orders_topic || self.dlq_topic == self.disputes_topic {
+        if self.kafka.dlq_topic == self.kafka.orders_topic
+            || self.kafka.dlq_topic == self.kafka.disputes_topic
+        {
             errors.push(VarError {
                 var: "KAFKA_DLQ_TOPIC",
-                value: self.dlq_topic.clone(),
+                value: self.kafka.dlq_topic.clone(),
                 expected: "a topic name different from the orders and disputes topics",
             });
         }
         self.check_security(errors);
         // Secrets are read the way their endpoint's scheme reads them. The
         // refusal names the reason, never the value.
-        if let Err(e) = self.stripe_webhook_secrets.keys(Scheme::Stripe) {
+        if let Err(e) = self.webhooks.stripe_secrets.keys(Scheme::Stripe) {
             errors.push(VarError {
                 var: "STRIPE_WEBHOOK_SECRETS",
                 value: format!("<redacted: {e}>"),
                 expected: "comma-separated Stripe endpoint secrets, each of at least 16 characters, none empty",
             });
         }
-        if let Err(e) = self.adyen_hmac_keys.adyen_keys() {
+        if let Err(e) = self.webhooks.adyen_hmac_keys.adyen_keys() {
             errors.push(VarError {
                 var: "ADYEN_HMAC_KEYS",
                 value: format!("<redacted: {e}>"),
@@ -759,13 +785,13 @@ impl Config {
         for (var, scheme, secrets) in [
             (
                 "WEBHOOK_ORDERS_SECRETS",
-                self.webhook_orders_scheme,
-                &self.webhook_orders_secrets,
+                self.webhooks.orders_scheme,
+                &self.webhooks.orders_secrets,
             ),
             (
                 "WEBHOOK_CHARGEBACKS_SECRETS",
-                self.webhook_chargebacks_scheme,
-                &self.webhook_chargebacks_secrets,
+                self.webhooks.chargebacks_scheme,
+                &self.webhooks.chargebacks_secrets,
             ),
         ] {
             if let Err(e) = secrets.keys(scheme) {
@@ -784,62 +810,54 @@ impl Config {
             }
         }
     }
+}
 
+impl KafkaSettings {
     /// How payhook reaches the brokers, from the `KAFKA_SECURITY_PROTOCOL`,
     /// `KAFKA_SASL_*` and `KAFKA_TLS_*` settings (checked together in
     /// `check_together`).
-    pub fn kafka_security(&self) -> KafkaSecurity {
-        let sasl = self
-            .kafka_security_protocol
-            .uses_sasl()
-            .then(|| SaslSettings {
-                mechanism: self.kafka_sasl_mechanism,
-                username: self.kafka_sasl_username.clone().unwrap_or_default(),
-                password: Secret::new(self.kafka_sasl_password.clone().unwrap_or_default()),
-            });
+    pub fn security(&self) -> KafkaSecurity {
+        let sasl = self.security_protocol.uses_sasl().then(|| SaslSettings {
+            mechanism: self.sasl_mechanism,
+            username: self.sasl_username.clone().unwrap_or_default(),
+            password: Secret::new(self.sasl_password.clone().unwrap_or_default()),
+        });
         KafkaSecurity {
-            protocol: self.kafka_security_protocol,
+            protocol: self.security_protocol,
             sasl,
-            tls_ca_file: self.kafka_tls_ca_file.clone(),
-            tls_client_auth: self
-                .kafka_tls_cert_file
-                .clone()
-                .zip(self.kafka_tls_key_file.clone()),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client_auth: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
         }
     }
+}
 
+impl DatabaseSettings {
     /// How payhook reaches Postgres: `DATABASE_SSLMODE`, else the URL's
     /// `sslmode`, else `disable` (the two must agree when both are given).
-    pub fn database_tls(&self) -> DatabaseTls {
-        let from_url = url_sslmode(&self.database_url).and_then(SslMode::parse);
+    pub fn tls(&self) -> DatabaseTls {
+        let from_url = url_sslmode(&self.url).and_then(SslMode::parse);
         DatabaseTls {
-            mode: self
-                .database_sslmode
-                .or(from_url)
-                .unwrap_or(SslMode::Disable),
-            ca_file: self.database_tls_ca_file.clone(),
+            mode: self.sslmode.or(from_url).unwrap_or(SslMode::Disable),
+            ca_file: self.tls_ca_file.clone(),
         }
     }
+}
 
+impl WebhookSettings {
     /// Scheme and keys of the payment endpoint.
-    pub fn webhook_orders(&self) -> WebhookAuth {
-        auth(self.webhook_orders_scheme, &self.webhook_orders_secrets)
+    pub fn orders(&self) -> WebhookAuth {
+        auth(self.orders_scheme, &self.orders_secrets)
     }
 
     /// Scheme and keys of the chargeback endpoint.
-    pub fn webhook_chargebacks(&self) -> WebhookAuth {
-        auth(
-            self.webhook_chargebacks_scheme,
-            &self.webhook_chargebacks_secrets,
-        )
+    pub fn chargebacks(&self) -> WebhookAuth {
+        auth(self.chargebacks_scheme, &self.chargebacks_secrets)
     }
 
     /// The Stripe endpoint's active secrets (none if unreadable: see
     /// [`auth`]).
-    pub fn stripe_secrets(&self) -> Vec<SigningKey> {
-        self.stripe_webhook_secrets
-            .keys(Scheme::Stripe)
-            .unwrap_or_default()
+    pub fn stripe_keys(&self) -> Vec<SigningKey> {
+        self.stripe_secrets.keys(Scheme::Stripe).unwrap_or_default()
     }
 
     /// The Adyen endpoint's active HMAC keys (none if unreadable).
@@ -858,25 +876,26 @@ impl Config {
                 expected,
             })
         };
-        if let Some(v) = url_sslmode(&self.database_url) {
+        if let Some(v) = url_sslmode(&self.database.url) {
             match SslMode::parse(v) {
                 None => refuse(
                     "DATABASE_URL",
                     format!("...sslmode={v}"),
                     "sslmode=disable, require or verify-full (payhook supports these three)",
                 ),
-                Some(u) if self.database_sslmode.is_some_and(|m| m != u) => refuse(
+                Some(u) if self.database.sslmode.is_some_and(|m| m != u) => refuse(
                     "DATABASE_SSLMODE",
-                    self.database_sslmode.map_or("", |m| m.as_str()).to_owned(),
+                    self.database.sslmode.map_or("", |m| m.as_str()).to_owned(),
                     "the same mode as sslmode in DATABASE_URL (or drop one of them)",
                 ),
                 Some(_) => {}
             }
         }
-        let protocol = self.kafka_security_protocol;
+        let protocol = self.kafka.security_protocol;
         if protocol.uses_sasl() {
             if self
-                .kafka_sasl_username
+                .kafka
+                .sasl_username
                 .as_deref()
                 .is_none_or(str::is_empty)
             {
@@ -887,7 +906,8 @@ impl Config {
                 );
             }
             if self
-                .kafka_sasl_password
+                .kafka
+                .sasl_password
                 .as_deref()
                 .is_none_or(str::is_empty)
             {
@@ -898,7 +918,7 @@ impl Config {
                 );
             }
         }
-        match (&self.kafka_tls_cert_file, &self.kafka_tls_key_file) {
+        match (&self.kafka.tls_cert_file, &self.kafka.tls_key_file) {
             (Some(_), None) => refuse(
                 "KAFKA_TLS_KEY_FILE",
                 String::new(),
@@ -911,9 +931,9 @@ impl Config {
             ),
             _ => {}
         }
-        let tls_files = self.kafka_tls_ca_file.is_some()
-            || self.kafka_tls_cert_file.is_some()
-            || self.kafka_tls_key_file.is_some();
+        let tls_files = self.kafka.tls_ca_file.is_some()
+            || self.kafka.tls_cert_file.is_some()
+            || self.kafka.tls_key_file.is_some();
         if !protocol.uses_tls() && tls_files {
             refuse(
                 "KAFKA_SECURITY_PROTOCOL",
@@ -924,14 +944,17 @@ impl Config {
         // A dead letter is published inside its fenced transaction: a
         // session ended for idling meanwhile would roll back every dead
         // letter of a slow broker, and the record would stall.
-        if self.database_idle_in_transaction_timeout <= self.publish_timeout {
+        if self.database.idle_in_transaction_timeout <= self.kafka.publish_timeout {
             refuse(
                 "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
-                humantime::format_duration(self.database_idle_in_transaction_timeout).to_string(),
+                humantime::format_duration(self.database.idle_in_transaction_timeout).to_string(),
                 "a duration longer than KAFKA_PUBLISH_TIMEOUT (a dead letter is published inside a transaction)",
             );
         }
-        if let (Some(rf), Some(min)) = (self.replication_factor, self.min_insync_replicas) {
+        if let (Some(rf), Some(min)) = (
+            self.kafka.replication_factor,
+            self.kafka.min_insync_replicas,
+        ) {
             if min > rf {
                 refuse(
                     "KAFKA_MIN_INSYNC_REPLICAS",
@@ -1019,24 +1042,24 @@ mod tests {
     #[test]
     fn defaults_are_for_local_use() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1:5432/payhook");
-        assert_eq!(c.kafka_brokers, vec!["127.0.0.1:9092".to_string()]);
-        assert_eq!(c.orders_topic, "payments.orders");
-        assert_eq!(c.disputes_topic, "payments.disputes");
-        assert_eq!(c.publish_timeout, Duration::from_secs(5));
-        assert_eq!(c.linger, Duration::ZERO);
-        assert!(c.run_migrations);
+        assert_eq!(c.http.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.database.url, "postgres://postgres@127.0.0.1:5432/payhook");
+        assert_eq!(c.kafka.brokers, vec!["127.0.0.1:9092".to_string()]);
+        assert_eq!(c.kafka.orders_topic, "payments.orders");
+        assert_eq!(c.kafka.disputes_topic, "payments.disputes");
+        assert_eq!(c.kafka.publish_timeout, Duration::from_secs(5));
+        assert_eq!(c.kafka.linger, Duration::ZERO);
+        assert!(c.database.run_migrations);
     }
 
     #[test]
     fn occurred_at_max_future_defaults_to_a_day_and_is_bounded() {
         assert_eq!(
-            cfg(&[]).unwrap().occurred_at_max_future,
+            cfg(&[]).unwrap().http.occurred_at_max_future,
             Duration::from_secs(86_400)
         );
         let c = cfg(&[("OCCURRED_AT_MAX_FUTURE", "2h")]).unwrap();
-        assert_eq!(c.occurred_at_max_future, Duration::from_secs(7200));
+        assert_eq!(c.http.occurred_at_max_future, Duration::from_secs(7200));
         for bad in ["0s", "30s", "400d", "soon"] {
             let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
             assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
@@ -1045,9 +1068,9 @@ mod tests {
 
     #[test]
     fn admin_addr_is_optional() {
-        assert_eq!(cfg(&[]).unwrap().admin_addr, None);
+        assert_eq!(cfg(&[]).unwrap().http.admin_addr, None);
         let c = cfg(&[("ADMIN_ADDR", "127.0.0.1:9090")]).unwrap();
-        assert_eq!(c.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.http.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(
             cfg(&[("ADMIN_ADDR", "nowhere")]).unwrap_err().0[0].var,
             "ADMIN_ADDR"
@@ -1061,8 +1084,8 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "1m"),
         ])
         .unwrap();
-        assert_eq!(c.publish_timeout, Duration::from_millis(250));
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+        assert_eq!(c.kafka.publish_timeout, Duration::from_millis(250));
+        assert_eq!(c.process.shutdown_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -1114,16 +1137,16 @@ mod tests {
     #[test]
     fn http_limits_have_defaults_and_bounds() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
-        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
-        assert_eq!(c.http_max_connections, 1024);
+        assert_eq!(c.http.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.max_connections, 1024);
         let c = cfg(&[
             ("HTTP_REQUEST_TIMEOUT", "2s"),
             ("HTTP_MAX_CONNECTIONS", "8"),
         ])
         .unwrap();
-        assert_eq!(c.http_request_timeout, Duration::from_secs(2));
-        assert_eq!(c.http_max_connections, 8);
+        assert_eq!(c.http.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_connections, 8);
         let err = cfg(&[
             ("HTTP_HEADER_TIMEOUT", "0s"),
             ("HTTP_REQUEST_TIMEOUT", "soon"),
@@ -1144,11 +1167,11 @@ mod tests {
     #[test]
     fn webhook_verification_is_on_by_default_with_standard_scheme() {
         let c = cfg(&[]).unwrap();
-        assert!(c.webhook_verify);
-        assert_eq!(c.webhook_tolerance, Duration::from_secs(300));
-        assert_eq!(c.webhook_orders().scheme, Scheme::Standard);
-        assert_eq!(c.webhook_chargebacks().scheme, Scheme::Standard);
-        assert!(c.webhook_orders().secrets.is_empty());
+        assert!(c.webhooks.verify);
+        assert_eq!(c.webhooks.tolerance, Duration::from_secs(300));
+        assert_eq!(c.webhooks.orders().scheme, Scheme::Standard);
+        assert_eq!(c.webhooks.chargebacks().scheme, Scheme::Standard);
+        assert!(c.webhooks.orders().secrets.is_empty());
         let c = cfg(&[
             ("WEBHOOK_VERIFY", "off"),
             ("WEBHOOK_TOLERANCE", "90s"),
@@ -1160,11 +1183,11 @@ mod tests {
             ("WEBHOOK_CHARGEBACKS_SECRETS", "whsec_stripe_test_secret_0123456789"),
         ])
         .unwrap();
-        assert!(!c.webhook_verify);
-        assert_eq!(c.webhook_tolerance, Duration::from_secs(90));
-        assert_eq!(c.webhook_orders().secrets.len(), 2);
-        assert_eq!(c.webhook_chargebacks().scheme, Scheme::Stripe);
-        assert_eq!(c.webhook_chargebacks().secrets.len(), 1);
+        assert!(!c.webhooks.verify);
+        assert_eq!(c.webhooks.tolerance, Duration::from_secs(90));
+        assert_eq!(c.webhooks.orders().secrets.len(), 2);
+        assert_eq!(c.webhooks.chargebacks().scheme, Scheme::Stripe);
+        assert_eq!(c.webhooks.chargebacks().secrets.len(), 1);
     }
 
     #[test]
@@ -1240,7 +1263,10 @@ mod tests {
             shown.contains("postgres://app:***@db:5432/payhook"),
             "{shown}"
         );
-        assert!(shown.contains("http_addr: 127.0.0.1:8080"), "{shown}");
+        assert!(
+            shown.contains("HttpSettings { addr: 127.0.0.1:8080"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1265,23 +1291,26 @@ mod tests {
     #[test]
     fn brokers_list_is_split_and_trimmed() {
         let c = cfg(&[("KAFKA_BROKERS", "a:9092, b:9093 ,")]).unwrap();
-        assert_eq!(c.kafka_brokers, ["a:9092", "b:9093"]);
+        assert_eq!(c.kafka.brokers, ["a:9092", "b:9093"]);
     }
 
     #[test]
     fn provider_settings_have_defaults_and_secrets_are_never_echoed() {
         let c = cfg(&[]).unwrap();
-        assert!(c.stripe_secrets().is_empty() && c.adyen_keys().is_empty());
+        assert!(c.webhooks.stripe_keys().is_empty() && c.webhooks.adyen_keys().is_empty());
         assert_eq!(
             (
-                c.stripe_order_id_key.as_str(),
-                c.stripe_user_id_key.as_str()
+                c.webhooks.stripe_order_id_key.as_str(),
+                c.webhooks.stripe_user_id_key.as_str()
             ),
             ("order_id", "user_id")
         );
-        assert_eq!(c.adyen_user_id_key, "shopperReference");
-        assert_eq!(c.dispute_payment_wait, Duration::from_secs(96 * 3600));
-        assert_eq!(c.dispute_sweep_interval, Duration::from_secs(60));
+        assert_eq!(c.webhooks.adyen_user_id_key, "shopperReference");
+        assert_eq!(
+            c.consumer.dispute_payment_wait,
+            Duration::from_secs(96 * 3600)
+        );
+        assert_eq!(c.consumer.dispute_sweep_interval, Duration::from_secs(60));
         let c = cfg(&[
             (
                 "STRIPE_WEBHOOK_SECRETS",
@@ -1295,10 +1324,10 @@ mod tests {
             ("DISPUTE_PAYMENT_WAIT", "2s"),
         ])
         .unwrap();
-        assert_eq!(c.stripe_secrets().len(), 2);
-        assert_eq!(c.adyen_keys().len(), 1);
-        assert_eq!(c.stripe_order_id_key, "payhook_order");
-        assert_eq!(c.dispute_payment_wait, Duration::from_secs(2));
+        assert_eq!(c.webhooks.stripe_keys().len(), 2);
+        assert_eq!(c.webhooks.adyen_keys().len(), 1);
+        assert_eq!(c.webhooks.stripe_order_id_key, "payhook_order");
+        assert_eq!(c.consumer.dispute_payment_wait, Duration::from_secs(2));
         let err = cfg(&[
             ("STRIPE_WEBHOOK_SECRETS", "short_secret_x"),
             (

@@ -68,6 +68,7 @@ use super::{
     health::ConsumerHealth,
 };
 use crate::{
+    config::{ConsumerSettings, DatabaseSettings, KafkaSettings},
     db::{DbError, leases::Lease, offsets, store::PgStore},
     domain::{
         disputes::{ChargebackEvent, DisputeService},
@@ -116,22 +117,31 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// The service's settings for consuming `topic` as `group`.
-    pub fn from_config(cfg: &crate::config::Config, group: &str, topic: &str) -> Self {
+    /// The service's settings for consuming `topic` as `group`: the
+    /// consumer's own section, the fetch and publish settings of the Kafka
+    /// section, the database's deadline, and the edge's `occurred_at` bound.
+    pub fn new(
+        group: &str,
+        topic: &str,
+        consumer: &ConsumerSettings,
+        kafka: &KafkaSettings,
+        db: &DatabaseSettings,
+        occurred_at_max_future: Duration,
+    ) -> Self {
         Self {
             group: group.to_owned(),
             topic: topic.to_owned(),
-            max_batch: cfg.consumer_max_batch,
-            fetch_max_bytes: cfg.fetch_max_bytes,
-            fetch_max_wait: cfg.fetch_max_wait,
-            linger: cfg.consumer_linger,
-            fetch_min_bytes: cfg.fetch_min_bytes,
-            backoff_min: cfg.retry_backoff_min,
-            backoff_max: cfg.retry_backoff_max,
-            max_attempts: cfg.consumer_max_attempts,
-            occurred_at_max_future: cfg.occurred_at_max_future,
-            db_deadline: crate::db::Session::from_config(cfg).client_deadline(),
-            publish_timeout: cfg.publish_timeout,
+            max_batch: consumer.max_batch,
+            fetch_max_bytes: kafka.fetch_max_bytes,
+            fetch_max_wait: kafka.fetch_max_wait,
+            linger: consumer.linger,
+            fetch_min_bytes: kafka.fetch_min_bytes,
+            backoff_min: consumer.retry_backoff_min,
+            backoff_max: consumer.retry_backoff_max,
+            max_attempts: consumer.max_attempts,
+            occurred_at_max_future,
+            db_deadline: crate::db::Session::from_config(db).client_deadline(),
+            publish_timeout: kafka.publish_timeout,
         }
     }
 }

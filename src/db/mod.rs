@@ -22,7 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::{NoTls, config::SslMode as PgSslMode};
 
 use crate::{
-    config::{Config, DatabaseTls, SslMode, strip_sslmode},
+    config::{DatabaseSettings, DatabaseTls, SslMode, strip_sslmode},
     connect::{self, ConnectError},
 };
 
@@ -93,13 +93,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn from_config(cfg: &Config) -> Self {
+    pub fn from_config(db: &DatabaseSettings) -> Self {
         Self {
-            tls: cfg.database_tls(),
-            connect_timeout: cfg.database_connect_timeout,
-            statement_timeout: cfg.database_statement_timeout,
-            idle_in_transaction_timeout: cfg.database_idle_in_transaction_timeout,
-            keepalive: cfg.database_keepalive,
+            tls: db.tls(),
+            connect_timeout: db.connect_timeout,
+            statement_timeout: db.statement_timeout,
+            idle_in_transaction_timeout: db.idle_in_transaction_timeout,
+            keepalive: db.keepalive,
         }
     }
 
@@ -155,9 +155,9 @@ pub fn pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, DbError> 
 }
 
 /// The pool `serve`, `migrate` and the consumers use: `DATABASE_URL` with
-/// `DATABASE_SSLMODE`, the CA file, deadlines and keepalives of `cfg`.
-pub fn pool_from_config(cfg: &Config, size: usize) -> Result<Pool, DbError> {
-    pool_with(&cfg.database_url, size, &Session::from_config(cfg))
+/// `DATABASE_SSLMODE`, the CA file, deadlines and keepalives of `db`.
+pub fn pool_from_config(db: &DatabaseSettings, size: usize) -> Result<Pool, DbError> {
+    pool_with(&db.url, size, &Session::from_config(db))
 }
 
 /// Builds a pool with TLS and deadlines:

@@ -49,15 +49,13 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::error::{ApiError, Body, json_response};
-use crate::consume::health::{ConsumerHealth, PartitionReport};
+use crate::consume::health::PartitionReport;
 use crate::kafka::{
-    Kafka,
     envelope::{Envelope, EventType},
     producer::Publish,
 };
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
 use crate::providers::{self, Provider, Refusal, Stream, generic::Generic, signature::Verifier};
-use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
 /// What the handlers share.
@@ -289,9 +287,6 @@ fn count(
     r
 }
 
-/// How long each readiness check may take.
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// What `/readyz` asks: each dependency that does not answer, with why.
 /// The service's probe asks the broker and the database; tests use a fake.
 pub trait Readiness: Send + Sync + std::fmt::Debug {
@@ -305,62 +300,6 @@ pub trait Readiness: Send + Sync + std::fmt::Debug {
     /// The consumer side, for `/status` (nothing by default).
     fn status(&self) -> BoxFuture<'_, serde_json::Value> {
         Box::pin(async { json!({"partitions": []}) })
-    }
-}
-
-/// The real probe. Readiness asks only what taking webhooks needs: the
-/// broker answers a metadata request within [`READY_CHECK_TIMEOUT`]. A
-/// database outage does not make a replica unready (Kafka holds the
-/// webhooks meanwhile); it shows in `/status`, with the partitions.
-#[derive(Clone, Debug)]
-pub struct ServiceProbe {
-    pub kafka: Kafka,
-    pub pool: Pool,
-    /// This process in the consumer fleet.
-    pub member: uuid::Uuid,
-    /// A topic whose metadata is asked for.
-    pub topic: String,
-    /// What the partition consumers report.
-    pub health: ConsumerHealth,
-}
-
-impl Readiness for ServiceProbe {
-    fn down(&self) -> BoxFuture<'_, Vec<(&'static str, String)>> {
-        Box::pin(async move {
-            let kafka =
-                tokio::time::timeout(READY_CHECK_TIMEOUT, self.kafka.partitions(&self.topic)).await;
-            match kafka {
-                Ok(Ok(_)) => Vec::new(),
-                Ok(Err(e)) => vec![("kafka", e.to_string())],
-                Err(_) => vec![("kafka", format!("no answer within {READY_CHECK_TIMEOUT:?}"))],
-            }
-        })
-    }
-
-    fn unhealthy_partitions(&self) -> Vec<PartitionReport> {
-        self.health.unhealthy()
-    }
-
-    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
-        Box::pin(async move {
-            let db = tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)).await;
-            let database = match db {
-                Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {READY_CHECK_TIMEOUT:?}"),
-            };
-            let partitions = self.health.report();
-            let count =
-                |f: fn(&PartitionReport) -> bool| partitions.iter().filter(|p| f(p)).count();
-            json!({
-                "member_id": self.member,
-                "database": database,
-                "owned": partitions.len(),
-                "stalled": count(|p| p.stalled),
-                "stopped": count(|p| p.stopped.is_some()),
-                "partitions": partitions,
-            })
-        })
     }
 }
 

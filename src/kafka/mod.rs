@@ -25,7 +25,7 @@ pub mod topics;
 use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};
 
 use crate::{
-    config::Config,
+    config::KafkaSettings,
     connect::{self, ConnectError, KafkaTransport},
 };
 use admin::AdminError;
@@ -178,32 +178,25 @@ impl Kafka {
     }
 
     /// Connects with `KAFKA_SECURITY_PROTOCOL` and the other settings of
-    /// `cfg` (SASL, TLS; see [`crate::connect`]).
+    /// `kafka` (SASL, TLS; see [`crate::connect`]).
     ///
     /// rskafka retries a refused login or handshake until its deadline and
     /// then reports a bare timeout; when connecting fails, payhook's own
     /// admin connection tries once more to find the reason (a refused
     /// password, an untrusted certificate, a listener that expects another
     /// protocol) and reports it.
-    pub async fn from_config(cfg: &Config) -> Result<Self, KafkaError> {
-        let transport = connect::kafka_security(&cfg.kafka_security())?;
-        match Self::connect_with(
-            &cfg.kafka_brokers,
-            cfg.kafka_request_timeout,
-            transport.clone(),
-        )
-        .await
-        {
+    pub async fn from_config(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+        let transport = connect::kafka_security(&kafka.security())?;
+        match Self::connect_with(&kafka.brokers, kafka.request_timeout, transport.clone()).await {
             Ok(k) => Ok(k),
             Err(e) => {
                 let reason =
-                    admin::diagnose(&cfg.kafka_brokers, &transport, cfg.kafka_request_timeout)
-                        .await;
+                    admin::diagnose(&kafka.brokers, &transport, kafka.request_timeout).await;
                 Err(match reason {
                     Some(reason) => KafkaError::Refused {
                         first: Box::new(e),
                         reason,
-                        protocol: cfg.kafka_security_protocol.as_str(),
+                        protocol: kafka.security_protocol.as_str(),
                     },
                     None => e,
                 })

@@ -194,12 +194,12 @@ pub struct ProducerConfig {
 impl ProducerConfig {
     /// The service's settings (`KAFKA_LINGER`, `KAFKA_PRODUCER_QUEUE`,
     /// `KAFKA_PUBLISH_TIMEOUT`).
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
+    pub fn from_config(kafka: &crate::config::KafkaSettings) -> Self {
         Self {
-            linger: cfg.linger,
-            queue_per_partition: cfg.producer_queue,
-            publish_timeout: cfg.publish_timeout,
-            metadata_refresh: cfg.kafka_metadata_refresh,
+            linger: kafka.linger,
+            queue_per_partition: kafka.producer_queue,
+            publish_timeout: kafka.publish_timeout,
+            metadata_refresh: kafka.metadata_refresh,
             metrics: None,
         }
     }

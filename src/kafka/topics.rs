@@ -22,7 +22,7 @@ use super::{
     envelope,
 };
 use crate::{
-    config::Config,
+    config::KafkaSettings,
     connect::{self, KafkaTransport},
 };
 
@@ -47,16 +47,20 @@ impl Replication {
     /// `KAFKA_REPLICATION_FACTOR` (default 3, or the broker count if
     /// smaller) and `KAFKA_MIN_INSYNC_REPLICAS` (default factor − 1, at
     /// least 1).
-    pub fn choose(cfg: &Config, brokers: usize) -> Self {
+    pub fn choose(kafka: &KafkaSettings, brokers: usize) -> Self {
         let brokers = i16::try_from(brokers.max(1)).unwrap_or(i16::MAX);
-        let factor = cfg.replication_factor.unwrap_or(3.min(brokers));
-        let min_insync = cfg.min_insync_replicas.unwrap_or((factor - 1).max(1));
+        let factor = kafka.replication_factor.unwrap_or(3.min(brokers));
+        let min_insync = kafka.min_insync_replicas.unwrap_or((factor - 1).max(1));
         Self { factor, min_insync }
     }
 }
 
 /// The configuration entries a new topic of `role` gets.
-pub fn topic_configs(cfg: &Config, role: Role, r: Replication) -> Vec<(&'static str, String)> {
+pub fn topic_configs(
+    kafka: &KafkaSettings,
+    role: Role,
+    r: Replication,
+) -> Vec<(&'static str, String)> {
     let mut v = vec![
         ("min.insync.replicas", r.min_insync.to_string()),
         // Compaction would keep only the last event per order id and
@@ -64,7 +68,7 @@ pub fn topic_configs(cfg: &Config, role: Role, r: Replication) -> Vec<(&'static 
         ("cleanup.policy", "delete".to_owned()),
     ];
     if role == Role::DeadLetter {
-        let ms = cfg
+        let ms = kafka
             .dlq_retention
             .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         v.push(("retention.ms", ms.to_string()));
@@ -99,10 +103,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(cfg: &Config) -> Self {
+    /// `KAFKA_MIN_RETENTION`, and the largest batch a body of
+    /// `max_body_bytes` (`HTTP_MAX_BODY_BYTES`) can become.
+    pub fn new(kafka: &KafkaSettings, max_body_bytes: usize) -> Self {
         Self {
-            min_retention: cfg.min_retention,
-            max_batch_bytes: envelope::worst_case_batch_bytes(cfg.http_max_body_bytes),
+            min_retention: kafka.min_retention,
+            max_batch_bytes: envelope::worst_case_batch_bytes(max_body_bytes),
         }
     }
 }
@@ -212,18 +218,18 @@ pub struct TopicReport {
     pub findings: Vec<Finding>,
 }
 
-/// The three topics of `cfg`, with their roles.
-pub fn topics_of(cfg: &Config) -> [(&str, Role); 3] {
+/// The three topics of `kafka`, with their roles.
+pub fn topics_of(kafka: &KafkaSettings) -> [(&str, Role); 3] {
     [
-        (cfg.orders_topic.as_str(), Role::Source),
-        (cfg.disputes_topic.as_str(), Role::Source),
-        (cfg.dlq_topic.as_str(), Role::DeadLetter),
+        (kafka.orders_topic.as_str(), Role::Source),
+        (kafka.disputes_topic.as_str(), Role::Source),
+        (kafka.dlq_topic.as_str(), Role::DeadLetter),
     ]
 }
 
-async fn admin(cfg: &Config) -> Result<Admin, super::KafkaError> {
-    let transport: KafkaTransport = connect::kafka_security(&cfg.kafka_security())?;
-    Ok(Admin::connect(&cfg.kafka_brokers, &transport, cfg.kafka_request_timeout).await?)
+async fn admin(kafka: &KafkaSettings) -> Result<Admin, super::KafkaError> {
+    let transport: KafkaTransport = connect::kafka_security(&kafka.security())?;
+    Ok(Admin::connect(&kafka.brokers, &transport, kafka.request_timeout).await?)
 }
 
 /// `payhook topics`: creates each topic with `KAFKA_PARTITIONS`
@@ -231,10 +237,13 @@ async fn admin(cfg: &Config) -> Result<Admin, super::KafkaError> {
 /// [`Replication::choose`], `cleanup.policy=delete`, and (dead-letter topic)
 /// `KAFKA_DLQ_RETENTION`. Topics that exist are left as they are, and
 /// judged like `serve` judges them.
-pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, super::KafkaError> {
-    let mut admin = admin(cfg).await?;
+pub async fn create_topics(
+    kafka: &KafkaSettings,
+    max_body_bytes: usize,
+) -> Result<Vec<TopicReport>, super::KafkaError> {
+    let mut admin = admin(kafka).await?;
     let brokers = admin.broker_count().await?;
-    let replication = Replication::choose(cfg, brokers);
+    let replication = Replication::choose(kafka, brokers);
     if usize::try_from(replication.factor).is_ok_and(|f| f > brokers) {
         return Err(AdminError::Broker {
             what: "planning the topics",
@@ -246,17 +255,17 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, super::Kafk
         }
         .into());
     }
-    let partitions = i32::try_from(cfg.partitions.get()).unwrap_or(i32::MAX);
-    let limits = Limits::from_config(cfg);
+    let partitions = i32::try_from(kafka.partitions.get()).unwrap_or(i32::MAX);
+    let limits = Limits::new(kafka, max_body_bytes);
     let mut out = Vec::new();
-    for (topic, role) in topics_of(cfg) {
-        let configs = topic_configs(cfg, role, replication);
+    for (topic, role) in topics_of(kafka) {
+        let configs = topic_configs(kafka, role, replication);
         let created = admin
             .create_topic(topic, partitions, replication.factor, &configs)
             .await?;
         // A topic created a moment ago may not be known to every broker
         // yet: ask again for a while.
-        let deadline = tokio::time::Instant::now() + cfg.kafka_request_timeout;
+        let deadline = tokio::time::Instant::now() + kafka.request_timeout;
         let (rf, now) = loop {
             let rf = admin.replication_factor(topic).await?;
             match admin.describe_topic_configs(topic).await {
@@ -280,12 +289,12 @@ pub async fn create_topics(cfg: &Config) -> Result<Vec<TopicReport>, super::Kafk
 }
 
 /// Every configuration entry of `topic`, with its effective value, read
-/// with `cfg`'s brokers and security settings.
+/// with these brokers and security settings.
 pub async fn describe_topic_configs(
-    cfg: &Config,
+    kafka: &KafkaSettings,
     topic: &str,
 ) -> Result<TopicConfigs, super::KafkaError> {
-    Ok(admin(cfg).await?.describe_topic_configs(topic).await?)
+    Ok(admin(kafka).await?.describe_topic_configs(topic).await?)
 }
 
 /// Why `serve` will not start.
@@ -297,9 +306,12 @@ pub struct Refused(pub Vec<String>);
 /// refuses when a finding says payhook must not run. Where the
 /// configuration cannot be read (a broker without DescribeConfigs, missing
 /// ACLs), it warns once and goes on.
-pub async fn check_at_startup(cfg: &Config) -> Result<Vec<Finding>, Refused> {
-    let limits = Limits::from_config(cfg);
-    let mut admin = match admin(cfg).await {
+pub async fn check_at_startup(
+    kafka: &KafkaSettings,
+    max_body_bytes: usize,
+) -> Result<Vec<Finding>, Refused> {
+    let limits = Limits::new(kafka, max_body_bytes);
+    let mut admin = match admin(kafka).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot check the topics' durability settings; going on unchecked");
@@ -307,7 +319,7 @@ pub async fn check_at_startup(cfg: &Config) -> Result<Vec<Finding>, Refused> {
         }
     };
     let mut all = Vec::new();
-    for (topic, role) in topics_of(cfg) {
+    for (topic, role) in topics_of(kafka) {
         let rf = admin.replication_factor(topic).await;
         let configs = admin.describe_topic_configs(topic).await;
         let (rf, configs) = match (rf, configs) {
@@ -346,12 +358,12 @@ mod tests {
 
     use super::*;
 
-    fn cfg(pairs: &[(&str, &str)]) -> Config {
+    fn cfg(pairs: &[(&str, &str)]) -> KafkaSettings {
         let map = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_map(&map).unwrap()
+        crate::config::Config::from_map(&map).unwrap().kafka
     }
 
     fn configs(pairs: &[(&str, &str)]) -> TopicConfigs {

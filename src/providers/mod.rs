@@ -111,23 +111,23 @@ pub struct Endpoints {
 impl Endpoints {
     /// An endpoint is on once its secrets are set; with `WEBHOOK_VERIFY=off`
     /// both are on and check nothing.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        let verify = cfg.webhook_verify;
+    pub fn from_config(webhooks: &crate::config::WebhookSettings) -> Self {
+        let verify = webhooks.verify;
         let stripe = signature::Verifier::new(
             signature::Scheme::Stripe,
-            cfg.stripe_secrets(),
-            cfg.webhook_tolerance,
+            webhooks.stripe_keys(),
+            webhooks.tolerance,
         );
-        let adyen_keys = Some(cfg.adyen_keys()).filter(|k| !k.is_empty());
+        let adyen_keys = Some(webhooks.adyen_keys()).filter(|k| !k.is_empty());
         Self {
             stripe: (!verify || stripe.is_some()).then(|| stripe::Stripe {
                 verifier: stripe.filter(|_| verify),
-                order_id_key: cfg.stripe_order_id_key.clone(),
-                user_id_key: cfg.stripe_user_id_key.clone(),
+                order_id_key: webhooks.stripe_order_id_key.clone(),
+                user_id_key: webhooks.stripe_user_id_key.clone(),
             }),
             adyen: (!verify || adyen_keys.is_some()).then(|| adyen::Adyen {
                 keys: adyen_keys.filter(|_| verify),
-                user_id_key: cfg.adyen_user_id_key.clone(),
+                user_id_key: webhooks.adyen_user_id_key.clone(),
             }),
         }
     }

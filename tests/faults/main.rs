@@ -152,7 +152,7 @@ impl Stage {
             self.db_url.clone(),
         )]))
         .unwrap();
-        payhook::app::migrate(&cfg).await.unwrap();
+        payhook::ops::migrate(&cfg).await.unwrap();
         self.db()
             .await
             .batch_execute(

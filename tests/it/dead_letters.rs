@@ -2,8 +2,8 @@
 //! then does the partition move past them.
 
 use payhook::{
-    app::{self, ReplaySelection},
     kafka::envelope::{Envelope, EventType},
+    ops::{self, dlq::ReplaySelection},
 };
 use serde_json::{json, value::RawValue};
 
@@ -72,7 +72,7 @@ async fn poison_records_are_dead_lettered_and_good_ones_applied_in_order() {
 
     // The four poison records, unchanged, with their provenance.
     let cfg = env.config(&[]);
-    let letters = app::dlq_list(&cfg).await.unwrap();
+    let letters = ops::dlq::list(&cfg).await.unwrap();
     assert_eq!(letters.len(), 4, "{letters:?}");
     let mut by_offset: Vec<_> = letters.iter().collect();
     by_offset.sort_by_key(|d| d.source_offset());
@@ -169,7 +169,7 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
         .collect();
     assert_eq!(ids, ["before", "after"]);
     let cfg = env.config(&[]);
-    let letters = app::dlq_list(&cfg).await.unwrap();
+    let letters = ops::dlq::list(&cfg).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id(), Some(cursed));
     assert_eq!(letters[0].error_class(), Some("transient"));
@@ -191,7 +191,7 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
         ..Default::default()
     };
     let replayed_at = chrono::Utc::now();
-    let done = app::dlq_replay(&cfg, &sel, false).await.unwrap();
+    let done = ops::dlq::replay(&cfg, &sel, false).await.unwrap();
     assert_eq!(done.len(), 1);
     // The replayed record is new in its topic: stamped at the replay.
     let p = done[0].published.unwrap();
@@ -211,11 +211,11 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_the_limit_then_repla
         1
     );
     // Replaying again is harmless.
-    app::dlq_replay(&cfg, &sel, false).await.unwrap();
+    ops::dlq::replay(&cfg, &sel, false).await.unwrap();
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 3);
     assert_eq!(
-        app::dlq_list(&cfg).await.unwrap().len(),
+        ops::dlq::list(&cfg).await.unwrap().len(),
         1,
         "nothing new dead-lettered"
     );
@@ -314,7 +314,7 @@ async fn unstorable_and_far_future_records_are_dead_lettered_not_retried() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, ["u0", "u1"]);
-    let mut letters = app::dlq_list(&env.config(&[])).await.unwrap();
+    let mut letters = ops::dlq::list(&env.config(&[])).await.unwrap();
     letters.sort_by_key(|d| d.source_offset());
     let why: Vec<(Option<i64>, Option<&str>, Option<u32>)> = letters
         .iter()

@@ -80,7 +80,7 @@ async fn three_instances_share_sixteen_partitions_and_hand_over_on_exit() {
     let took = wait_balanced(&env, &[&a, &b, &c], Duration::from_secs(10)).await;
     println!("3 instances, 16 partitions per topic: balanced {took:?} after start");
     // `payhook status` sees the same from Postgres.
-    let fleet = payhook::app::fleet_status(&env.config(&[])).await.unwrap();
+    let fleet = payhook::ops::status::fleet(&env.config(&[])).await.unwrap();
     assert_eq!(fleet.members.iter().filter(|m| m.alive).count(), 3);
     assert_eq!(fleet.partitions.len(), 32);
     for m in &fleet.members {

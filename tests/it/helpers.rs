@@ -99,7 +99,7 @@ impl Env {
             db_url.clone(),
         )]))
         .unwrap();
-        payhook::app::migrate(&cfg).await.unwrap();
+        payhook::ops::migrate(&cfg).await.unwrap();
         let (db, conn) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
         tokio::spawn(conn);
         Self {

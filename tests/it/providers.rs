@@ -273,7 +273,7 @@ async fn a_stripe_payment_without_metadata_is_accepted_and_dead_lettered_with_it
     assert_eq!(stripe(&app, &future).await.0, 202);
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 0);
-    let mut letters = payhook::app::dlq_list(&env.config(&[])).await.unwrap();
+    let mut letters = payhook::ops::dlq::list(&env.config(&[])).await.unwrap();
     assert_eq!(letters.len(), 2, "{letters:?}");
     letters.retain(|l| {
         let why = l.error_message().unwrap();
@@ -357,7 +357,7 @@ async fn a_dispute_before_its_payment_waits_then_applies_with_it() {
     );
     assert_eq!(dispute(&env, "ord_w1").await.unwrap().0, "lost");
     assert!(
-        payhook::app::dlq_list(&env.config(&[]))
+        payhook::ops::dlq::list(&env.config(&[]))
             .await
             .unwrap()
             .is_empty()
@@ -383,14 +383,14 @@ async fn a_dispute_whose_payment_never_arrives_is_dead_lettered_after_the_wait()
     env.wait_caught_up().await;
     assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 1);
     let cfg = env.config(&[]);
-    wait_for(|| async { !payhook::app::dlq_list(&cfg).await.unwrap().is_empty() }).await;
+    wait_for(|| async { !payhook::ops::dlq::list(&cfg).await.unwrap().is_empty() }).await;
     // Not before the configured time.
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
     eprintln!(
         "dispute dead-lettered {waited:?} after it was posted (DISPUTE_PAYMENT_WAIT=2s, sweep every 100ms)"
     );
-    let letters = payhook::app::dlq_list(&cfg).await.unwrap();
+    let letters = payhook::ops::dlq::list(&cfg).await.unwrap();
     assert_eq!(letters.len(), 1);
     let why = letters[0].error_message().unwrap();
     assert!(

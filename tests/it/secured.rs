@@ -163,7 +163,9 @@ async fn every_sasl_mechanism_publishes_and_consumes() {
 async fn a_reconnected_client_keeps_its_security_settings() {
     let env = Env::new().await;
     let cfg = env.config(&sasl_plaintext("SCRAM-SHA-256", &sasl_password()).pairs());
-    let kafka = payhook::kafka::Kafka::from_config(&cfg).await.unwrap();
+    let kafka = payhook::kafka::Kafka::from_config(&cfg.kafka)
+        .await
+        .unwrap();
     let fresh = kafka.reconnect().await.unwrap();
     assert_eq!(
         fresh.partitions(&env.orders_topic).await.unwrap(),
@@ -362,7 +364,7 @@ fn db_config(url: &str, extra: &[(&str, &str)]) -> Config {
 /// Connects through payhook's pool and asks the server whether the session
 /// is encrypted.
 async fn session_is_tls(cfg: &Config) -> Result<bool, DbError> {
-    let pool = db::pool_from_config(cfg, 1)?;
+    let pool = db::pool_from_config(&cfg.database, 1)?;
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -391,7 +393,7 @@ async fn postgres_verify_full_connects_encrypted() {
             ("DATABASE_TLS_CA_FILE", &ca),
         ],
     );
-    assert!(!payhook::app::migrate(&cfg).await.unwrap().is_empty());
+    assert!(!payhook::ops::migrate(&cfg).await.unwrap().is_empty());
     // `require` encrypts without checking who answers: even with no CA it
     // connects.
     let cfg = db_config(&url, &[("DATABASE_SSLMODE", "require")]);
@@ -773,7 +775,7 @@ async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
         ("KAFKA_PARTITIONS", "2"),
         ("KAFKA_DLQ_RETENTION", "30days"),
     ]);
-    let reports = payhook::app::create_topics(&cfg).await.unwrap();
+    let reports = payhook::ops::topics::create(&cfg).await.unwrap();
     assert!(reports.iter().all(|r| r.created), "{reports:?}");
     // One broker here: replication factor 1, min.insync.replicas 1, and
     // the warnings that go with them.
@@ -787,18 +789,22 @@ async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
             "{r:?}"
         );
     }
-    let dlq = topics::describe_topic_configs(&cfg, &q).await.unwrap();
+    let dlq = topics::describe_topic_configs(&cfg.kafka, &q)
+        .await
+        .unwrap();
     assert_eq!(dlq["retention.ms"], (30 * 86_400_000i64).to_string());
     assert_eq!(dlq["cleanup.policy"], "delete");
-    let orders = topics::describe_topic_configs(&cfg, &o).await.unwrap();
+    let orders = topics::describe_topic_configs(&cfg.kafka, &o)
+        .await
+        .unwrap();
     assert_eq!(orders["min.insync.replicas"], "1");
     assert_eq!(orders["cleanup.policy"], "delete");
     // Run again: nothing is created, nothing changes.
-    let again = payhook::app::create_topics(&cfg).await.unwrap();
+    let again = payhook::ops::topics::create(&cfg).await.unwrap();
     assert!(again.iter().all(|r| !r.created), "{again:?}");
     // More replicas than brokers is refused before anything is made.
     let too_many = env.config(&[("KAFKA_REPLICATION_FACTOR", "3")]);
-    let e = payhook::app::create_topics(&too_many).await.unwrap_err();
+    let e = payhook::ops::topics::create(&too_many).await.unwrap_err();
     assert!(e.to_string().contains("1 broker(s)"), "{e}");
     for t in [&o, &d, &q] {
         let _ = env.kafka.delete_topic(t).await;
@@ -865,7 +871,7 @@ async fn sessions_carry_their_server_side_deadlines() {
     map.insert("DATABASE_STATEMENT_TIMEOUT".into(), "1500ms".into());
     map.insert("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT".into(), "20s".into());
     let cfg = Config::from_map(&map).unwrap();
-    let pool = db::pool_from_config(&cfg, 1).unwrap();
+    let pool = db::pool_from_config(&cfg.database, 1).unwrap();
     let c = pool.get().await.unwrap();
     let show = |name: &'static str| {
         let c = &c;

@@ -10,11 +10,11 @@ use std::{
 };
 
 use payhook::{
-    app::{self, ResetTo},
     kafka::{
         envelope::{Envelope, EventType},
         partitioner::partition_for_key,
     },
+    ops::{self, offsets::ResetTo},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rskafka::{client::partition::Compression, record::Record};
@@ -154,7 +154,7 @@ async fn records_the_database_refuses_are_dead_lettered_and_the_partition_moves_
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
     assert_eq!(ids(&env).await, ["before", "after", "last"]);
-    let letters = app::dlq_list(&env.config(&[])).await.unwrap();
+    let letters = ops::dlq::list(&env.config(&[])).await.unwrap();
     assert_eq!(letters.len(), 2, "{letters:?}");
     let by_event = letters
         .iter()
@@ -209,7 +209,7 @@ async fn a_bad_record_deep_in_a_large_fetch_is_isolated_in_few_transactions() {
         env.count("SELECT count(*) FROM payment_events").await,
         N as i64 - 1
     );
-    let letters = app::dlq_list(&env.config(&[])).await.unwrap();
+    let letters = ops::dlq::list(&env.config(&[])).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].source_offset(), Some(BAD as i64));
     let text = app.metrics().await;
@@ -410,17 +410,17 @@ async fn an_offset_out_of_range_stops_the_partition_until_an_operator_resets_it(
 
     // The operator looks, then moves it on deliberately.
     let cfg = env.config(&[]);
-    let dry = app::offsets_reset(&cfg, &topic, 0, ResetTo::Earliest, true)
+    let dry = ops::offsets::reset(&cfg, &topic, 0, ResetTo::Earliest, true)
         .await
         .unwrap();
     assert_eq!((dry.before, dry.after, dry.applied), (Some(2), 5, false));
     assert_eq!(env.stored_offsets("payhook-orders", &topic).await[0], 2);
-    let done = app::offsets_reset(&cfg, &topic, 0, ResetTo::Earliest, false)
+    let done = ops::offsets::reset(&cfg, &topic, 0, ResetTo::Earliest, false)
         .await
         .unwrap();
     assert_eq!((done.before, done.after), (Some(2), 5));
     assert!(
-        app::offsets_reset(&cfg, &topic, 0, ResetTo::Offset(11), true)
+        ops::offsets::reset(&cfg, &topic, 0, ResetTo::Offset(11), true)
             .await
             .is_err(),
         "an offset beyond the log is refused"
@@ -512,7 +512,7 @@ async fn a_batch_in_a_codec_payhook_cannot_read_stops_its_partition_loudly() {
     // steps over the one-record batch.
     let cfg = env.config(&[]);
     for p in [p_lz4, p_zstd] {
-        app::offsets_reset(&cfg, &topic, p as i32, ResetTo::Offset(4), false)
+        ops::offsets::reset(&cfg, &topic, p as i32, ResetTo::Offset(4), false)
             .await
             .unwrap();
     }

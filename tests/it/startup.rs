@@ -32,7 +32,7 @@ async fn serve_starts_right_after_topics_creates_them() {
     ];
     // What `payhook topics` runs, then what `payhook serve` runs, with
     // nothing in between (as `./scripts/run` does).
-    let created: Vec<(String, bool)> = app::create_topics(&env.config(&settings))
+    let created: Vec<(String, bool)> = payhook::ops::topics::create(&env.config(&settings))
         .await
         .unwrap()
         .into_iter()

@@ -1,0 +1,468 @@
+//! Wiring: build the pieces from a [`Config`], run them, stop them in order.
+//!
+//! `serve` = HTTP server + producer + one consumer per topic + the sweep of
+//! disputes waiting for their payment. Shutdown order:
+//! stop accepting and let in-flight requests finish (they get their true
+//! answer), then let the producer send and answer what it has queued, then
+//! let each partition consumer finish its current transaction.
+
+pub mod readiness;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, WebhookAuth, WebhookSettings},
+    consume::{
+        committer::Committers,
+        fleet,
+        health::ConsumerHealth,
+        partition::{self as consumer, ConsumerConfig, DeadLetters},
+    },
+    db::{self, DbError},
+    http::{self, AppState, Endpoint},
+    kafka::{
+        Kafka, KafkaError,
+        producer::{Producer, ProducerConfig, ProducerTasks},
+        topics,
+    },
+    metrics::Metrics,
+    providers::signature::Verifier,
+};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("kafka topics: {0}")]
+    Topics(#[from] topics::Refused),
+    #[error(
+        "the database's encoding is {encoding}, not UTF8: Postgres would refuse webhooks \
+         whose text that encoding cannot hold. Create the database with ENCODING 'UTF8'"
+    )]
+    DatabaseEncoding { encoding: String },
+    #[error(
+        "{var} is empty: an endpoint without a secret would accept forged webhooks. \
+         Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
+    )]
+    NoWebhookSecret { var: &'static str },
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every step of the shutdown finished.
+    Cleanly,
+    /// `SHUTDOWN_TIMEOUT` ran out first. Nothing acknowledged is lost (the
+    /// offsets of unfinished work were not stored), but work was cut short.
+    TimedOut,
+}
+
+/// A built, not yet running, service.
+#[derive(Debug)]
+pub struct Application {
+    cfg: Config,
+    listener: TcpListener,
+    state: Arc<AppState>,
+    kafka: Kafka,
+    pool: Pool,
+    /// For dead letters (the HTTP side holds its own handle).
+    producer: Producer,
+    producer_tasks: ProducerTasks,
+    health: ConsumerHealth,
+    /// This process in the consumer fleet (`consumer_members`).
+    member: uuid::Uuid,
+    /// `ADMIN_ADDR`, when set.
+    admin_listener: Option<TcpListener>,
+}
+
+impl Application {
+    /// Checks that every endpoint can verify signatures (unless
+    /// `WEBHOOK_VERIFY=off`), binds the listener, connects to Postgres and
+    /// Kafka, applies migrations (unless disabled) and starts the producer.
+    pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        // Checked first, before anything connects: an unverifiable endpoint
+        // must never serve.
+        let (orders_verifier, chargebacks_verifier) = verifiers(&cfg.webhooks)?;
+        let pool = db::pool_from_config(&cfg.database, cfg.database.pool_size)?;
+        // Everything the edge accepts must be storable, which it only is in
+        // a UTF8 database.
+        let encoding = db::server_encoding(&pool).await?;
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StartError::DatabaseEncoding { encoding });
+        }
+        if cfg.database.run_migrations {
+            let applied = db::migrations::run(&pool).await?;
+            if !applied.is_empty() {
+                info!(?applied, "migrations applied");
+            }
+        } else {
+            db::ping(&pool).await?;
+        }
+        let kafka = Kafka::from_config(&cfg.kafka).await?;
+        let metrics = Metrics::new();
+        // Durability, retention, compression and size limits of the three
+        // topics: warnings are logged; a webhook size the broker would
+        // refuse stops start-up.
+        topics::check_at_startup(&cfg.kafka, cfg.http.max_body_bytes).await?;
+        let (producer, producer_tasks) = Producer::start(
+            &kafka,
+            &[
+                &cfg.kafka.orders_topic,
+                &cfg.kafka.disputes_topic,
+                &cfg.kafka.dlq_topic,
+            ],
+            ProducerConfig::from_config(&cfg.kafka).with_metrics(&metrics),
+        )
+        .await?;
+        let listener =
+            TcpListener::bind(cfg.http.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: cfg.http.addr,
+                    source,
+                })?;
+        let admin_listener = match cfg.http.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let member = uuid::Uuid::new_v4();
+        let health = ConsumerHealth::new(cfg.consumer.stall_after, metrics.clone());
+        let state = Arc::new(AppState {
+            publisher: Arc::new(producer.clone()),
+            readiness: Arc::new(readiness::ServiceProbe {
+                kafka: kafka.clone(),
+                pool: pool.clone(),
+                topic: cfg.kafka.orders_topic.clone(),
+                health: health.clone(),
+                member,
+            }),
+            orders: Endpoint {
+                topic: cfg.kafka.orders_topic.clone(),
+                verifier: orders_verifier,
+            },
+            chargebacks: Endpoint {
+                topic: cfg.kafka.disputes_topic.clone(),
+                verifier: chargebacks_verifier,
+            },
+            max_body_bytes: cfg.http.max_body_bytes,
+            request_timeout: cfg.http.request_timeout,
+            retry_after: cfg.http.retry_after,
+            occurred_at_max_future: cfg.http.occurred_at_max_future,
+            metrics,
+            ops_on_public: admin_listener.is_none(),
+            providers: crate::providers::Endpoints::from_config(&cfg.webhooks),
+        });
+        Ok(Self {
+            cfg,
+            listener,
+            state,
+            kafka,
+            pool,
+            producer,
+            producer_tasks,
+            health,
+            member,
+            admin_listener,
+        })
+    }
+
+    /// This process's member id in the consumer fleet.
+    pub fn member_id(&self) -> uuid::Uuid {
+        self.member
+    }
+
+    /// The admin listener's address, when `ADMIN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops in order within
+    /// `SHUTDOWN_TIMEOUT`. Returns whether everything stopped in time.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Stopped {
+        let Self {
+            cfg,
+            listener,
+            state,
+            kafka,
+            pool,
+            producer,
+            producer_tasks,
+            health,
+            member,
+            admin_listener,
+        } = self;
+        let metrics = state.metrics.clone();
+        let consumers = CancellationToken::new();
+        let mut consumer_tasks = tokio::task::JoinSet::new();
+        let consumer_configs = [
+            (&cfg.kafka.orders_consumer_group, &cfg.kafka.orders_topic),
+            (
+                &cfg.kafka.disputes_consumer_group,
+                &cfg.kafka.disputes_topic,
+            ),
+        ]
+        .map(|(group, topic)| {
+            ConsumerConfig::new(
+                group,
+                topic,
+                &cfg.consumer,
+                &cfg.kafka,
+                &cfg.database,
+                cfg.http.occurred_at_max_future,
+            )
+        })
+        .to_vec();
+        let shared = consumer::Shared {
+            member,
+            kafka: kafka.clone(),
+            pool: pool.clone(),
+            dead_letters: DeadLetters {
+                producer: producer.clone(),
+                topic: cfg.kafka.dlq_topic.clone(),
+            },
+            metrics: metrics.clone(),
+            health: health.clone(),
+            committers: if cfg.consumer.enabled {
+                Committers::start(&pool, member, &metrics, &consumer_configs)
+            } else {
+                Committers::none()
+            },
+        };
+        if cfg.consumer.enabled {
+            consumer_tasks.spawn(fleet::run(
+                shared,
+                consumer_configs,
+                member_name(),
+                cfg.consumer.lease_ttl,
+                consumers.clone(),
+            ));
+            // Disputes whose payment never arrived are dead-lettered.
+            consumer_tasks.spawn(
+                crate::consume::waiting::Sweeper {
+                    pool: pool.clone(),
+                    producer: producer.clone(),
+                    dlq_topic: cfg.kafka.dlq_topic.clone(),
+                    wait: cfg.consumer.dispute_payment_wait,
+                    interval: cfg.consumer.dispute_sweep_interval,
+                    metrics: metrics.clone(),
+                }
+                .run(consumers.clone()),
+            );
+        } else {
+            // An ingest-only replica: it takes no leases, so the fleet's
+            // consumers never count it as a member.
+            drop((shared, consumer_configs));
+            info!(
+                "consumers disabled (CONSUMER_ENABLED=false): this process only accepts webhooks"
+            );
+        }
+        // The partition gauges follow the consumers' health every second.
+        consumer_tasks.spawn({
+            let (health, stop) = (health.clone(), consumers.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+                    health.refresh_metrics();
+                }
+            }
+        });
+        // The consumers hold their own handles; this one must go, or the
+        // producer would never drain at shutdown.
+        drop(producer);
+        info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "payhook serving");
+
+        let grace = cfg.process.shutdown_timeout;
+        let stop = async {
+            // In-flight requests finish and get their true answer.
+            let limits = http::Limits {
+                header_timeout: cfg.http.header_timeout,
+                max_connections: cfg.http.max_connections,
+            };
+            let admin = admin_listener.map(|l| {
+                tokio::spawn(http::serve(
+                    l,
+                    Arc::clone(&state),
+                    limits,
+                    shutdown.clone(),
+                    grace,
+                    http::Surface::Admin,
+                ))
+            });
+            http::serve(
+                listener,
+                state,
+                limits,
+                shutdown.clone(),
+                grace,
+                http::Surface::Public,
+            )
+            .await;
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
+            // Each partition finishes its current transaction (or dead
+            // letter) and stops.
+            consumers.cancel();
+            while consumer_tasks.join_next().await.is_some() {}
+            info!("consumers stopped");
+            // Every handler and consumer is gone, and with them every
+            // producer handle: the lanes send what is queued, answer it, end.
+            producer_tasks.drained().await;
+            info!("producer drained");
+        };
+        // `serve` only returns after `shutdown`, so the deadline is counted
+        // from the moment shutdown begins.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            _ = stop => {
+                info!("payhook stopped");
+                Stopped::Cleanly
+            }
+            _ = deadline => {
+                warn!("shutdown took longer than {}; exiting", humantime::format_duration(grace));
+                Stopped::TimedOut
+            }
+        }
+    }
+}
+
+/// How this process is named in `payhook status`: host and pid.
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "payhook".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
+/// (said loudly in the log).
+fn verifiers(
+    webhooks: &WebhookSettings,
+) -> Result<(Option<Verifier>, Option<Verifier>), StartError> {
+    if !webhooks.verify {
+        warn!(
+            "WEBHOOK_VERIFY=off: webhook signatures are NOT checked; anyone who can reach \
+             this port can post forged payment events. For local use only, never in production"
+        );
+        return Ok((None, None));
+    }
+    let one = |auth: &WebhookAuth, var| {
+        Verifier::new(auth.scheme, auth.secrets.clone(), webhooks.tolerance)
+            .map(Some)
+            .ok_or(StartError::NoWebhookSecret { var })
+    };
+    Ok((
+        one(&webhooks.orders(), "WEBHOOK_ORDERS_SECRETS")?,
+        one(&webhooks.chargebacks(), "WEBHOOK_CHARGEBACKS_SECRETS")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_a_secret_refuses_to_start() {
+        // Nothing is reachable at this address: the refusal comes before any
+        // connection is tried.
+        let base = [("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
+        let e = Application::build(cfg(&base)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_ORDERS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        let mut only_orders = base.to_vec();
+        only_orders.push((
+            "WEBHOOK_ORDERS_SECRETS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ));
+        let e = Application::build(cfg(&only_orders)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StartError::NoWebhookSecret {
+                    var: "WEBHOOK_CHARGEBACKS_SECRETS"
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("WEBHOOK_VERIFY=off"), "{e}");
+    }
+
+    #[test]
+    fn verification_off_verifies_nothing() {
+        let (o, c) = verifiers(&cfg(&[("WEBHOOK_VERIFY", "off")]).webhooks).unwrap();
+        assert!(o.is_none() && c.is_none());
+        let (o, c) = verifiers(
+            &cfg(&[
+                (
+                    "WEBHOOK_ORDERS_SECRETS",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+                ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+                (
+                    "WEBHOOK_CHARGEBACKS_SECRETS",
+                    "whsec_stripe_test_secret_0123456789",
+                ),
+            ])
+            .webhooks,
+        )
+        .unwrap();
+        assert_eq!(
+            o.unwrap().scheme(),
+            crate::providers::signature::Scheme::Standard
+        );
+        assert_eq!(
+            c.unwrap().scheme(),
+            crate::providers::signature::Scheme::Stripe
+        );
+    }
+}
