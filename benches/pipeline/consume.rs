@@ -6,11 +6,7 @@
 use std::time::Duration;
 
 use payhook::{
-    consume::{
-        fleet,
-        health::ConsumerHealth,
-        partition::{self as consumer, ConsumerConfig, DeadLetters},
-    },
+    consume::{config::ConsumerConfig, fleet, health::ConsumerHealth, sink::DeadLetters},
     kafka::producer::{Producer, ProducerConfig},
     metrics::Metrics,
 };
@@ -53,7 +49,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
     let t0 = Instant::now();
     let metrics = Metrics::new();
     let member = uuid::Uuid::new_v4();
-    let shared = consumer::Shared {
+    let shared = fleet::Context {
         member,
         kafka: env.kafka.clone(),
         pool: pool.clone(),

@@ -18,10 +18,8 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, WebhookAuth, WebhookSettings},
     consume::{
-        committer::Committers,
-        fleet,
-        health::ConsumerHealth,
-        partition::{self as consumer, ConsumerConfig, DeadLetters},
+        committer::Committers, config::ConsumerConfig, fleet, health::ConsumerHealth,
+        sink::DeadLetters,
     },
     db::{self, DbError},
     http::{self, AppState, Endpoint},
@@ -239,7 +237,7 @@ impl Application {
             )
         })
         .to_vec();
-        let shared = consumer::Shared {
+        let shared = fleet::Context {
             member,
             kafka: kafka.clone(),
             pool: pool.clone(),
@@ -271,7 +269,7 @@ impl Application {
                     dlq_topic: cfg.kafka.dlq_topic.clone(),
                     wait: cfg.consumer.dispute_payment_wait,
                     interval: cfg.consumer.dispute_sweep_interval,
-                    metrics: metrics.clone(),
+                    events: crate::consume::events::WaitingEvents::new(&metrics),
                 }
                 .run(consumers.clone()),
             );

@@ -13,14 +13,14 @@
 //! Why: at a steady rate spread over many partitions, each partition's
 //! transaction held a few events, and the per-transaction work (begin, lease
 //! check, commit and its WAL flush, statement start-up) cost more than the
-//! events themselves. See README, "Performance".
+//! events themselves. See docs/performance.md.
 //!
 //! Nothing about correctness changes. A combined transaction commits all of
 //! its runs or none. If it fails for any reason (a fence, a bad record, the
 //! database), every run in it is tried again **alone**, in its own fenced
 //! transaction, and its partition gets that result: the same outcome it
 //! would have had without combining, so halving, dead-lettering, pausing and
-//! fencing work as described in [`super::consumer`]. Runs of different
+//! fencing work as described in [`super::partition`]. Runs of different
 //! partitions never share an order (an order's events all go to one
 //! partition), so applying them together is applying them one after the
 //! other.
@@ -33,9 +33,9 @@ use uuid::Uuid;
 
 use super::{
     classify::ProcessError,
-    partition::{
-        ConsumerConfig, Work, apply_events, count_transaction, fence, fenced, with_deadline,
-    },
+    config::ConsumerConfig,
+    events::TopicEvents,
+    unit::{self, Move},
 };
 use crate::{
     db::{DbError, leases::Lease},
@@ -83,8 +83,7 @@ impl Committers {
                     rx: Arc::clone(&rx),
                     pool: pool.clone(),
                     member,
-                    metrics: metrics.clone(),
-                    topic: cfg.topic.clone(),
+                    events: TopicEvents::new(metrics, &cfg.topic),
                     max_events: cfg.max_batch,
                     deadline: cfg.db_deadline,
                     gather: cfg.linger / 8,
@@ -136,14 +135,13 @@ struct Worker {
     rx: Arc<Mutex<mpsc::Receiver<Run>>>,
     pool: Pool,
     member: Uuid,
-    metrics: Metrics,
-    topic: String,
+    events: TopicEvents,
     /// Most events in a combined transaction (`CONSUMER_MAX_BATCH`); a run
     /// that alone is larger goes alone.
     max_events: usize,
     deadline: Duration,
-    /// How long a transaction waits for other partitions' runs after its
-    /// first one (half of `CONSUMER_LINGER`).
+    /// How long a small transaction waits for other partitions' runs after
+    /// its first one (an eighth of `CONSUMER_LINGER`).
     gather: Duration,
 }
 
@@ -199,37 +197,39 @@ impl Worker {
     /// One run in its own fenced transaction, as a partition would commit
     /// it without a committer.
     async fn commit_alone(&self, run: Run) {
-        let r = with_deadline(
+        let fence = Move {
+            lease: &run.lease,
+            expected: run.expected,
+            next: run.next,
+        };
+        let r = unit::commit(
+            &self.pool,
+            self.member,
+            fence,
+            unit::Events::Events(run.events),
             self.deadline,
-            fenced(
-                &self.pool,
-                self.member,
-                &run.lease,
-                run.expected,
-                run.next,
-                Work::<std::future::Ready<_>>::Events(run.events),
-            ),
         )
         .await;
-        self.count(r.is_ok());
+        self.events.transaction(r.is_ok());
         let _ = run.answer.send(r);
     }
 
     /// Several runs in one transaction; if it fails, each alone.
     async fn commit_together(&self, runs: Vec<Run>) {
-        let moves: Vec<(&Lease, Option<i64>, i64)> = runs
+        let moves: Vec<Move<'_>> = runs
             .iter()
-            .map(|r| (&r.lease, r.expected, r.next))
+            .map(|r| Move {
+                lease: &r.lease,
+                expected: r.expected,
+                next: r.next,
+            })
             .collect();
         // The events are cloned so that each run still has its own if the
         // combined transaction fails; they are small next to a transaction.
         let events: Vec<Event> = runs.iter().flat_map(|r| r.events.iter().cloned()).collect();
-        let r = with_deadline(
-            self.deadline,
-            together(&self.pool, self.member, &moves, events),
-        )
-        .await;
-        self.count(r.is_ok());
+        let r = unit::commit_combined(&self.pool, self.member, &moves, events, self.deadline).await;
+        drop(moves);
+        self.events.transaction(r.is_ok());
         match r {
             Ok(outcome) => {
                 // The topic's counters see the whole transaction once.
@@ -245,26 +245,4 @@ impl Worker {
             }
         }
     }
-
-    fn count(&self, committed: bool) {
-        count_transaction(&self.metrics, &self.topic, committed);
-    }
-}
-
-/// The combined transaction: every run's fenced offset move, then all the
-/// events, then the commit. Any fence or failure rolls all of it back.
-async fn together(
-    pool: &Pool,
-    member: Uuid,
-    moves: &[(&Lease, Option<i64>, i64)],
-    events: Vec<Event>,
-) -> Result<Outcome, ProcessError> {
-    let mut conn = pool.get().await.map_err(DbError::from)?;
-    let tx = conn.transaction().await.map_err(DbError::from)?;
-    for &(lease, expected, next) in moves {
-        fence(&tx, member, lease, expected, next).await?;
-    }
-    let outcome = apply_events(&tx, events).await?;
-    tx.commit().await.map_err(DbError::from)?;
-    Ok(outcome)
 }

@@ -15,7 +15,9 @@
 //! 4. holding more than its share, it stops the extra partitions (each
 //!    finishes its current transaction) and releases their leases at once;
 //!    holding fewer, it acquires free or expired leases, and starts a
-//!    partition consumer ([`super::partition::consume_partition`]) for each.
+//!    partition loop ([`super::partition::PartitionLoop`], reading through
+//!    [`super::log::KafkaLog`] and writing through [`super::sink::PgSink`])
+//!    for each.
 //!
 //! Shares are sticky: a process keeps what it holds up to its share, so a
 //! member joining or leaving moves only the partitions that must move. A
@@ -25,15 +27,77 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
-use super::partition::{ConsumerConfig, Shared, consume_partition};
-use crate::db::{
-    DbError,
-    leases::{self, Lease},
+use super::{
+    committer::Committers,
+    config::ConsumerConfig,
+    events::PartitionEvents,
+    health::ConsumerHealth,
+    log::KafkaLog,
+    partition::PartitionLoop,
+    sink::{DeadLetters, PgSink},
 };
+use crate::{
+    db::{
+        DbError,
+        leases::{self, Lease},
+    },
+    kafka::Kafka,
+    metrics::Metrics,
+};
+
+/// The process-wide handles every partition consumer of this process uses.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// This process, as the lease tables know it.
+    pub member: Uuid,
+    pub kafka: Kafka,
+    pub pool: Pool,
+    pub dead_letters: DeadLetters,
+    pub metrics: Metrics,
+    pub health: ConsumerHealth,
+    /// Where runs of events are committed, combined with other partitions'
+    /// ([`super::committer`]); [`Committers::none`] commits each alone.
+    pub committers: Committers,
+}
+
+/// Consumes one partition, held under `lease`, until `stop` is cancelled
+/// (it then finishes its current transaction) or the lease turns out to be
+/// lost (a commit is fenced).
+async fn consume_partition(
+    ctx: Context,
+    cfg: Arc<ConsumerConfig>,
+    lease: Lease,
+    stop: CancellationToken,
+) {
+    let partition = lease.partition;
+    let epoch = lease.epoch;
+    let events = PartitionEvents::new(&ctx.metrics, &ctx.health, &cfg.topic, partition);
+    let log = KafkaLog::new(
+        ctx.kafka.clone(),
+        &cfg.topic,
+        partition,
+        cfg.fetch_max_wait.max(cfg.linger),
+    );
+    let sink = PgSink {
+        pool: ctx.pool.clone(),
+        member: ctx.member,
+        lease,
+        committers: ctx.committers.clone(),
+        dead_letters: ctx.dead_letters.clone(),
+        events: events.topic().clone(),
+        db_deadline: cfg.db_deadline,
+        publish_timeout: cfg.publish_timeout,
+    };
+    PartitionLoop::new(log, sink, cfg, partition, epoch, events, stop)
+        .run()
+        .await
+}
 
 /// A partition consumer this process runs.
 struct Running {
@@ -52,7 +116,7 @@ fn key(l: &Lease) -> Key {
 /// topic) until `shutdown`, then stops every partition (after its current
 /// transaction) and hands all leases back.
 pub async fn run(
-    shared: Shared,
+    ctx: Context,
     consumers: Vec<ConsumerConfig>,
     name: String,
     ttl: Duration,
@@ -62,7 +126,7 @@ pub async fn run(
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(member = %shared.member, %name, ttl = %humantime::format_duration(ttl), "joining the consumer fleet");
+    info!(member = %ctx.member, %name, ttl = %humantime::format_duration(ttl), "joining the consumer fleet");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -70,13 +134,13 @@ pub async fn run(
         }
         // Bounded: a database that hangs must not hold the loop (its leases
         // then expire, and its partitions' commits are fenced).
-        let round = step(&shared, &consumers, &name, ttl, &mut running, &shutdown);
+        let round = step(&ctx, &consumers, &name, ttl, &mut running, &shutdown);
         match tokio::time::timeout(ttl, round).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                warn!(member = %shared.member, error = %e, "partition assignment failed; retrying")
+                warn!(member = %ctx.member, error = %e, "partition assignment failed; retrying")
             }
-            Err(_) => warn!(member = %shared.member, "partition assignment timed out; retrying"),
+            Err(_) => warn!(member = %ctx.member, "partition assignment timed out; retrying"),
         }
     }
     // Clean exit: partitions stop between transactions, then the leases go.
@@ -85,14 +149,14 @@ pub async fn run(
     }
     for (k, r) in running.drain() {
         let _ = r.handle.await;
-        shared.health.forget(&k.1, k.2);
+        ctx.health.forget(&k.1, k.2);
     }
     let left = async {
-        let conn = shared.pool.get().await.map_err(DbError::from)?;
-        leases::leave(&**conn, shared.member).await
+        let conn = ctx.pool.get().await.map_err(DbError::from)?;
+        leases::leave(&**conn, ctx.member).await
     };
     match tokio::time::timeout(Duration::from_secs(5), left).await {
-        Ok(Ok(())) => info!(member = %shared.member, "left the consumer fleet; leases released"),
+        Ok(Ok(())) => info!(member = %ctx.member, "left the consumer fleet; leases released"),
         Ok(Err(e)) => warn!(error = %e, "could not release the leases; they expire in one TTL"),
         Err(_) => warn!("releasing the leases timed out; they expire in one TTL"),
     }
@@ -100,15 +164,15 @@ pub async fn run(
 
 /// One round of heartbeat, renewal and rebalancing.
 async fn step(
-    shared: &Shared,
+    ctx: &Context,
     consumers: &[Arc<ConsumerConfig>],
     name: &str,
     ttl: Duration,
     running: &mut HashMap<Key, Running>,
     shutdown: &CancellationToken,
 ) -> Result<(), DbError> {
-    let conn = shared.pool.get().await?;
-    let me = shared.member;
+    let conn = ctx.pool.get().await?;
+    let me = ctx.member;
     leases::heartbeat(&**conn, me, name, ttl).await?;
     let members = leases::live_members(&**conn).await?;
     let Some(rank) = members.iter().position(|m| *m == me) else {
@@ -123,13 +187,13 @@ async fn step(
             .any(|l| key(l) == *k && l.epoch == r.epoch && !r.handle.is_finished());
         if !still {
             r.stop.cancel();
-            shared.health.forget(&k.1, k.2);
+            ctx.health.forget(&k.1, k.2);
         }
         still
     });
 
     for (i, cfg) in consumers.iter().enumerate() {
-        let partitions = match shared.kafka.partitions(&cfg.topic).await {
+        let partitions = match ctx.kafka.partitions(&cfg.topic).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(topic = %cfg.topic, error = %e, "cannot list partitions; keeping the current assignment");
@@ -153,7 +217,7 @@ async fn step(
                     r.stop.cancel();
                     let _ = r.handle.await;
                 }
-                shared.health.forget(&l.topic, l.partition);
+                ctx.health.forget(&l.topic, l.partition);
             }
             let parts: Vec<i32> = extra.iter().map(|l| l.partition).collect();
             leases::release(&**conn, me, &cfg.group, &cfg.topic, &parts).await?;
@@ -187,7 +251,7 @@ async fn step(
         let stop = shutdown.child_token();
         let epoch = lease.epoch;
         let handle = tokio::spawn(consume_partition(
-            shared.clone(),
+            ctx.clone(),
             Arc::clone(cfg),
             lease,
             stop.clone(),

@@ -37,6 +37,7 @@ use tracing::{error, info, warn};
 use super::{
     classify::ErrorClass,
     dlq::{self, Failure},
+    events::WaitingEvents,
 };
 use crate::{
     db::{
@@ -52,7 +53,6 @@ use crate::{
         envelope::{Envelope, Event, HEADER_EVENT_ID, HEADER_TYPE},
         producer::Producer,
     },
-    metrics::Metrics,
 };
 
 /// What [`settle`] did.
@@ -200,7 +200,7 @@ pub struct Sweeper {
     pub wait: Duration,
     /// `DISPUTE_SWEEP_INTERVAL`.
     pub interval: Duration,
-    pub metrics: Metrics,
+    pub events: WaitingEvents,
 }
 
 /// Disputes dead-lettered per transaction.
@@ -267,18 +267,16 @@ impl Sweeper {
             parked::remove(&tx, &w.provider_event_id).await?;
         }
         tx.commit().await.map_err(DbError::from)?;
-        self.metrics
-            .parked_disputes_dead_lettered
-            .inc_by(expired.len() as u64);
+        self.events.dead_lettered(expired.len());
         Ok(expired.len())
     }
 
     async fn refresh_gauges(&self) -> Result<(), DbError> {
         let conn = self.pool.get().await?;
         let (n, oldest) = parked::stats(&conn).await?;
-        self.metrics.parked_disputes.set(n);
         let age = oldest.map_or(0, |t| (Utc::now() - t).num_seconds().max(0));
-        self.metrics.parked_dispute_oldest_seconds.set(age);
+        self.events
+            .waiting(n, Duration::from_secs(u64::try_from(age).unwrap_or(0)));
         Ok(())
     }
 }
