@@ -11,6 +11,7 @@ mod fleet;
 mod helpers;
 mod hostile;
 mod http_edge;
+mod layout;
 mod openapi;
 mod ops;
 mod pipeline;
