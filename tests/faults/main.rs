@@ -13,8 +13,12 @@
 //! - every order ends in the state of its last event (order kept);
 //! - the consumer caught up with the log (nothing left behind).
 //!
+//! Each scenario is its own test, so each can fail, and be run, alone
+//! (`cargo test --test faults broker_stopped -- --nocapture`); they take the
+//! private services in turn.
+//!
 //! Profiles: `PAYHOOK_FAULTS_PROFILE=short` (default, 1,000 webhooks per
-//! scenario) or `full` (10,000). Run alone with
+//! scenario) or `full` (10,000). Run all with
 //! `cargo test --release --test faults -- --nocapture --test-threads=1`.
 
 use std::{
@@ -802,21 +806,62 @@ fn header() {
     );
 }
 
-async fn setup() {
+/// The private services are shared by every scenario, and scenarios stop
+/// and start them: they run one at a time, whatever `--test-threads` says.
+static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes the private services for one scenario, bringing both up first (a
+/// scenario that failed may have left one of them down), and prints the
+/// table's header.
+async fn services_for_one_scenario() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = SERVICES.lock().await;
     services("up", None);
+    println!(
+        "\nfault injection, {} webhooks per scenario",
+        webhooks_per_scenario()
+    );
+    header();
+    guard
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn faults() {
-    setup().await;
-    let total = webhooks_per_scenario();
-    println!("\nfault injection, {total} webhooks per scenario");
-    header();
-    scenario("broker stopped", Fault::StopBroker, total).await;
-    scenario("postgres stopped", Fault::StopDatabase, total).await;
-    scenario("payhook SIGKILL", Fault::Kill, total).await;
-    scenario("payhook SIGTERM", Fault::Terminate, total).await;
-    poison_records_interleaved(total).await;
+async fn broker_stopped() {
+    let _services = services_for_one_scenario().await;
+    scenario("broker stopped", Fault::StopBroker, webhooks_per_scenario()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped() {
+    let _services = services_for_one_scenario().await;
+    scenario(
+        "postgres stopped",
+        Fault::StopDatabase,
+        webhooks_per_scenario(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payhook_killed() {
+    let _services = services_for_one_scenario().await;
+    scenario("payhook SIGKILL", Fault::Kill, webhooks_per_scenario()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payhook_terminated() {
+    let _services = services_for_one_scenario().await;
+    scenario("payhook SIGTERM", Fault::Terminate, webhooks_per_scenario()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_records_among_good_ones() {
+    let _services = services_for_one_scenario().await;
+    poison_records_interleaved(webhooks_per_scenario()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_member_killed_hung_and_rolled() {
+    let _services = services_for_one_scenario().await;
     fleet::fleet().await;
 }
 
