@@ -7,6 +7,7 @@
 
 mod batching;
 mod dead_letters;
+mod docs;
 mod fleet;
 mod helpers;
 mod hostile;

@@ -1,13 +1,13 @@
 //! The settings as users meet them: `payhook <command> --help`, `payhook
-//! config`, `--version`, and the README's settings table and `.env.example`,
-//! which must list exactly the settings the code declares
-//! (`payhook::config::SETTINGS`) with the same defaults.
+//! config`, `--version`, and the settings table of `docs/configuration.md`
+//! and `.env.example`, which must list exactly the settings the code
+//! declares (`payhook::config::SETTINGS`) with the same defaults.
 
 use std::process::Command;
 
 use payhook::config::{SETTINGS, Secrecy, Setting};
 
-const README: &str = include_str!("../../README.md");
+const CONFIGURATION_DOC: &str = include_str!("../../docs/configuration.md");
 const ENV_EXAMPLE: &str = include_str!("../../.env.example");
 
 fn payhook() -> Command {
@@ -57,11 +57,11 @@ fn compare(doc: &str, found: &[(String, String)], expected_line: impl Fn(&Settin
 }
 
 #[test]
-fn readme_settings_table_matches_the_code() {
-    let section = README
-        .split("\n## Configuration\n")
+fn configuration_doc_settings_table_matches_the_code() {
+    let section = CONFIGURATION_DOC
+        .split("\n## All settings\n")
         .nth(1)
-        .expect("README has a ## Configuration section");
+        .expect("docs/configuration.md has a ## All settings section");
     let section = section.split("\n## ").next().unwrap();
     let mut found = Vec::new();
     for line in section.lines().filter(|l| l.starts_with("| `")) {
@@ -73,7 +73,11 @@ fn readme_settings_table_matches_the_code() {
         };
         found.push((name, default));
     }
-    compare("README.md (## Configuration table)", &found, code_row);
+    compare(
+        "docs/configuration.md (## All settings table)",
+        &found,
+        code_row,
+    );
 }
 
 #[test]

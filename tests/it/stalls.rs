@@ -238,7 +238,7 @@ async fn a_bad_record_deep_in_a_large_fetch_is_isolated_in_few_transactions() {
 }
 
 /// The greatest event of each order by the event order: (time, precedence,
-/// id), the rule the README states.
+/// id), the rule docs/guarantees.md states ("The event order").
 fn expected_state(events: &[(String, String, u8, i64, String)]) -> BTreeMap<String, String> {
     let mut best: BTreeMap<String, (i64, u8, String)> = BTreeMap::new();
     for (order, id, precedence, secs, _) in events {
