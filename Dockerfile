@@ -11,7 +11,7 @@
 #
 # `--build-arg FEATURES=kafka-tls` adds TLS to Kafka, which compiles C
 # (rskafka's ring): that build installs musl-tools and lets cc through
-# (see README, "Connecting to production clusters"). Not built in CI's image
+# (see docs/security.md, "Which build needs what"). Not built in CI's image
 # step, which has no Docker engine; scripts/test builds the feature natively.
 FROM rust:1-slim-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl

@@ -4,42 +4,46 @@
 //! # Layout
 //!
 //! ```text
-//! HTTP webhook ─▶ http ─▶ messaging::producer ─▶ Kafka ─▶ messaging::consumer ─▶ domain ─▶ db
-//!   (hyper 1)     parse &   per-partition batches          per-partition loop     orders /    Postgres:
-//!                 validate  acks=all, bounded              offsets in the same    disputes    effects +
-//!                 → 202                                    transaction as effect              offsets
+//! HTTP webhook ─▶ http ─▶ providers ─▶ kafka::producer ─▶ Kafka ─▶ consume ─▶ domain ─▶ db ─▶ Postgres
+//!   (hyper 1)    transport  verify,     per-partition              fleet of     orders,   effects and
+//!                → 202      split, map  batches, acks=all          partition    disputes  offsets in one
+//!                once acked             bounded                    loops                  fenced transaction
 //! ```
 //!
-//! - [`config`]: one [`config::Config`], read from the environment once and
-//!   validated once.
+//! The layers, bottom to top. A module imports from its own layer and the
+//! ones below, never from above, and no two modules import each other
+//! (`tests/it/layout.rs` reads the source and checks both).
+//!
+//! - Read by every layer: [`config`] (the settings, one section per part of
+//!   the service; each module takes only its own), [`version`], [`metrics`]
+//!   (served at `GET /metrics`) and [`logging`].
+//! - [`domain`]: payment and chargeback webhooks as validated types, the
+//!   event-order rule, and the services that decide what a batch of events
+//!   changes, over a storage trait. No I/O.
+//! - [`connect`]: settings into secured connections: TLS (the pure-Rust
+//!   graviola provider) and SASL for Kafka, TLS for Postgres.
+//! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
+//!   carry out the domain's decisions, stored offsets and partition leases.
+//! - [`kafka`]: the wire. The client with a deadline on every call, the
+//!   admin connection, the envelope codec, the Java-compatible partitioner,
+//!   the batching producer, topic checks. Knows no Postgres and no provider.
+//! - [`consume`]: the pipeline. The fleet deals partitions through leases;
+//!   a partition loop per owned partition (a state machine over a fetch seam
+//!   and a database seam) applies records in fenced transactions, isolates a
+//!   failing record by halving, dead-letters what can never succeed, and
+//!   classifies every failure in one place ([`consume::classify`]).
+//! - [`providers`]: one module per payment provider (generic, Stripe,
+//!   Adyen): verify a request ([`providers::signature`]), split it into
+//!   events, map each onto a payment or dispute event, answer.
 //! - [`http`]: the transport. A bare hyper 1 server; routes, limits and
 //!   timeouts, and the single place that maps errors to HTTP answers
 //!   ([`http::error`]).
-//! - [`providers`]: one module per payment provider (generic, Stripe,
-//!   Adyen): how to verify a request (the signature schemes live here,
-//!   [`providers::signature`]), split it into events, map each onto a
-//!   payment or dispute event, and answer.
-//! - [`messaging`]: the Kafka side. The [`messaging::envelope`] wrapped around
-//!   every webhook, the Java-compatible [`messaging::partitioner`], the
-//!   batching [`messaging::producer`] and the hand-rolled
-//!   [`messaging::consumer`] loop.
-//! - [`domain`]: payment and chargeback webhooks as validated types, and the
-//!   services that decide what an event changes. No HTTP, Kafka or SQL here.
-//! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
-//!   carry out the domain's decisions, and the stored consumer offsets.
-//! - [`connect`]: the one place that turns settings into secured
-//!   connections: TLS (the pure-Rust graviola provider), SASL, Postgres
-//!   `sslmode`, and the admin connection that creates and checks topic
-//!   configurations ([`messaging::topics`]).
-//! - [`error`]: the one place that classifies failures as transient or
-//!   permanent, and the one retry policy ([`error::Backoff`]).
-//! - [`metrics`]: Prometheus metrics, served at `GET /metrics`, including
-//!   `payhook_build_info` from [`version`].
-//! - [`logging`]: JSON or text log lines, one field vocabulary everywhere.
-//! - [`app`]: wiring and shutdown: `serve`, `migrate`, `topics`, `dlq`.
-//!   `main.rs` holds the command line; its settings come from [`config`]
-//!   ([`config::cli`] turns them into flags with their environment
-//!   variables).
+//! - [`app`]: `serve`: build the pieces from the configuration, run them,
+//!   stop them in order.
+//! - [`ops`]: the operator commands (`migrate`, `topics`, `status`,
+//!   `offsets reset`, `dlq list|replay`, `healthcheck`).
+//! - `main.rs`: the command line only ([`config::cli`] turns every setting
+//!   into a flag with its environment variable).
 #![forbid(unsafe_code)]
 
 pub mod app;

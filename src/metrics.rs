@@ -243,7 +243,7 @@ impl Metrics {
     /// A consumer of `topic` started: its record and retry counters exist
     /// from now on, at 0, so rates and alerts see them before the first
     /// event (prometheus-client shows a labelled family only once it has a
-    /// sample; the partition gauges come from `messaging::health`).
+    /// sample; the partition gauges come from `consume::health`).
     pub fn consumer_started(&self, topic: &str) {
         for outcome in ["applied", "duplicate", "dead_lettered"] {
             let _ = self.records.get_or_create(&RecordLabels {

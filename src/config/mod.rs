@@ -1,12 +1,18 @@
 //! Configuration: every setting declared once, read once, validated once.
 //!
-//! Each setting is one entry of the `settings!` table below: its `Config`
-//! field and type, its environment variable, its default, a one-line
-//! meaning, and the check that turns the text into the typed value. From
-//! that one entry come the `Config` field, the command-line flag with its
-//! environment variable, default and help text ([`cli`], shown by
-//! `payhook serve --help`), and the validation. The README's settings table
-//! and `.env.example` are checked against [`SETTINGS`] by a test.
+//! Each setting is one entry of the `settings!` table below: its field and
+//! type, its environment variable, its default, a one-line meaning, and the
+//! check that turns the text into the typed value. From that one entry come
+//! the field, the command-line flag with its environment variable, default
+//! and help text ([`cli`], shown by `payhook serve --help`), and the
+//! validation. The settings table of `docs/configuration.md` ("All
+//! settings") and `.env.example` are checked against [`SETTINGS`] by a test.
+//!
+//! The table is divided into sections, and each section becomes a struct of
+//! its own: [`Config`] is `http`, `webhooks`, `database`, `kafka`,
+//! `consumer` and `process`, and each module takes only the section it
+//! needs (`Kafka::from_config(&cfg.kafka)`, `db::pool_from_config(&cfg.database, …)`).
+//! Only the wiring (`app`, `ops`) holds the whole.
 //!
 //! A value that cannot be used stops start-up with a message naming the
 //! variable and the form it expects; all problems are reported together so
@@ -19,11 +25,12 @@
 //!
 //! ```text
 //! /// Longest wait for a Postgres connection from the pool
-//! database_pool_timeout: Duration = DATABASE_POOL_TIMEOUT("5s") check::duration();
+//! pool_timeout: Duration = DATABASE_POOL_TIMEOUT("5s") check::duration();
 //! ```
 //!
-//! then use `cfg.database_pool_timeout`, and add the variable to the README's
-//! settings table and to `.env.example` (the test says exactly what to add).
+//! then use `cfg.database.pool_timeout`, and add the variable to the
+//! settings table of `docs/configuration.md` and to `.env.example` (the test
+//! says exactly what to add).
 //! Checks that involve several settings go in `Config::check_together`.
 //!
 //! The `///` line is the help text (one line). A secret is marked after its
@@ -31,7 +38,7 @@
 //!
 //! ```text
 //! /// SASL password for the brokers
-//! kafka_sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
+//! sasl_password: Option<String> = KAFKA_SASL_PASSWORD("", secret) check::optional(check::text("any text"));
 //! ```
 //!
 //! (`password_in_url` shows a URL with its password masked.) The helpers in
@@ -145,7 +152,7 @@ impl fmt::Debug for Shown {
     }
 }
 
-/// One setting as `--help`, the README and `.env.example` show it.
+/// One setting as `--help`, `docs/configuration.md` and `.env.example` show it.
 #[derive(Clone, Copy, Debug)]
 pub struct Setting {
     /// The environment variable, e.g. `HTTP_ADDR`. The flag is the same in

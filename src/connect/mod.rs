@@ -5,9 +5,8 @@
 //!   Mozilla's roots, compiled in) and an optional client certificate.
 //! - [`kafka_security`]: rskafka's SASL settings and, in the `kafka-tls`
 //!   build, its TLS settings; refuses a setting the binary was built
-//!   without, naming the cargo feature.
-//! - [`admin`]: payhook's own admin connection to a broker, for the requests
-//!   rskafka 0.6 cannot send (topic configurations).
+//!   without, naming the cargo feature. payhook's own admin connection
+//!   ([`crate::kafka::admin`]) uses the same settings.
 //! - The Postgres side lives in [`crate::db::pool_from_config`], which asks
 //!   [`postgres_tls`] for its TLS connector.
 //!

@@ -189,7 +189,7 @@ impl Worker {
                 let run = runs.into_iter().next().expect("one run");
                 self.commit_alone(run).await;
             } else {
-                self.commit_together(runs).await;
+                self.commit_combined(runs).await;
             }
         }
     }
@@ -215,7 +215,7 @@ impl Worker {
     }
 
     /// Several runs in one transaction; if it fails, each alone.
-    async fn commit_together(&self, runs: Vec<Run>) {
+    async fn commit_combined(&self, runs: Vec<Run>) {
         let moves: Vec<Move<'_>> = runs
             .iter()
             .map(|r| Move {

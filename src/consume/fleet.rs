@@ -3,7 +3,7 @@
 //!
 //! Every `CONSUMER_LEASE_TTL / 4` this loop:
 //! 1. heartbeats this process's member row (alive for one TTL);
-//! 2. renews the leases it still holds ([`db::leases::renew`]); a partition
+//! 2. renews the leases it still holds ([`crate::db::leases::renew`]); a partition
 //!    whose lease was taken over meanwhile (this process hung, or was cut
 //!    off, longer than a TTL) is stopped here, and its next commit would be
 //!    fenced anyway;
@@ -11,7 +11,7 @@
 //!    (partitions added at runtime get a lease row and are shared like the
 //!    others) and works out this process's fair share: ⌊P/N⌋ or ⌈P/N⌉ of
 //!    the topic's P partitions among the N live members, dealt by member id
-//!    and rotated per topic ([`db::leases::fair_share`]);
+//!    and rotated per topic ([`crate::db::leases::fair_share`]);
 //! 4. holding more than its share, it stops the extra partitions (each
 //!    finishes its current transaction) and releases their leases at once;
 //!    holding fewer, it acquires free or expired leases, and starts a

@@ -8,7 +8,7 @@
 //!   ([`partition::Log`], served by [`log`]) and a database seam
 //!   ([`partition::Sink`], served by [`sink`]).
 //! - [`halving`]: isolating the record that makes a transaction fail.
-//! - [`unit`]: the transaction unit: fence the stored offset, apply, commit,
+//! - [`unit`](mod@unit): the transaction unit: fence the stored offset, apply, commit,
 //!   within a deadline.
 //! - [`committer`]: several partitions' runs in one such transaction.
 //! - [`classify`]: the one place that decides retryable versus permanent,
@@ -21,8 +21,11 @@
 //!   (log line, metrics, health).
 //! - [`config`]: the settings of one consumed topic.
 //!
-//! Imports run one way: `fleet` → `partition`, `log`, `sink` → `committer`
-//! → `unit` → `waiting` → `dlq` → `classify`.
+//! Imports run one way: `fleet` uses the partition loop and the service's
+//! two seams (`log`, `sink`); `log` and `sink` implement the loop's traits;
+//! `sink` uses the `committer` and the `unit`; the `committer` uses the
+//! `unit`; the `unit` uses `waiting`; any of them may use `classify`, `dlq`,
+//! `events`, `health`, `halving` and `config`, which use none of them.
 
 pub mod classify;
 pub mod committer;

@@ -1,11 +1,13 @@
 //! The domain: payment and chargeback webhooks, and what they change.
 //!
 //! Webhooks are parsed once, at the edge, into types that cannot hold invalid
-//! data ([`types`]). Both kinds of event follow one rule ([`apply`]). The services ([`orders::OrderService`],
+//! data ([`types`]), from JSON that every later reader, Postgres's `jsonb`
+//! included, can hold ([`json`]). Both kinds of event follow one rule
+//! ([`apply`]). The services ([`orders::OrderService`],
 //! [`disputes::DisputeService`]) decide what a batch of events changes; the
 //! storage they use is a trait, implemented over Postgres in [`crate::db`] and
-//! by in-memory fakes in the unit tests. Nothing here knows about HTTP, Kafka
-//! or SQL.
+//! by in-memory fakes in the unit tests. Nothing here does I/O: no HTTP, no
+//! Kafka, no SQL.
 
 pub mod apply;
 pub mod disputes;

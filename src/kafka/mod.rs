@@ -1,16 +1,21 @@
-//! Messaging: everything that talks to Kafka.
+//! The Kafka wire: everything that talks to the brokers, and nothing that
+//! knows Postgres or the providers.
 //!
-//! - [`envelope`]: the JSON envelope and its record form.
+//! - [`Kafka`]: the rskafka client, with a deadline on every call.
+//! - [`admin`]: payhook's own admin connection (the `kafka-protocol` crate)
+//!   for what rskafka cannot ask: topic configurations, broker counts, and
+//!   the reason a connection was refused.
+//! - [`envelope`]: the JSON envelope every webhook travels in, and its
+//!   record form (a codec only).
 //! - [`partitioner`]: Java-compatible murmur2, so every producer agrees on
 //!   where an order's events go.
 //! - [`producer`]: per-partition batching with a bound on queued records and
 //!   a deadline on every publish.
-//! - [`consumer`]: the hand-rolled, per-partition consume loop that commits
-//!   offsets to Postgres in the same transaction as the effect.
-//! - [`committer`]: combines the runs of a topic's partitions that are ready
-//!   at the same time into one such transaction.
-//! - [`parked`]: disputes that name a payment not stored yet wait, and are
-//!   applied with that payment or dead-lettered after `DISPUTE_PAYMENT_WAIT`.
+//! - [`topics`]: what `payhook topics` creates and what `serve` checks about
+//!   the topics it finds.
+//!
+//! Consuming (the partition loop, offsets in Postgres) is
+//! [`crate::consume`]'s.
 //!
 //! rskafka 0.6 retries broker calls forever by default and has no request
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call

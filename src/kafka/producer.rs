@@ -55,8 +55,8 @@ pub const MAX_BATCH_BYTES: usize = 900 * 1024;
 /// and then the rest, and on a socket without `TCP_NODELAY` (rskafka does
 /// not set it) Nagle's algorithm holds the second write until the broker
 /// acknowledges the first, which the broker's kernel delays by its delayed-ACK
-/// timer: 40 ms on Linux. That was the 64-in-flight tail (README,
-/// "Performance"). A lane therefore keeps each produce request within one
+/// timer: 40 ms on Linux. That was the 64-in-flight tail (docs/performance.md,
+/// "The 64-in-flight tail, and why it is gone"). A lane therefore keeps each produce request within one
 /// buffer: more records wait for the next request, which costs a fraction of
 /// a millisecond, instead of 40.
 pub const RSKAFKA_WRITE_BUFFER: usize = 8 * 1024;
@@ -324,7 +324,7 @@ fn spawn_lanes(
 
 /// Partitions added to a topic at runtime get lanes here, every
 /// `cfg.metadata_refresh`, until the producer is dropped. Keys then hash over
-/// the new count, as with any Kafka producer (see README, "Partitions").
+/// the new count, as with any Kafka producer (see docs/guarantees.md, "Partitions").
 async fn refresh(
     inner: Weak<Inner>,
     closed: CancellationToken,

@@ -19,7 +19,7 @@
 //! directions, which bounds how long a captured request can be replayed.
 //!
 //! A failure says why in [`SignatureError`], for the log only; the client
-//! gets one generic 401 (see [`super::error`]). Nothing here ever formats a
+//! gets one generic 401 (see [`crate::http::error`]). Nothing here ever formats a
 //! secret or a whole signature.
 
 use std::time::Duration;

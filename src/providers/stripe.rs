@@ -24,7 +24,7 @@
 //!   `object_ids` are the payment intent and its charge, which is what a
 //!   dispute names: disputes carry no order, and are resolved by the
 //!   consumer from the payment events stored (see
-//!   [`crate::messaging::parked`]).
+//!   [`crate::consume::waiting`]).
 //!
 //!   Any other type (including a partial `charge.refunded`) is acknowledged
 //!   and counted in `payhook_provider_events_ignored_total`.
