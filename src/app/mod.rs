@@ -265,10 +265,13 @@ impl Application {
             consumer_tasks.spawn(
                 crate::consume::waiting::Sweeper {
                     pool: pool.clone(),
-                    producer: producer.clone(),
+                    publisher: Arc::new(producer.clone()),
                     dlq_topic: cfg.kafka.dlq_topic.clone(),
                     wait: cfg.consumer.dispute_payment_wait,
                     interval: cfg.consumer.dispute_sweep_interval,
+                    // Longer than one publish may take, with room.
+                    claim_for: cfg.kafka.publish_timeout * 2 + Duration::from_secs(5),
+                    db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
                     events: crate::consume::events::WaitingEvents::new(&metrics),
                 }
                 .run(consumers.clone()),

@@ -11,7 +11,9 @@
 //!    (partitions added at runtime get a lease row and are shared like the
 //!    others) and works out this process's fair share: ⌊P/N⌋ or ⌈P/N⌉ of
 //!    the topic's P partitions among the N live members, dealt by member id
-//!    and rotated per topic ([`crate::db::leases::fair_share`]);
+//!    and rotated per topic ([`crate::db::leases::fair_share`]). A lease on
+//!    a partition the broker no longer lists is released and never counts
+//!    toward a share;
 //! 4. holding more than its share, it stops the extra partitions (each
 //!    finishes its current transaction) and releases their leases at once;
 //!    holding fewer, it acquires free or expired leases, and starts a
@@ -202,6 +204,31 @@ async fn step(
         };
         leases::ensure_partitions(&**conn, &cfg.group, &cfg.topic, &partitions).await?;
         let share = leases::fair_share(partitions.len(), members.len(), rank, i);
+        // A lease on a partition the broker no longer lists (the topic was
+        // re-created with fewer partitions) is stopped and handed back at
+        // once: it must never count toward this member's share, or a real
+        // partition could stay unowned while every member is "at its share".
+        let gone: Vec<Lease> = held
+            .iter()
+            .filter(|l| {
+                l.group == cfg.group && l.topic == cfg.topic && !partitions.contains(&l.partition)
+            })
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            for l in &gone {
+                if let Some(r) = running.remove(&key(l)) {
+                    r.stop.cancel();
+                    let _ = r.handle.await;
+                }
+                ctx.health.forget(&l.topic, l.partition);
+            }
+            let parts: Vec<i32> = gone.iter().map(|l| l.partition).collect();
+            leases::release(&**conn, me, &cfg.group, &cfg.topic, &parts).await?;
+            held.retain(|l| !gone.contains(l));
+            warn!(topic = %cfg.topic, partitions = ?parts,
+                  "released leases on partitions the broker no longer lists");
+        }
         let mut mine: Vec<Lease> = held
             .iter()
             .filter(|l| l.group == cfg.group && l.topic == cfg.topic)
@@ -226,7 +253,8 @@ async fn step(
                   "released partitions to rebalance");
         } else if mine.len() < share {
             let want = (share - mine.len()) as i64;
-            let got = leases::acquire(&**conn, me, &cfg.group, &cfg.topic, want, ttl).await?;
+            let got = leases::acquire(&**conn, me, &cfg.group, &cfg.topic, &partitions, want, ttl)
+                .await?;
             if !got.is_empty() {
                 let parts: Vec<(i32, i64)> = got.iter().map(|l| (l.partition, l.epoch)).collect();
                 info!(topic = %cfg.topic, partitions_and_epochs = ?parts, share,

@@ -85,9 +85,11 @@ where
     .await
 }
 
-/// Several partitions' runs in one transaction: every run's fence first,
-/// then all their events, then one commit. Any fence or failure rolls all
-/// of it back (the committer then retries each run alone).
+/// Several partitions' runs in one transaction: every run's fence first, in
+/// `(group, topic, partition)` order (the lease rows' one lock order, see
+/// [`crate::db::leases`]), then all their events, then one commit. Any
+/// fence or failure rolls all of it back (the committer then retries each
+/// run alone).
 pub async fn commit_combined(
     pool: &Pool,
     member: Uuid,
@@ -98,8 +100,16 @@ pub async fn commit_combined(
     with_deadline(deadline, async {
         let mut conn = pool.get().await.map_err(DbError::from)?;
         let tx = conn.transaction().await.map_err(DbError::from)?;
-        for m in moves {
-            fence(&tx, member, *m).await?;
+        let mut ordered: Vec<Move<'_>> = moves.to_vec();
+        ordered.sort_by(|a, b| {
+            (&a.lease.group, &a.lease.topic, a.lease.partition).cmp(&(
+                &b.lease.group,
+                &b.lease.topic,
+                b.lease.partition,
+            ))
+        });
+        for m in ordered {
+            fence(&tx, member, m).await?;
         }
         let outcome = apply_events(&tx, events).await?;
         tx.commit().await.map_err(DbError::from)?;

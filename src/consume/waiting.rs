@@ -26,9 +26,8 @@
 //! the `payhook_parked_disputes` and `payhook_parked_dispute_oldest_seconds`
 //! gauges.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use chrono::Utc;
 use deadpool_postgres::{Pool, Transaction};
 use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +50,7 @@ use crate::{
     },
     kafka::{
         envelope::{Envelope, Event, HEADER_EVENT_ID, HEADER_TYPE},
-        producer::Producer,
+        producer::Publish,
     },
 };
 
@@ -190,21 +189,28 @@ fn record_of(w: &Parked) -> Record {
     }
 }
 
-/// Dead-letters disputes that waited too long, and keeps the gauges.
+/// Dead-letters disputes that waited too long, one at a time, and keeps the
+/// gauges.
 #[derive(Clone, Debug)]
 pub struct Sweeper {
     pub pool: Pool,
-    pub producer: Producer,
+    /// The producer, in the service; tests interpose to inject faults.
+    pub publisher: Arc<dyn Publish>,
     pub dlq_topic: String,
     /// `DISPUTE_PAYMENT_WAIT`.
     pub wait: Duration,
     /// `DISPUTE_SWEEP_INTERVAL`.
     pub interval: Duration,
+    /// How long a claimed dispute is this sweeper's before another may take
+    /// it over (longer than publishing one dead letter may take).
+    pub claim_for: Duration,
+    /// Bound on each database step.
+    pub db_deadline: Duration,
     pub events: WaitingEvents,
 }
 
-/// Disputes dead-lettered per transaction.
-const SWEEP_BATCH: i64 = 100;
+/// Disputes dead-lettered per sweep at most; the next sweep goes on.
+const SWEEP_BATCH: usize = 100;
 
 /// Why a sweep stopped early; the next one tries again.
 #[derive(Debug, thiserror::Error)]
@@ -221,15 +227,8 @@ impl Sweeper {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while tokio::select! { _ = shutdown.cancelled() => false, _ = tick.tick() => true } {
-            loop {
-                match self.sweep_once().await {
-                    Ok(n) if n as i64 == SWEEP_BATCH => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        warn!(error = %e, "dead-lettering waiting disputes failed; will retry");
-                        break;
-                    }
-                }
+            if let Err(e) = self.sweep_once().await {
+                warn!(error = %e, "dead-lettering waiting disputes failed; will retry");
             }
             if let Err(e) = self.refresh_gauges().await {
                 warn!(error = %e, "cannot count waiting disputes");
@@ -237,46 +236,65 @@ impl Sweeper {
         }
     }
 
-    /// One transaction: dead-letters up to [`SWEEP_BATCH`] disputes that
-    /// waited `wait` or longer. Each dead letter is acknowledged by the
-    /// broker before its row is deleted; dying in between repeats the dead
-    /// letter, never loses it. Returns how many were dead-lettered.
+    /// Dead-letters up to [`SWEEP_BATCH`] disputes that waited `wait` or
+    /// longer (by the database's clock), one at a time: claim it (from then
+    /// on no payment releases it), publish its dead letter and wait for the
+    /// broker's acknowledgement, then delete it. No transaction is open
+    /// while publishing, so a payment never waits on the sweeper. Dying
+    /// after the claim leaves it to the next sweep once the claim expires: a
+    /// dispute may be dead-lettered twice, never both applied and
+    /// dead-lettered. Returns how many were dead-lettered.
     pub async fn sweep_once(&self) -> Result<usize, SweepError> {
-        let mut conn = self.pool.get().await.map_err(DbError::from)?;
-        let tx = conn.transaction().await.map_err(DbError::from)?;
-        let before =
-            Utc::now() - chrono::Duration::from_std(self.wait).unwrap_or(chrono::Duration::MAX);
-        let expired = parked::expired(&tx, before, SWEEP_BATCH).await?;
-        let wait = humantime::format_duration(self.wait).to_string();
-        for w in &expired {
-            let f = Failure {
-                source: w.source.clone(),
-                class: ErrorClass::Permanent,
-                message: format!(
-                    "{} dispute {} waited {wait} (DISPUTE_PAYMENT_WAIT) for a payment event \
-                     naming one of {:?}, which never arrived; replay it once the payment is known",
-                    w.provider, w.provider_event_id, w.object_ids
-                ),
-                attempts: 1,
-                first_failure: w.parked_at,
-            };
-            error!(provider_event_id = %w.provider_event_id, object_ids = ?w.object_ids,
-                   dlq = %self.dlq_topic, "dispute's payment never arrived; dead-lettering it");
-            let letter = dlq::dead_letter(&record_of(w), &f);
-            self.producer.publish(&self.dlq_topic, letter).await?;
-            parked::remove(&tx, &w.provider_event_id).await?;
+        let mut done = 0;
+        while done < SWEEP_BATCH {
+            let claimed =
+                crate::db::bounded("claiming a waiting dispute", self.db_deadline, async {
+                    let conn = self.pool.get().await?;
+                    parked::claim_expired(&**conn, self.wait, self.claim_for).await
+                })
+                .await?;
+            let Some(w) = claimed else { break };
+            self.dead_letter(&w).await?;
+            crate::db::bounded(
+                "deleting a dead-lettered dispute",
+                self.db_deadline,
+                async {
+                    let conn = self.pool.get().await?;
+                    parked::remove_claimed(&**conn, &w.provider_event_id).await
+                },
+            )
+            .await?;
+            self.events.dead_lettered(1);
+            done += 1;
         }
-        tx.commit().await.map_err(DbError::from)?;
-        self.events.dead_lettered(expired.len());
-        Ok(expired.len())
+        Ok(done)
+    }
+
+    /// Publishes the dead letter of a claimed dispute.
+    async fn dead_letter(&self, w: &Parked) -> Result<(), SweepError> {
+        let wait = humantime::format_duration(self.wait).to_string();
+        let f = Failure {
+            source: w.source.clone(),
+            class: ErrorClass::Permanent,
+            message: format!(
+                "{} dispute {} waited {wait} (DISPUTE_PAYMENT_WAIT) for a payment event \
+                 naming one of {:?}, which never arrived; replay it once the payment is known",
+                w.provider, w.provider_event_id, w.object_ids
+            ),
+            attempts: 1,
+            first_failure: w.parked_at,
+        };
+        error!(provider_event_id = %w.provider_event_id, object_ids = ?w.object_ids,
+               dlq = %self.dlq_topic, "dispute's payment never arrived; dead-lettering it");
+        let letter = dlq::dead_letter(&record_of(w), &f);
+        self.publisher.publish(&self.dlq_topic, letter).await?;
+        Ok(())
     }
 
     async fn refresh_gauges(&self) -> Result<(), DbError> {
         let conn = self.pool.get().await?;
         let (n, oldest) = parked::stats(&conn).await?;
-        let age = oldest.map_or(0, |t| (Utc::now() - t).num_seconds().max(0));
-        self.events
-            .waiting(n, Duration::from_secs(u64::try_from(age).unwrap_or(0)));
+        self.events.waiting(n, oldest);
         Ok(())
     }
 }

@@ -21,6 +21,16 @@
 //! - [`release`] and [`leave`] hand leases back at once (clean shutdown,
 //!   rebalancing), so the next owner need not wait for expiry.
 //!
+//! Lock order: every statement that locks several lease rows locks them in
+//! one order, by `(consumer_group, topic, partition)`: [`renew`],
+//! [`release`] and [`leave`] select their rows `ORDER BY … FOR UPDATE`
+//! before updating them, and a transaction that fences several partitions
+//! ([`crate::consume::unit::commit_combined`]) fences them in that order.
+//! Two of them therefore never wait on each other in a cycle (a renewal
+//! that updated rows in heap order while a shared transaction held some of
+//! them `FOR SHARE` could deadlock, 40P01). [`acquire`] skips locked rows
+//! and waits for none.
+//!
 //! Why a stale owner cannot write: the commit of every effect transaction
 //! ([`super::offsets::advance`]) requires a lease row with this member,
 //! this epoch and `expires_at > now()`, and share-locks it. A takeover must
@@ -120,10 +130,18 @@ pub async fn renew(
 ) -> Result<Vec<Lease>, DbError> {
     let rows = db
         .query(
-            "WITH r AS (
-                 UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2)
+            "WITH mine AS (
+                 SELECT consumer_group, topic, partition FROM partition_leases
                   WHERE owner = $1
-                 RETURNING consumer_group, topic, partition, epoch, expires_at
+                  ORDER BY consumer_group, topic, partition
+                    FOR UPDATE
+             ), r AS (
+                 UPDATE partition_leases l
+                    SET expires_at = now() + make_interval(secs => $2)
+                   FROM mine
+                  WHERE l.consumer_group = mine.consumer_group AND l.topic = mine.topic
+                    AND l.partition = mine.partition AND l.owner = $1
+                 RETURNING l.consumer_group, l.topic, l.partition, l.epoch, l.expires_at
              ), h AS (
                  UPDATE partition_lease_history h SET valid_until = r.expires_at
                    FROM r
@@ -137,13 +155,14 @@ pub async fn renew(
     Ok(leases(rows))
 }
 
-/// Takes up to `max` free or expired leases of the topic, bumping their
-/// epoch.
+/// Takes up to `max` free or expired leases of the topic's `partitions`
+/// (the ones the broker lists now), bumping their epoch.
 pub async fn acquire(
     db: &impl GenericClient,
     member: Uuid,
     group: &str,
     topic: &str,
+    partitions: &[i32],
     max: i64,
     ttl: Duration,
 ) -> Result<Vec<Lease>, DbError> {
@@ -154,7 +173,7 @@ pub async fn acquire(
         .query(
             "WITH free AS (
                  SELECT consumer_group, topic, partition FROM partition_leases
-                  WHERE consumer_group = $2 AND topic = $3
+                  WHERE consumer_group = $2 AND topic = $3 AND partition = ANY($6)
                     AND (owner IS NULL OR expires_at < now())
                   ORDER BY partition
                   LIMIT $4
@@ -175,7 +194,7 @@ pub async fn acquire(
                  SELECT consumer_group, topic, partition, epoch, $1, acquired_at, expires_at FROM a
              )
              SELECT consumer_group, topic, partition, epoch FROM a",
-            &[&member, &group, &topic, &max, &secs(ttl)],
+            &[&member, &group, &topic, &max, &secs(ttl), &partitions],
         )
         .await?;
     Ok(leases(rows))
@@ -191,11 +210,18 @@ pub async fn release(
 ) -> Result<u64, DbError> {
     Ok(db
         .execute(
-            "WITH r AS (
-                 UPDATE partition_leases SET owner = NULL, expires_at = now()
+            "WITH mine AS (
+                 SELECT consumer_group, topic, partition FROM partition_leases
                   WHERE owner = $1 AND consumer_group = $2 AND topic = $3
                     AND partition = ANY($4)
-                 RETURNING consumer_group, topic, partition, epoch
+                  ORDER BY consumer_group, topic, partition
+                    FOR UPDATE
+             ), r AS (
+                 UPDATE partition_leases l SET owner = NULL, expires_at = now()
+                   FROM mine
+                  WHERE l.consumer_group = mine.consumer_group AND l.topic = mine.topic
+                    AND l.partition = mine.partition AND l.owner = $1
+                 RETURNING l.consumer_group, l.topic, l.partition, l.epoch
              )
              UPDATE partition_lease_history h SET valid_until = now()
                FROM r
@@ -209,10 +235,17 @@ pub async fn release(
 /// A clean exit: every lease handed back, the member gone.
 pub async fn leave(db: &impl GenericClient, member: Uuid) -> Result<(), DbError> {
     db.execute(
-        "WITH r AS (
-             UPDATE partition_leases SET owner = NULL, expires_at = now()
+        "WITH mine AS (
+             SELECT consumer_group, topic, partition FROM partition_leases
               WHERE owner = $1
-             RETURNING consumer_group, topic, partition, epoch
+              ORDER BY consumer_group, topic, partition
+                FOR UPDATE
+         ), r AS (
+             UPDATE partition_leases l SET owner = NULL, expires_at = now()
+               FROM mine
+              WHERE l.consumer_group = mine.consumer_group AND l.topic = mine.topic
+                AND l.partition = mine.partition AND l.owner = $1
+             RETURNING l.consumer_group, l.topic, l.partition, l.epoch
          ), h AS (
              UPDATE partition_lease_history h SET valid_until = now()
                FROM r

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0003_partition_leases.sql"),
     ),
     (4, "providers", include_str!("../../sql/0004_providers.sql")),
+    (
+        5,
+        "log_identity",
+        include_str!("../../sql/0005_log_identity.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

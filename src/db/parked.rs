@@ -118,7 +118,9 @@ fn parked(r: &tokio_postgres::Row) -> Parked {
 
 /// The disputes of `provider` waiting for any of `object_ids`, in the
 /// order they arrived, locked for this transaction (the caller removes
-/// those it applies).
+/// those it applies). A dispute the sweeper claimed is not waiting any more
+/// (it goes to the dead-letter topic), and a row another transaction holds
+/// is skipped rather than waited for: it is being claimed or released.
 pub async fn waiting(
     tx: &Transaction<'_>,
     provider: &str,
@@ -128,31 +130,63 @@ pub async fn waiting(
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM parked_disputes
              WHERE provider = $1 AND object_ids && $2::text[]
-             ORDER BY kafka_partition, kafka_offset FOR UPDATE"
+               AND dead_letter_claimed_until IS NULL
+             ORDER BY kafka_partition, kafka_offset FOR UPDATE SKIP LOCKED"
         ))
         .await?;
     let rows = tx.query(&stmt, &[&provider, &object_ids]).await?;
     Ok(rows.iter().map(parked).collect())
 }
 
-/// Up to `limit` disputes parked at or before `before`, oldest first,
-/// locked for this transaction; rows another transaction holds are skipped.
-pub async fn expired(
-    tx: &Transaction<'_>,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<Parked>, DbError> {
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM parked_disputes WHERE parked_at <= $1
-             ORDER BY parked_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-        ))
+/// Claims one dispute for the dead-letter topic: the oldest that has
+/// waited `wait` or longer by the database's clock, or one whose earlier
+/// claim expired (its sweeper died before deleting it). The claim lasts
+/// `claim_for`; from now on [`waiting`] no longer returns it. One statement
+/// on its own: it holds its row lock only while it runs, and skips rows a
+/// payment's transaction holds.
+pub async fn claim_expired(
+    db: &impl tokio_postgres::GenericClient,
+    wait: std::time::Duration,
+    claim_for: std::time::Duration,
+) -> Result<Option<Parked>, DbError> {
+    let sql = format!(
+        "UPDATE parked_disputes p
+            SET dead_letter_claimed_until = now() + make_interval(secs => $2)
+          WHERE p.provider_event_id = (
+                SELECT provider_event_id FROM parked_disputes
+                 WHERE (dead_letter_claimed_until IS NULL
+                        AND parked_at <= now() - make_interval(secs => $1))
+                    OR dead_letter_claimed_until < now()
+                 ORDER BY parked_at LIMIT 1
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING {}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("p.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let row = db
+        .query_opt(&sql, &[&wait.as_secs_f64(), &claim_for.as_secs_f64()])
         .await?;
-    let rows = tx.query(&stmt, &[&before, &limit]).await?;
-    Ok(rows.iter().map(parked).collect())
+    Ok(row.as_ref().map(parked))
 }
 
-/// Deletes one parked dispute.
+/// Deletes a claimed dispute once its dead letter is acknowledged.
+pub async fn remove_claimed(
+    db: &impl tokio_postgres::GenericClient,
+    provider_event_id: &str,
+) -> Result<(), DbError> {
+    db.execute(
+        "DELETE FROM parked_disputes
+          WHERE provider_event_id = $1 AND dead_letter_claimed_until IS NOT NULL",
+        &[&provider_event_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes one released dispute, in the payment's transaction.
 pub async fn remove(tx: &Transaction<'_>, provider_event_id: &str) -> Result<(), DbError> {
     tx.execute(
         "DELETE FROM parked_disputes WHERE provider_event_id = $1",
@@ -162,12 +196,17 @@ pub async fn remove(tx: &Transaction<'_>, provider_event_id: &str) -> Result<(),
     Ok(())
 }
 
-/// How many disputes wait, and since when the oldest.
-pub async fn stats(
-    client: &tokio_postgres::Client,
-) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+/// How many disputes wait, and how long the oldest has (by the database's
+/// clock).
+pub async fn stats(client: &tokio_postgres::Client) -> Result<(i64, std::time::Duration), DbError> {
     let r = client
-        .query_one("SELECT count(*), min(parked_at) FROM parked_disputes", &[])
+        .query_one(
+            "SELECT count(*),
+                    coalesce(extract(epoch FROM now() - min(parked_at)), 0)::float8
+               FROM parked_disputes",
+            &[],
+        )
         .await?;
-    Ok((r.get(0), r.get(1)))
+    let secs: f64 = r.get(1);
+    Ok((r.get(0), std::time::Duration::from_secs_f64(secs.max(0.0))))
 }

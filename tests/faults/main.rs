@@ -44,6 +44,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 mod fleet;
+mod leases;
 
 const KAFKA_PORT: u16 = 19092;
 const KAFKA_CONTROLLER_PORT: u16 = 19093;
@@ -857,6 +858,12 @@ async fn payhook_terminated() {
 async fn poison_records_among_good_ones() {
     let _services = services_for_one_scenario().await;
     poison_records_interleaved(webhooks_per_scenario()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_renewal_under_load_never_deadlocks() {
+    let _services = services_for_one_scenario().await;
+    leases::renewal_under_load().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

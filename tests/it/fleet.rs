@@ -267,3 +267,70 @@ async fn partitions_added_at_runtime_are_published_to_and_consumed() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_recreated_with_fewer_partitions_is_owned_whole_within_a_ttl() {
+    let env = Env::with_partitions(8).await;
+    let settings = [("CONSUMER_LEASE_TTL", "2s")];
+    let a = env.start(&settings).await;
+    let b = env.start(&settings).await;
+    wait_balanced(&env, &[&a, &b], Duration::from_secs(10)).await;
+    // The orders topic is deleted and created again with 2 partitions, as
+    // an operator might.
+    env.kafka.delete_topic(&env.orders_topic).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = env
+            .kafka
+            .ensure_topic(&env.orders_topic, std::num::NonZeroU32::new(2).unwrap(), 1)
+            .await;
+        if created.as_ref().is_ok_and(|c| *c)
+            && env
+                .kafka
+                .partitions(&env.orders_topic)
+                .await
+                .is_ok_and(|p| p.len() == 2)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cannot re-create: {created:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recreated = Instant::now();
+    // Within a TTL (and the round that notices), both partitions that exist
+    // have a live owner, and no process keeps a lease on one that does not.
+    let owned = |p: i32| {
+        format!(
+            "SELECT count(*) FROM partition_leases WHERE topic = '{}' AND partition = {p}
+                AND owner IS NOT NULL AND expires_at > now()",
+            env.orders_topic
+        )
+    };
+    loop {
+        let (p0, p1) = (env.count(&owned(0)).await, env.count(&owned(1)).await);
+        let stale = env
+            .count(&format!(
+                "SELECT count(*) FROM partition_leases WHERE topic = '{}' AND partition >= 2
+                    AND owner IS NOT NULL AND expires_at > now()",
+                env.orders_topic
+            ))
+            .await;
+        if p0 == 1 && p1 == 1 && stale == 0 {
+            break;
+        }
+        assert!(
+            recreated.elapsed() < Duration::from_secs(2),
+            "after {:?}: partition 0 owned {p0}, partition 1 owned {p1}, \
+             {stale} lease(s) on partitions that no longer exist",
+            recreated.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "re-created with 2 partitions: both owned {:?} later",
+        recreated.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+    env.cleanup().await;
+}

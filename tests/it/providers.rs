@@ -805,3 +805,161 @@ async fn a_dispute_and_its_payment_applied_at_the_same_moment_never_miss_each_ot
     drop(pool);
     env.cleanup().await;
 }
+
+/// Publishes through the real producer; after the first dead letter is
+/// acknowledged, ends every database session of the sweeper (its pool is
+/// named `sweeper-<id>`) and fails, as a sweeper process killed right
+/// after the broker's acknowledgement would.
+#[derive(Debug)]
+struct DieAfterFirstPublish {
+    producer: payhook::kafka::producer::Producer,
+    application_name: String,
+    died: std::sync::atomic::AtomicBool,
+}
+
+impl payhook::kafka::producer::Publish for DieAfterFirstPublish {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        record: rskafka::record::Record,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<payhook::kafka::producer::Published, payhook::kafka::producer::PublishError>,
+    > {
+        Box::pin(async move {
+            let published = self.producer.publish(topic, record).await?;
+            if self.died.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(published);
+            }
+            let (admin, conn) =
+                tokio_postgres::connect(&crate::helpers::admin_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = $1",
+                    &[&self.application_name],
+                )
+                .await
+                .unwrap();
+            Err(payhook::kafka::producer::PublishError::Timeout(
+                Duration::from_secs(0),
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeper_killed_after_its_first_dead_letter_never_lets_a_dispute_be_applied_too() {
+    let env = Env::new().await;
+    // The service's own sweeper stays out of the way (first sweep at start,
+    // the next in an hour); this test runs one it controls.
+    let app = env
+        .start(&verified(&[
+            ("DISPUTE_PAYMENT_WAIT", "1s"),
+            ("DISPUTE_SWEEP_INTERVAL", "1h"),
+        ]))
+        .await;
+    for pi in ["pi_ka", "pi_kb"] {
+        let ev = stripe_event(
+            &format!("evt_{pi}"),
+            "charge.dispute.created",
+            T0,
+            stripe_dispute(pi, "needs_response"),
+        );
+        assert_eq!(stripe(&app, &ev).await.0, 202);
+    }
+    env.wait_caught_up().await;
+    assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let application_name = format!("sweeper-{}", env.db_name);
+    let pool = payhook::db::pool(
+        &format!("{}?application_name={application_name}", env.db_url),
+        2,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (producer, lanes) = payhook::kafka::producer::Producer::start(
+        &env.kafka,
+        &[&env.dlq_topic],
+        payhook::kafka::producer::ProducerConfig {
+            linger: Duration::ZERO,
+            queue_per_partition: 64,
+            publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
+            metrics: None,
+        },
+    )
+    .await
+    .unwrap();
+    let sweeper =
+        |pool: deadpool_postgres::Pool,
+         publisher: std::sync::Arc<dyn payhook::kafka::producer::Publish>| {
+            payhook::consume::waiting::Sweeper {
+                pool,
+                publisher,
+                dlq_topic: env.dlq_topic.clone(),
+                wait: Duration::from_secs(1),
+                interval: Duration::from_secs(3600),
+                claim_for: Duration::from_secs(1),
+                db_deadline: Duration::from_secs(5),
+                events: payhook::consume::events::WaitingEvents::new(
+                    &payhook::metrics::Metrics::new(),
+                ),
+            }
+        };
+    let dying = sweeper(
+        pool,
+        std::sync::Arc::new(DieAfterFirstPublish {
+            producer: producer.clone(),
+            application_name: application_name.clone(),
+            died: Default::default(),
+        }),
+    );
+    assert!(dying.sweep_once().await.is_err(), "the sweeper died");
+
+    // Both payments arrive now.
+    for pi in ["pi_ka", "pi_kb"] {
+        let ev = stripe_event(
+            &format!("evt_pay_{pi}"),
+            "payment_intent.succeeded",
+            T0 + 10,
+            intent(pi, &format!("ord_{pi}"), "succeeded"),
+        );
+        assert_eq!(stripe(&app, &ev).await.0, 202);
+    }
+    env.wait_caught_up().await;
+    // A sweeper that comes later finishes what the dead one claimed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pool = payhook::db::pool(&env.db_url, 2, Duration::from_secs(5)).unwrap();
+    let done = sweeper(pool, std::sync::Arc::new(producer.clone()))
+        .sweep_once()
+        .await
+        .unwrap();
+    eprintln!("the second sweep dead-lettered {done}");
+    assert_eq!(env.count("SELECT count(*) FROM parked_disputes").await, 0);
+
+    // Every dispute ended in exactly one place: applied, or dead-lettered
+    // (perhaps twice), never both.
+    let letters = payhook::ops::dlq::list(&env.config(&[])).await.unwrap();
+    let mut dead_lettered = 0;
+    for pi in ["pi_ka", "pi_kb"] {
+        let in_dlq = letters.iter().filter(|d| d.key() == pi).count();
+        let applied = dispute(&env, &format!("ord_{pi}")).await.is_some();
+        assert!(
+            (in_dlq > 0) != applied,
+            "{pi}: {in_dlq} dead letter(s), applied: {applied}"
+        );
+        dead_lettered += usize::from(in_dlq > 0);
+    }
+    // The one the dead sweeper had claimed went to the dead-letter topic;
+    // the other was released by its payment.
+    assert_eq!(dead_lettered, 1, "{letters:?}");
+    drop((dying, producer));
+    lanes.drained().await;
+    app.stop().await;
+    env.cleanup().await;
+}
