@@ -83,6 +83,9 @@ pub struct Metrics {
     /// 1 while a partition is stopped and waits for an operator (its offset
     /// fell out of the log, or a batch is in a codec payhook cannot read).
     pub stopped: Family<PartitionLabels, Gauge>,
+    /// Records a never-consumed partition could not see at its first start
+    /// (its log no longer began at 0), per partition.
+    pub first_start_gap: Family<PartitionLabels, Gauge>,
     /// Provider events acknowledged but not mapped (unknown types), by
     /// provider and event type. Nothing is published for them.
     pub provider_events_ignored: Family<IgnoredLabels, Counter>,
@@ -195,6 +198,12 @@ impl Metrics {
             "1 while a partition is stopped waiting for an operator (offset out of range, unreadable codec)",
             stopped.clone(),
         );
+        let first_start_gap = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_first_start_gap_records",
+            "Records deleted before payhook first read a partition (its log no longer began at 0 at the first start)",
+            first_start_gap.clone(),
+        );
         let provider_events_ignored = Family::<IgnoredLabels, Counter>::default();
         registry.register(
             "provider_events_ignored",
@@ -221,6 +230,7 @@ impl Metrics {
         );
         Self {
             registry: Arc::new(registry),
+            first_start_gap,
             provider_events_ignored,
             parked_disputes,
             parked_dispute_oldest_seconds,

@@ -437,6 +437,9 @@ settings! {
         /// Most records applied in one database transaction
         max_batch: usize = CONSUMER_MAX_BATCH("2000")
             check::whole(1..=100_000, "a whole number between 1 and 100000");
+        /// Where a partition never consumed starts when its log no longer begins at 0: earliest (reported) or stop
+        first_start: FirstStart = CONSUMER_FIRST_START("earliest")
+            Check { expected: "earliest or stop", parse: FirstStart::parse };
         /// Transient failures of one record before it is dead-lettered (0 = retry without limit)
         max_attempts: Option<u32> = CONSUMER_MAX_ATTEMPTS("0") check::attempts();
         /// How long a partition with lag may go without moving before it is reported stalled
@@ -481,6 +484,28 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// `CONSUMER_FIRST_START`: what a partition never consumed does when its
+/// log no longer starts at offset 0 (retention deleted records before
+/// payhook first read them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstStart {
+    /// Start at the first record still in the log, and report the deleted
+    /// range (log line, metric, `/status`).
+    Earliest,
+    /// Stop, report, and wait for an operator's `payhook offsets reset`.
+    Stop,
+}
+
+impl FirstStart {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "earliest" => Some(Self::Earliest),
+            "stop" => Some(Self::Stop),
+            _ => None,
+        }
     }
 }
 

@@ -38,7 +38,7 @@ use super::{
     unit::{self, Move},
 };
 use crate::{
-    db::{DbError, leases::Lease},
+    db::{DbError, leases::Lease, offsets::Advance},
     domain::orders::Outcome,
     kafka::envelope::Event,
     metrics::Metrics,
@@ -52,8 +52,7 @@ const WORKERS: usize = 2;
 /// One partition's run of events, waiting to be committed.
 struct Run {
     lease: Lease,
-    expected: Option<i64>,
-    next: i64,
+    advance: Advance,
     events: Vec<Event>,
     answer: oneshot::Sender<Result<Outcome, ProcessError>>,
 }
@@ -97,14 +96,13 @@ impl Committers {
         }
     }
 
-    /// Commits `events` with the offset move from `expected` to `next`,
-    /// possibly together with other partitions' runs. Hands the events back
-    /// when the topic has no committer (the caller commits them alone).
+    /// Commits `events` with the fenced offset move `advance`, possibly
+    /// together with other partitions' runs. Hands the events back when the
+    /// topic has no committer (the caller commits them alone).
     pub(super) async fn commit(
         &self,
         lease: &Lease,
-        expected: Option<i64>,
-        next: i64,
+        advance: Advance,
         events: Vec<Event>,
     ) -> Result<Result<Outcome, ProcessError>, Vec<Event>> {
         let Some(tx) = self.by_topic.get(&lease.topic) else {
@@ -113,8 +111,7 @@ impl Committers {
         let (answer, answered) = oneshot::channel();
         let run = Run {
             lease: lease.clone(),
-            expected,
-            next,
+            advance,
             events,
             answer,
         };
@@ -199,8 +196,7 @@ impl Worker {
     async fn commit_alone(&self, run: Run) {
         let fence = Move {
             lease: &run.lease,
-            expected: run.expected,
-            next: run.next,
+            advance: run.advance,
         };
         let r = unit::commit(
             &self.pool,
@@ -220,8 +216,7 @@ impl Worker {
             .iter()
             .map(|r| Move {
                 lease: &r.lease,
-                expected: r.expected,
-                next: r.next,
+                advance: r.advance,
             })
             .collect();
         // The events are cloned so that each run still has its own if the

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ConsumerSettings, DatabaseSettings, KafkaSettings};
+use crate::config::{ConsumerSettings, DatabaseSettings, FirstStart, KafkaSettings};
 
 /// Settings for one topic's consumer.
 #[derive(Clone, Debug)]
@@ -31,6 +31,8 @@ pub struct ConsumerConfig {
     /// gets `KAFKA_PUBLISH_TIMEOUT` for the broker's acknowledgement).
     pub db_deadline: Duration,
     pub publish_timeout: Duration,
+    /// `CONSUMER_FIRST_START`.
+    pub first_start: FirstStart,
 }
 
 impl ConsumerConfig {
@@ -59,6 +61,7 @@ impl ConsumerConfig {
             occurred_at_max_future,
             db_deadline: crate::db::Session::from_config(db).client_deadline(),
             publish_timeout: kafka.publish_timeout,
+            first_start: consumer.first_start,
         }
     }
 }

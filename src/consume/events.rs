@@ -238,12 +238,30 @@ impl PartitionEvents {
         self.health.stopped(topic, partition, reason);
     }
 
-    /// The stored offset was moved while the partition was stopped.
-    pub fn reset_by_operator(&self, from: i64, to: Option<i64>, now_at: i64) {
+    /// The stored offset was moved while the partition was stopped: it
+    /// starts again from the database's row.
+    pub fn reset_by_operator(&self, from: i64, to: Option<i64>) {
         let (topic, partition) = (&self.topic, self.partition);
         info!(%topic, partition, from, to = ?to,
-              "stored offset was moved (payhook offsets reset); resuming");
-        self.health.resumed(topic, partition, now_at);
+              "stored offset was moved (payhook offsets reset); starting again from it");
+        self.health.resumed(topic, partition, to.unwrap_or(from));
+    }
+
+    /// A partition never consumed starts at `earliest > 0`: the records
+    /// before it were deleted before payhook read them.
+    pub fn first_start_gap(&self, earliest: i64, reason: &str) {
+        let (topic, partition) = (&self.topic, self.partition);
+        warn!(%topic, partition, earliest, "{reason}; starting at the first record still in the log \
+               (CONSUMER_FIRST_START=earliest)");
+        self.topic_events
+            .metrics
+            .first_start_gap
+            .get_or_create(&crate::metrics::PartitionLabels {
+                topic: topic.clone(),
+                partition,
+            })
+            .set(earliest);
+        self.health.notice(topic, partition, reason.to_owned());
     }
 
     /// The offset the partition stopped on is readable again.

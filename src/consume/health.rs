@@ -38,6 +38,9 @@ struct State {
     failing: Option<String>,
     /// Why the partition waits for an operator.
     stopped: Option<String>,
+    /// Something an operator should know that does not stop it (records
+    /// deleted before its first start).
+    notice: Option<String>,
 }
 
 /// One partition, as `/readyz` shows it.
@@ -56,6 +59,8 @@ pub struct PartitionReport {
     pub stopped: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 impl ConsumerHealth {
@@ -77,6 +82,7 @@ impl ConsumerHealth {
                 since: Instant::now(),
                 failing: None,
                 stopped: None,
+                notice: None,
             });
         f(state);
     }
@@ -116,6 +122,11 @@ impl ConsumerHealth {
         self.with(topic, partition, |s| s.failing = Some(error));
     }
 
+    /// Worth knowing, without stopping anything (shown in `/status`).
+    pub fn notice(&self, topic: &str, partition: i32, notice: String) {
+        self.with(topic, partition, |s| s.notice = Some(notice));
+    }
+
     /// The partition stopped and waits for an operator.
     pub fn stopped(&self, topic: &str, partition: i32, reason: String) {
         self.with(topic, partition, |s| s.stopped = Some(reason));
@@ -141,7 +152,13 @@ impl ConsumerHealth {
             partition,
         };
         let m = &self.metrics;
-        for family in [&m.next_offset, &m.lag, &m.stalled, &m.stopped] {
+        for family in [
+            &m.next_offset,
+            &m.lag,
+            &m.stalled,
+            &m.stopped,
+            &m.first_start_gap,
+        ] {
             family.remove(&labels);
         }
     }
@@ -166,6 +183,7 @@ impl ConsumerHealth {
                     stalled: s.stopped.is_some() || stuck > self.stall_after,
                     stopped: s.stopped.clone(),
                     error: s.failing.clone(),
+                    notice: s.notice.clone(),
                 }
             })
             .collect()

@@ -91,6 +91,10 @@ impl Log for KafkaLog {
         let t = self.kafka.request_timeout();
         log_bounds(self.client().await?, t).await
     }
+
+    async fn topic_id(&mut self) -> Result<Option<uuid::Uuid>, KafkaError> {
+        self.kafka.topic_id(&self.topic).await
+    }
 }
 
 /// What a failed fetch means for the loop.

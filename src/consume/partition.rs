@@ -38,18 +38,40 @@
 //!
 //! # When the log itself is the problem
 //!
-//! - **Offset out of range** (retention deleted records before they were
-//!   applied, or the topic was re-created): the partition **stops**, logs the
-//!   range, and reports itself stopped ([`super::health`]: metrics and
-//!   `/readyz`). `payhook offsets reset` moves it deliberately; the stopped
-//!   loop polls the stored offset and resumes from whatever the operator
-//!   set. It also probes its offset, and resumes by itself once a fetch
-//!   there succeeds again (a leader change can make an offset look out of
-//!   range for a moment).
+//! The stored offset is a position in one log: the database keeps, with
+//! it, the log's Kafka topic ID and the digest of the record just before
+//! the position (the last one handled). The loop checks both:
+//! - at start, the topic ID: a topic deleted and created again under the
+//!   same name has another ID, and the partition **stops** ([`Stop::Recreated`]);
+//! - on every fetch, which starts one record early, the digest: a log that
+//!   no longer holds that record at that offset had its history changed
+//!   (re-created, or truncated by an unclean leader election and written
+//!   again), and the partition **stops** ([`Stop::HistoryChanged`]).
+//!
+//! A stopped partition logs why and which records may be missing, reports
+//! itself stopped ([`super::health`]: metrics, `/readyz`, `/status`), and
+//! waits for an operator: `payhook offsets reset` moves it deliberately
+//! (adopting the topic ID the broker has now), and the stopped loop, which
+//! polls the stored row, starts again from whatever the operator set.
+//! Whatever the log does later, it never goes on by itself, with one
+//! exception: an offset the broker calls out of range although the log's
+//! bounds include it (a moment of a leader change, [`Stop::Unsettled`]) is
+//! probed, and the loop resumes once the record before it is there again
+//! and is the one it handled.
+//!
+//! - **Offset below the log start**: retention deleted records before they
+//!   were applied ([`Stop::Deleted`]).
+//! - **Offset beyond the log end**: the log was truncated or re-created
+//!   ([`Stop::BeyondEnd`]).
+//! - **A first start that cannot see offset 0**: a partition never consumed
+//!   whose log no longer starts at 0 is reported (the deleted range is
+//!   logged, `payhook_consumer_first_start_gap_records`, `/status`) and read
+//!   from its first record; with `CONSUMER_FIRST_START=stop` it stops there
+//!   instead ([`Stop::FirstStart`]).
 //! - **A batch payhook cannot read** (compressed with lz4 or zstd, which the
 //!   C-free rskafka build does not decode, or corrupt): the partition fetches
 //!   one batch at a time up to it, applying everything before it, then stops
-//!   the same way, naming the codec and the offset.
+//!   the same way, naming the codec and the offset ([`Stop::Unreadable`]).
 //!
 //! Other partitions keep going: each loop is its own task.
 
@@ -58,6 +80,7 @@ use std::{future::Future, ops::Range, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use rskafka::record::{Record, RecordAndOffset};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{
     classify::{Backoff, ErrorClass, ProcessError},
@@ -67,13 +90,21 @@ use super::{
     halving::{Blame, Halving},
 };
 use crate::{
-    db::DbError,
+    config::FirstStart,
+    db::{
+        DbError,
+        offsets::{Advance, Stored},
+    },
     domain::orders::{Outcome, SourcePosition},
     kafka::{
         KafkaError,
         envelope::{Envelope, Event, HEADER_EVENT_ID},
+        record_digest,
     },
 };
+
+/// SHA-256 of a record ([`record_digest`]).
+pub type Digest = [u8; 32];
 
 /// How often a stopped partition looks for an operator's offset reset.
 pub const STOPPED_POLL: Duration = Duration::from_secs(2);
@@ -126,6 +157,10 @@ pub trait Log: Send {
     /// The first offset still in the log, and the offset after its last
     /// record.
     fn bounds(&mut self) -> impl Future<Output = Result<(i64, i64), KafkaError>> + Send;
+
+    /// The topic ID the brokers have for the topic now; `None` when the
+    /// topic does not exist.
+    fn topic_id(&mut self) -> impl Future<Output = Result<Option<Uuid>, KafkaError>> + Send;
 }
 
 /// Where the partition's records go (the database seam). Every method that
@@ -133,28 +168,27 @@ pub trait Log: Send {
 /// [`ProcessError::Fenced`] when the database does not hold `expected`, and
 /// with [`ProcessError::LeaseLost`] when the lease is no longer this loop's.
 pub trait Sink: Send + Sync {
-    /// The partition's stored offset.
-    fn stored_offset(&self) -> impl Future<Output = Result<Option<i64>, DbError>> + Send;
+    /// The partition's stored offset, with its log's topic ID and the digest
+    /// of the record before it.
+    fn stored(&self) -> impl Future<Output = Result<Option<Stored>, DbError>> + Send;
 
-    /// Applies `events` and moves the stored offset from `expected` to
-    /// `next`, in one transaction. With `combine`, the run may share its
-    /// transaction with other partitions' runs ([`super::committer`]); the
-    /// outcome is the one it would have had alone.
+    /// Applies `events` and moves the stored offset as `advance` says, in
+    /// one transaction. With `combine`, the run may share its transaction
+    /// with other partitions' runs ([`super::committer`]); the outcome is the
+    /// one it would have had alone.
     fn apply(
         &self,
-        expected: Option<i64>,
-        next: i64,
+        advance: Advance,
         events: Vec<Event>,
         combine: bool,
     ) -> impl Future<Output = Result<Outcome, ProcessError>> + Send;
 
     /// Publishes `letter` to the dead-letter topic and, once the broker has
-    /// acknowledged it, moves the stored offset from `expected` to `next`,
-    /// in one transaction.
+    /// acknowledged it, moves the stored offset as `advance` says, in one
+    /// transaction.
     fn dead_letter(
         &self,
-        expected: Option<i64>,
-        next: i64,
+        advance: Advance,
         letter: Record,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 
@@ -162,38 +196,56 @@ pub trait Sink: Send + Sync {
     fn dead_letter_topic(&self) -> &str;
 }
 
-/// Where a partition stands: the next offset to fetch, and what the database
-/// holds (the fence for the next commit).
+/// Where a partition stands: the next offset to fetch, what the database
+/// holds (the fence for the next commit), and what the loop knows of the
+/// record before the position.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position {
     pub next: i64,
     pub stored: Option<i64>,
+    /// The topic ID the stored row names.
+    pub stored_topic: Option<Uuid>,
+    /// The digest of the record at `next - 1`, when known.
+    pub tail: Option<Digest>,
 }
 
 impl Position {
-    /// The database now holds `next`.
-    fn committed(&mut self, next: i64) {
+    /// The database now holds `next` of the log `topic_id`, after the
+    /// record whose digest is `tail`.
+    fn committed(&mut self, next: i64, topic_id: Uuid, tail: Digest) {
         *self = Self {
             next,
             stored: Some(next),
+            stored_topic: Some(topic_id),
+            tail: Some(tail),
         };
     }
 
-    /// Someone else moved the stored offset (a fenced write, an operator's
-    /// reset): trust the database.
-    fn resume_from(&mut self, found: Option<i64>) {
-        self.stored = found;
-        if let Some(f) = found {
-            self.next = f;
-        }
+    /// The stored row as the loop last knew it.
+    fn row(&self) -> Option<(i64, Option<Uuid>)> {
+        self.stored.map(|n| (n, self.stored_topic))
     }
 }
 
 /// Why a partition waits for an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// The position is outside the log.
-    OutOfRange,
+    /// Retention deleted records before they were applied.
+    Deleted,
+    /// The position is beyond the log's end: it was truncated or re-created.
+    BeyondEnd,
+    /// The broker says the position is out of range although the log's
+    /// bounds include it: probed, and resumed once the same history is
+    /// readable there.
+    Unsettled,
+    /// The topic was deleted and created again: another topic ID.
+    Recreated,
+    /// The log no longer holds, before the position, the record the loop
+    /// handled there.
+    HistoryChanged,
+    /// Never consumed, the log no longer starts at 0, and
+    /// `CONSUMER_FIRST_START=stop`.
+    FirstStart,
     /// A batch at the position cannot be read.
     Unreadable,
 }
@@ -222,6 +274,8 @@ struct Retrying {
 pub struct PartitionState {
     pub phase: Phase,
     pub position: Position,
+    /// The topic ID the broker had when the loop started (nil before).
+    pub topic_id: Uuid,
     /// The last fetch brought records: the next one lingers (see
     /// [`fetch_shape`]).
     lingering: bool,
@@ -239,6 +293,7 @@ impl PartitionState {
         Self {
             phase: Phase::Starting,
             position: Position::default(),
+            topic_id: Uuid::nil(),
             lingering: false,
             one_batch: false,
             halving: Halving::default(),
@@ -372,57 +427,150 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
         Next::Wait(STOPPED_POLL)
     }
 
-    /// Connects and finds the starting position: the stored offset, or the
-    /// log's first record for a partition never consumed.
+    /// Connects, reads the stored row and the broker's topic ID, and finds
+    /// the starting position: the stored offset, or the log's first record
+    /// for a partition never consumed.
     async fn start(&mut self) -> Next {
         let found = async {
             self.log.connect().await?;
-            let stored = self.sink.stored_offset().await?;
-            let next = match stored {
-                Some(o) => o,
-                None => self.log.bounds().await?.0,
+            let stored = self.sink.stored().await?;
+            let topic_id = self.log.topic_id().await?;
+            let first = match stored {
+                Some(_) => None,
+                None => Some(self.log.bounds().await?.0),
             };
-            Ok::<_, ProcessError>(Position { next, stored })
+            Ok::<_, ProcessError>((stored, topic_id, first))
         };
-        match found.await {
-            Ok(position) => {
-                self.state.position = position;
-                self.state.phase = Phase::Running;
-                self.state.backoff.reset();
-                self.events.started(position.next);
-                Next::Continue
+        let (stored, topic_id, first) = match found.await {
+            Ok((stored, Some(id), first)) => (stored, id, first),
+            Ok((_, None, _)) => {
+                let e = format!("topic {} does not exist (yet)", self.cfg.topic);
+                self.events.start_failed(&e);
+                return self.pause();
             }
             Err(e) => {
                 self.events.start_failed(&e);
-                self.pause()
+                return self.pause();
+            }
+        };
+        self.state.topic_id = topic_id;
+        self.state.phase = Phase::Running;
+        self.state.one_batch = false;
+        self.state.halving.reset();
+        self.state.retrying = None;
+        self.state.backoff.reset();
+        match (stored, first) {
+            (Some(s), _) => {
+                self.state.position = Position {
+                    next: s.next,
+                    stored: Some(s.next),
+                    stored_topic: s.topic_id,
+                    tail: s.digest,
+                };
+                self.events.started(s.next);
+                match s.topic_id {
+                    Some(old) if old != topic_id => {
+                        let reason = self.recreated(old, topic_id);
+                        self.stop(Stop::Recreated, "its topic was re-created", reason)
+                    }
+                    _ => Next::Continue,
+                }
+            }
+            (None, first) => {
+                let earliest = first.unwrap_or(0);
+                self.state.position = Position {
+                    next: earliest,
+                    ..Position::default()
+                };
+                self.events.started(earliest);
+                if earliest == 0 {
+                    return Next::Continue;
+                }
+                let reason = format!(
+                    "{}/{} was never consumed and its log starts at offset {earliest}: records \
+                     0..={} were deleted (retention) before payhook first read them",
+                    self.cfg.topic,
+                    self.partition,
+                    earliest - 1
+                );
+                match self.cfg.first_start {
+                    FirstStart::Earliest => {
+                        self.events.first_start_gap(earliest, &reason);
+                        Next::Continue
+                    }
+                    FirstStart::Stop => {
+                        let reason =
+                            format!("{reason}. CONSUMER_FIRST_START=stop: {}", self.reset_hint());
+                        self.stop(Stop::FirstStart, "its log no longer starts at 0", reason)
+                    }
+                }
             }
         }
     }
 
-    /// A stopped partition: resumes from an operator's new offset, or once
-    /// its own offset is readable again.
+    /// How an operator moves a stopped partition on.
+    fn reset_hint(&self) -> String {
+        format!(
+            "`payhook offsets reset --topic {} --partition {} --to earliest|latest|OFFSET` \
+             moves it (add --dry-run to see the change first)",
+            self.cfg.topic, self.partition
+        )
+    }
+
+    fn recreated(&self, old: Uuid, now: Uuid) -> String {
+        let pos = self.state.position;
+        format!(
+            "topic {} was re-created: stored offsets belong to topic ID {old}, the broker now \
+             has {now}. The stored offset {} is a position in the old log; nothing of the new \
+             log was applied from it, and nothing will be until an operator decides: {} \
+             (`--to earliest` applies the new log from its start and adopts its topic ID)",
+            self.cfg.topic,
+            pos.next,
+            self.reset_hint()
+        )
+    }
+
+    /// A stopped partition: starts again once an operator moved its stored
+    /// offset, or (only after [`Stop::Unsettled`]) once its position is
+    /// readable again in the same history.
     async fn poll_stopped(&mut self, stop: Stop) -> Next {
         let pos = self.state.position;
-        match self.sink.stored_offset().await {
-            Ok(found) if found != pos.stored => {
-                self.state.position.resume_from(found);
-                self.state.phase = Phase::Running;
-                self.state.one_batch = false;
-                self.state.halving.reset();
-                self.state.retrying = None;
+        match self.sink.stored().await {
+            Ok(found) if found.as_ref().map(|s| (s.next, s.topic_id)) != pos.row() => {
+                self.state.phase = Phase::Starting;
                 self.events
-                    .reset_by_operator(pos.next, found, self.state.position.next);
+                    .reset_by_operator(pos.next, found.as_ref().map(|s| s.next));
                 return Next::Continue;
             }
             Ok(_) => {}
             Err(e) => self.events.stored_offset_unreadable(&e),
         }
-        if stop == Stop::OutOfRange && self.log.fetch(pos.next, 1..2, 0).await.is_ok() {
+        if stop == Stop::Unsettled && self.same_history_readable().await {
             self.state.phase = Phase::Running;
             self.events.back_in_range(pos.next);
             return Next::Continue;
         }
         Next::Wait(STOPPED_POLL)
+    }
+
+    /// Whether the log holds, again, the record before the position that the
+    /// loop handled (or, when it knows none, whether the position is
+    /// readable in a topic of the same ID).
+    async fn same_history_readable(&mut self) -> bool {
+        let pos = self.state.position;
+        match pos.tail {
+            Some(d) if pos.next > 0 => match self.log.fetch(pos.next - 1, 1..2, 0).await {
+                Ok(f) => f
+                    .records
+                    .iter()
+                    .any(|r| r.offset == pos.next - 1 && record_digest(&r.record) == d),
+                Err(_) => false,
+            },
+            _ => {
+                self.log.fetch(pos.next, 1..2, 0).await.is_ok()
+                    && matches!(self.log.topic_id().await, Ok(Some(id)) if id == self.state.topic_id)
+            }
+        }
     }
 
     async fn fetch_and_apply(&mut self) -> Next {
@@ -435,20 +583,48 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
             self.cfg.fetch_max_bytes,
             (ms(self.cfg.fetch_max_wait), linger_ms),
         );
-        let at = self.state.position.next;
+        let pos = self.state.position;
+        // Read from the record before the position, to recognise it: the
+        // log's history is the one the loop applied only if that record is
+        // still there. (Not while reading one batch at a time past an
+        // unreadable one: that batch might be the record's alone.)
+        let verify = pos.tail.filter(|_| pos.next > 0 && !self.state.one_batch);
+        let from = if verify.is_some() {
+            pos.next - 1
+        } else {
+            pos.next
+        };
         // Fetching changes nothing, so it may be abandoned at shutdown.
         let fetched = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Next::End,
-            r = self.log.fetch(at, bytes, max_wait_ms) => r,
+            r = self.log.fetch(from, bytes, max_wait_ms) => r,
         };
         match fetched {
             Ok(Fetched {
                 records,
                 high_watermark,
             }) => {
+                if let Some(d) = verify {
+                    let at = pos.next - 1;
+                    match records.iter().find(|r| r.offset >= at) {
+                        Some(r) if r.offset == at && record_digest(&r.record) == d => {}
+                        Some(r) if r.offset == at => {
+                            return self.history_changed("another record".into()).await;
+                        }
+                        Some(r) => {
+                            let found = format!("no record (the next one is at {})", r.offset);
+                            return self.history_changed(found).await;
+                        }
+                        None => {
+                            let found = format!("no record (its log ends at {high_watermark})");
+                            return self.history_changed(found).await;
+                        }
+                    }
+                }
                 self.state.fetch_failures = 0;
-                self.state.lingering = !records.is_empty() && !self.state.one_batch;
+                self.state.lingering =
+                    records.iter().any(|r| r.offset >= pos.next) && !self.state.one_batch;
                 self.state.one_batch = false;
                 self.events.fetched(high_watermark);
                 let next = self.process(&records).await;
@@ -457,26 +633,25 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
                 }
                 next
             }
-            Err(FetchError::OutOfRange) => {
-                let reason = self.out_of_range(at).await;
-                self.stop(Stop::OutOfRange, "its offset is outside the log", reason)
-            }
+            Err(FetchError::OutOfRange) => self.out_of_range(from).await,
             Err(FetchError::Unreadable(why)) if !self.state.one_batch => {
                 // Apply what comes before the unreadable batch first.
-                self.events.unreadable_batch(at, &why);
+                self.events.unreadable_batch(pos.next, &why);
                 self.state.one_batch = true;
                 Next::Continue
             }
             Err(FetchError::Unreadable(why)) => {
                 let reason = format!(
-                    "the record batch at offset {at} cannot be read: {why}. payhook's \
+                    "the record batch at offset {} cannot be read: {why}. payhook's \
                      default (C-free) build reads uncompressed, gzip and snappy batches \
-                     only; see docs/guarantees.md, 'Compression'"
+                     only; see docs/guarantees.md, 'Compression'. {}",
+                    pos.next,
+                    self.reset_hint()
                 );
                 self.stop(Stop::Unreadable, "a record batch cannot be read", reason)
             }
             Err(FetchError::Failed(e)) => {
-                self.events.fetch_failed(at, &e);
+                self.events.fetch_failed(from, &e);
                 self.state.fetch_failures += 1;
                 if self.state.fetch_failures >= FETCH_FAILURES_BEFORE_RECONNECT {
                     // Do not trust a connection that keeps failing.
@@ -491,6 +666,29 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
                 self.pause()
             }
         }
+    }
+
+    /// The log no longer holds, at `next - 1`, the record the loop handled
+    /// there; `found` says what it holds instead.
+    async fn history_changed(&mut self, found: String) -> Next {
+        if let Ok(Some(id)) = self.log.topic_id().await {
+            if id != self.state.topic_id {
+                let reason = self.recreated(self.state.topic_id, id);
+                return self.stop(Stop::Recreated, "its topic was re-created", reason);
+            }
+        }
+        let at = self.state.position.next - 1;
+        let reason = format!(
+            "the log of {}/{} no longer holds, at offset {at}, the record payhook handled \
+             there: it holds {found}. Its history changed under the consumer (an unclean \
+             leader election truncated it and other records took those offsets); records \
+             of the new history from offset {at} on may never have been applied. Nothing \
+             was skipped. {}",
+            self.cfg.topic,
+            self.partition,
+            self.reset_hint()
+        );
+        self.stop(Stop::HistoryChanged, "the log's history changed", reason)
     }
 
     /// Applies fetched records in order: decodable runs in transactions,
@@ -523,24 +721,21 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
 
             let n = chunk.len();
             let first = records[i].offset;
-            let next = records[i + n - 1].offset + 1;
+            let last = &records[i + n - 1];
+            let next = last.offset + 1;
             let combine = !self.state.halving.isolating();
-            let stored = self.state.position.stored;
-            match sort(self.sink.apply(stored, next, chunk, combine).await) {
+            let advance = self.advance(next, &last.record);
+            match sort(self.sink.apply(advance, chunk, combine).await) {
                 Applied::Committed(outcome) => {
-                    self.state.position.committed(next);
+                    self.state
+                        .position
+                        .committed(next, advance.topic_id, advance.digest);
                     self.events.committed(next, &outcome);
                     self.state.retrying = None;
                     self.state.halving.committed(next);
                     i += n;
                 }
-                Applied::Moved(found) => {
-                    self.events.moved(found);
-                    self.state.position.resume_from(found);
-                    self.state.halving.reset();
-                    self.state.retrying = None;
-                    return self.pause();
-                }
+                Applied::Moved(found) => return self.moved(found),
                 Applied::LeaseLost => return self.lost(),
                 Applied::Failed(e) => {
                     let class = e.class();
@@ -619,6 +814,24 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
         (chunk, None)
     }
 
+    /// The fenced move of a commit that ends with `last`, at `next`.
+    fn advance(&self, next: i64, last: &Record) -> Advance {
+        Advance {
+            expected: self.state.position.stored,
+            next,
+            topic_id: self.state.topic_id,
+            digest: record_digest(last),
+        }
+    }
+
+    /// A commit was fenced: the stored row is not what the loop thought (an
+    /// operator moved it). Start again from what the database holds.
+    fn moved(&mut self, found: Option<i64>) -> Next {
+        self.events.moved(found);
+        self.state.phase = Phase::Starting;
+        self.pause()
+    }
+
     fn over_limit(&self, attempts: u32) -> bool {
         self.cfg.max_attempts.is_some_and(|m| attempts >= m)
     }
@@ -659,19 +872,17 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
             self.sink.dead_letter_topic(),
         );
         let letter = dlq::dead_letter(&record.record, &f);
-        let stored = self.state.position.stored;
-        let r = self.sink.dead_letter(stored, offset + 1, letter).await;
+        let advance = self.advance(offset + 1, &record.record);
+        let r = self.sink.dead_letter(advance, letter).await;
         match sort(r.map(|()| Outcome::default())) {
             Applied::Committed(_) => {
-                self.state.position.committed(offset + 1);
+                self.state
+                    .position
+                    .committed(offset + 1, advance.topic_id, advance.digest);
                 self.events.dead_lettered(offset + 1);
                 Next::Continue
             }
-            Applied::Moved(found) => {
-                self.events.moved(found);
-                self.state.position.resume_from(found);
-                self.pause()
-            }
+            Applied::Moved(found) => self.moved(found),
             Applied::LeaseLost => self.lost(),
             Applied::Failed(e) => {
                 self.events.dead_letter_failed(offset, &e);
@@ -680,31 +891,57 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
         }
     }
 
-    /// The position `at` fell outside the log: says which records are out
-    /// of reach and what an operator can do. Nothing moves here.
-    async fn out_of_range(&mut self, at: i64) -> String {
-        let reset = format!(
-            "`payhook offsets reset --topic {} --partition {} --to earliest|latest|OFFSET` moves it on",
-            self.cfg.topic, self.partition
-        );
+    /// A fetch from `from` was refused as out of range: finds out why, and
+    /// stops, saying which records are out of reach and what an operator can
+    /// do. Nothing moves here, with one exception: when only the record
+    /// before the position was deleted (retention), in a topic of the same
+    /// ID, the loop reads on from the position without comparing it.
+    async fn out_of_range(&mut self, from: i64) -> Next {
+        let next = self.state.position.next;
+        if let Ok(Some(id)) = self.log.topic_id().await {
+            if id != self.state.topic_id {
+                let reason = self.recreated(self.state.topic_id, id);
+                return self.stop(Stop::Recreated, "its topic was re-created", reason);
+            }
+        }
+        let reset = self.reset_hint();
         match self.log.bounds().await {
-            Ok((earliest, _)) if at < earliest => format!(
-                "offset {at} is below the log start {earliest}: records {at}..={} were deleted \
-                 (retention) before they were applied; nothing was skipped. {reset}",
-                earliest - 1
-            ),
-            Ok((_, latest)) if at > latest => format!(
-                "offset {at} is beyond the log end {latest} (was the topic deleted and \
-                 re-created?); nothing was skipped. {reset}"
-            ),
-            Ok((earliest, latest)) => format!(
-                "the broker says offset {at} is out of range, yet the log spans \
-                 {earliest}..{latest}; retrying while stopped. {reset}"
-            ),
-            Err(e) => format!(
-                "the broker says offset {at} is out of range, and the log's bounds cannot be \
-                 read ({e}). {reset}"
-            ),
+            Ok((earliest, _)) if from < next && earliest == next => {
+                self.state.position.tail = None;
+                Next::Continue
+            }
+            Ok((earliest, _)) if next < earliest => {
+                let reason = format!(
+                    "offset {next} is below the log start {earliest}: records {next}..={} were \
+                     deleted (retention) before they were applied; nothing was skipped. {reset}",
+                    earliest - 1
+                );
+                self.stop(Stop::Deleted, "its offset is below the log start", reason)
+            }
+            Ok((_, latest)) if next > latest => {
+                let reason = format!(
+                    "offset {next} is beyond the log end {latest}: the log was truncated (an \
+                     unclean leader election) or re-created, and records it holds, or will \
+                     hold, from offset {latest} on may be another history that was never \
+                     applied. Nothing was skipped, and the partition does not go on by itself \
+                     whatever the log end does later. {reset}"
+                );
+                self.stop(Stop::BeyondEnd, "its offset is beyond the log end", reason)
+            }
+            Ok((earliest, latest)) => {
+                let reason = format!(
+                    "the broker says offset {from} is out of range, yet the log spans \
+                     {earliest}..{latest}; probing while stopped. {reset}"
+                );
+                self.stop(Stop::Unsettled, "the broker refused its offset", reason)
+            }
+            Err(e) => {
+                let reason = format!(
+                    "the broker says offset {from} is out of range, and the log's bounds \
+                     cannot be read ({e}); probing while stopped. {reset}"
+                );
+                self.stop(Stop::Unsettled, "the broker refused its offset", reason)
+            }
         }
     }
 }

@@ -17,7 +17,11 @@ use super::{
     unit::{self, Effect, Move},
 };
 use crate::{
-    db::{self, DbError, leases::Lease, offsets},
+    db::{
+        self, DbError,
+        leases::Lease,
+        offsets::{self, Advance, Stored},
+    },
     domain::orders::Outcome,
     kafka::{envelope::Event, producer::Producer},
 };
@@ -45,28 +49,23 @@ pub struct PgSink {
 }
 
 impl Sink for PgSink {
-    async fn stored_offset(&self) -> Result<Option<i64>, DbError> {
+    async fn stored(&self) -> Result<Option<Stored>, DbError> {
         let l = &self.lease;
         db::bounded("reading the stored offset", self.db_deadline, async {
             let conn = self.pool.get().await?;
-            offsets::load(&**conn, &l.group, &l.topic, l.partition).await
+            offsets::load_stored(&**conn, &l.group, &l.topic, l.partition).await
         })
         .await
     }
 
     async fn apply(
         &self,
-        expected: Option<i64>,
-        next: i64,
+        advance: Advance,
         events: Vec<Event>,
         combine: bool,
     ) -> Result<Outcome, ProcessError> {
         let events = if combine {
-            match self
-                .committers
-                .commit(&self.lease, expected, next, events)
-                .await
-            {
+            match self.committers.commit(&self.lease, advance, events).await {
                 Ok(r) => return r,
                 Err(events) => events,
             }
@@ -75,8 +74,7 @@ impl Sink for PgSink {
         };
         let fence = Move {
             lease: &self.lease,
-            expected,
-            next,
+            advance,
         };
         let r = unit::commit(
             &self.pool,
@@ -90,12 +88,7 @@ impl Sink for PgSink {
         r
     }
 
-    async fn dead_letter(
-        &self,
-        expected: Option<i64>,
-        next: i64,
-        letter: Record,
-    ) -> Result<(), ProcessError> {
+    async fn dead_letter(&self, advance: Advance, letter: Record) -> Result<(), ProcessError> {
         let dl = &self.dead_letters;
         let publish = async {
             dl.producer
@@ -106,8 +99,7 @@ impl Sink for PgSink {
         };
         let fence = Move {
             lease: &self.lease,
-            expected,
-            next,
+            advance,
         };
         let r = unit::commit(
             &self.pool,

@@ -26,7 +26,12 @@ use uuid::Uuid;
 
 use super::{classify::ProcessError, waiting};
 use crate::{
-    db::{DbError, leases::Lease, offsets, store::PgStore},
+    db::{
+        DbError,
+        leases::Lease,
+        offsets::{self, Advance},
+        store::PgStore,
+    },
     domain::{
         disputes::{ChargebackEvent, DisputeService},
         orders::{OrderService, Outcome, PaymentEvent},
@@ -47,12 +52,12 @@ pub enum Effect<P> {
 pub type Events = Effect<std::future::Ready<Result<(), String>>>;
 
 /// One fenced move of a partition's stored offset: this process holds
-/// `lease`, the database holds `expected`, and the run ends before `next`.
+/// `lease`, the database holds `advance.expected`, and the run ends before
+/// `advance.next`.
 #[derive(Clone, Copy, Debug)]
 pub struct Move<'a> {
     pub lease: &'a Lease,
-    pub expected: Option<i64>,
-    pub next: i64,
+    pub advance: Advance,
 }
 
 /// One partition's run in its own transaction: fence, effect, commit, all
@@ -138,13 +143,13 @@ async fn with_deadline(
 /// if this member still holds the lease at its epoch, and locks both rows
 /// until commit; otherwise says why not.
 async fn fence(tx: &Transaction<'_>, member: Uuid, m: Move<'_>) -> Result<(), ProcessError> {
-    match offsets::advance(tx, member, m.lease, m.expected, m.next).await? {
+    match offsets::advance(tx, member, m.lease, m.advance).await? {
         Ok(()) => Ok(()),
         Err(offsets::Fenced::Lease) => Err(ProcessError::LeaseLost {
             epoch: m.lease.epoch,
         }),
         Err(offsets::Fenced::Offset(found)) => Err(ProcessError::Fenced {
-            expected: m.expected,
+            expected: m.advance.expected,
             found,
         }),
     }

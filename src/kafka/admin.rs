@@ -1,7 +1,8 @@
 //! payhook's own admin connection to a broker, for what rskafka 0.6 cannot
 //! do: create topics **with** configuration entries (`min.insync.replicas`,
 //! `retention.ms`), read a topic's configuration back (DescribeConfigs),
-//! and count the brokers.
+//! count the brokers, and read a topic's ID (Metadata v10+), which tells a
+//! re-created topic from the one it replaced.
 //!
 //! Requests are encoded by the pure-Rust `kafka-protocol` crate (generated
 //! from Kafka's message schemas); framing, TLS and SASL are done here, with
@@ -89,6 +90,9 @@ pub enum Created {
 const CREATE_TOPICS_VERSION: i16 = 5;
 const DESCRIBE_CONFIGS_VERSION: i16 = 1;
 const METADATA_VERSION: i16 = 4;
+/// The first Metadata version that carries topic IDs is 10; 12 is the one
+/// Kafka 3.x and 4.x both serve with topic names and IDs.
+const METADATA_TOPIC_ID_VERSION: i16 = 12;
 const SASL_HANDSHAKE_VERSION: i16 = 1;
 const SASL_AUTHENTICATE_VERSION: i16 = 1;
 /// Kafka's resource type code for a topic.
@@ -270,6 +274,35 @@ impl Admin {
             .iter()
             .map(|p| i16::try_from(p.replica_nodes.len()).unwrap_or(i16::MAX))
             .min())
+    }
+
+    /// The topic ID the broker has for `topic` (a new one each time a topic
+    /// of that name is created), or `None` when it knows no such topic.
+    pub async fn topic_id(&mut self, topic: &str) -> Result<Option<uuid::Uuid>, AdminError> {
+        let resp = self
+            .call(
+                "reading a topic's ID",
+                METADATA_TOPIC_ID_VERSION,
+                &MetadataRequest::default()
+                    .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                        TopicName(StrBytes::from_string(topic.to_owned())),
+                    ))]))
+                    .with_allow_auto_topic_creation(false),
+            )
+            .await?;
+        let Some(t) = resp.topics.into_iter().next() else {
+            return Ok(None);
+        };
+        match t.error_code {
+            0 if !t.topic_id.is_nil() => Ok(Some(t.topic_id)),
+            // UNKNOWN_TOPIC_OR_PARTITION, or a broker that has no ID for it.
+            0 | 3 => Ok(None),
+            code => Err(AdminError::Broker {
+                what: "reading a topic's ID",
+                error: error_name(code),
+                message: None,
+            }),
+        }
     }
 
     /// Creates `topic` with these configuration entries, unless it exists.

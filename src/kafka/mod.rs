@@ -133,6 +133,28 @@ pub async fn log_bounds(
     Ok((earliest, latest))
 }
 
+/// The SHA-256 of a record's key, value and timestamp: what the consumer
+/// remembers of the last record it handled, to recognise it when it reads
+/// the log again (a log whose history changed holds another record, or
+/// none, at that offset). Headers are left out: payhook's own records
+/// repeat the value's event id in them.
+pub fn record_digest(r: &rskafka::record::Record) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [r.key.as_deref(), r.value.as_deref()] {
+        match part {
+            Some(b) => {
+                h.update([1]);
+                h.update((b.len() as u64).to_be_bytes());
+                h.update(b);
+            }
+            None => h.update([0]),
+        }
+    }
+    h.update(r.timestamp.timestamp_millis().to_be_bytes());
+    h.finalize().into()
+}
+
 /// Runs a broker call with a deadline. rskafka keeps retrying internally
 /// until its own backoff deadline; this is the hard stop.
 pub async fn bounded<T>(
@@ -305,6 +327,15 @@ impl Kafka {
                 .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Retry),
         )
         .await
+    }
+
+    /// The topic ID the brokers have for `topic` now, asked on payhook's own
+    /// admin connection (rskafka's metadata carries no IDs). `None` when the
+    /// topic does not exist.
+    pub async fn topic_id(&self, topic: &str) -> Result<Option<uuid::Uuid>, KafkaError> {
+        let mut admin =
+            admin::Admin::connect(&self.brokers, &self.transport, self.request_timeout).await?;
+        Ok(admin.topic_id(topic).await?)
     }
 
     /// The controller client, and the broker-side timeout for admin calls.

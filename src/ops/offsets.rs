@@ -46,6 +46,10 @@ pub struct OffsetReset {
     pub before: Option<i64>,
     /// The stored offset after.
     pub after: i64,
+    /// The topic ID the stored offset belonged to before (`None`: not
+    /// known, or no row), and the one it belongs to after: the broker's now.
+    pub topic_id_before: Option<uuid::Uuid>,
+    pub topic_id_after: uuid::Uuid,
     /// The log's bounds when it was decided.
     pub earliest: i64,
     pub latest: i64,
@@ -55,9 +59,12 @@ pub struct OffsetReset {
 
 /// `payhook offsets reset`: sets the stored offset of one partition, an
 /// operator's deliberate decision for a partition that stopped (its offset
-/// fell out of the log, or a batch cannot be read). The consumer group is
-/// the one configured for the topic. A running consumer resumes from the
-/// new offset within seconds.
+/// fell out of the log, its topic was re-created, its log's history
+/// changed, a batch cannot be read). The new offset is a position in the
+/// log the broker has now: the row adopts that log's topic ID, and forgets
+/// the digest of the last record handled. The consumer group is the one
+/// configured for the topic. A running consumer starts again from the new
+/// offset within seconds.
 pub async fn reset(
     cfg: &Config,
     topic: &str,
@@ -83,6 +90,11 @@ pub async fn reset(
             partitions.len()
         )));
     }
+    let topic_id = kafka.topic_id(topic).await?.ok_or_else(|| {
+        OpsError::Invalid(format!(
+            "the broker has no topic ID for {topic} (does it exist?)"
+        ))
+    })?;
     let client = kafka.partition_client(topic, partition).await?;
     let (earliest, latest) = log_bounds(&client, kafka.request_timeout()).await?;
     let after = match to {
@@ -98,16 +110,18 @@ pub async fn reset(
     let pool = db::pool_from_config(&cfg.database, 1)?;
     let conn = pool.get().await.map_err(DbError::from)?;
     let before = if dry_run {
-        db::offsets::load(&**conn, group, topic, partition).await?
+        db::offsets::load_stored(&**conn, group, topic, partition).await?
     } else {
-        db::offsets::reset(&**conn, group, topic, partition, after).await?
+        db::offsets::reset(&**conn, group, topic, partition, after, Some(topic_id)).await?
     };
     Ok(OffsetReset {
         group: group.clone(),
         topic: topic.to_owned(),
         partition,
-        before,
+        before: before.as_ref().map(|s| s.next),
         after,
+        topic_id_before: before.and_then(|s| s.topic_id),
+        topic_id_after: topic_id,
         earliest,
         latest,
         applied: !dry_run,
@@ -123,5 +137,14 @@ impl OffsetReset {
             "{}/{} (group {}): log {}..{}; stored offset {verb} {before} -> {}",
             self.topic, self.partition, self.group, self.earliest, self.latest, self.after
         );
+        let id_before = self
+            .topic_id_before
+            .map_or("(none)".into(), |i| i.to_string());
+        if self.topic_id_before != Some(self.topic_id_after) {
+            println!(
+                "  topic ID {verb} {id_before} -> {} (the log the broker has now)",
+                self.topic_id_after
+            );
+        }
     }
 }

@@ -46,12 +46,12 @@ fn compare(doc: &str, found: &[(String, String)], expected_line: impl Fn(&Settin
     }
     for (n, d) in found {
         if Setting::named(n).is_none() {
-            diff.push(format!("- {n} = {d:?} (no such setting in src/config.rs)"));
+            diff.push(format!("- {n} = {d:?} (no such setting in src/config/mod.rs)"));
         }
     }
     assert!(
         diff.is_empty(),
-        "{doc} does not match the settings declared in src/config.rs:\n{}\n",
+        "{doc} does not match the settings declared in src/config/mod.rs:\n{}\n",
         diff.join("\n")
     );
 }

@@ -522,3 +522,104 @@ async fn a_batch_in_a_codec_payhook_cannot_read_stops_its_partition_loudly() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// Posts `body` until it is answered 202 (as a provider retries), within
+/// 60 s.
+async fn post_until_accepted(app: &TestApp, body: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = app.post("/webhooks/payments/orders", body).await;
+        if r.status() == 202 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never accepted: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_stops_its_partition_and_loses_nothing() {
+    let env = Env::with_partitions(1).await;
+    let app = env.start(&[("CONSUMER_LEASE_TTL", "2s")]).await;
+    let topic = env.orders_topic.clone();
+    for i in 0..40 {
+        app.payment(&payment(&format!("old-{i}"), "ord_re", "pending", &at(i)))
+            .await;
+    }
+    env.wait_caught_up().await;
+    assert_eq!(env.stored_offsets("payhook-orders", &topic).await[0], 40);
+    let old_id = env.kafka.topic_id(&topic).await.unwrap().unwrap();
+
+    // The topic is deleted and created again, same name and partitions.
+    env.kafka.delete_topic(&topic).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env
+        .kafka
+        .ensure_topic(&topic, std::num::NonZeroU32::new(1).unwrap(), 1)
+        .await
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "cannot re-create the topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let new_id = env.kafka.topic_id(&topic).await.unwrap().unwrap();
+    assert_ne!(old_id, new_id);
+    // 100 new webhooks, each answered 202 (after the producer finds the new
+    // topic): more than the 40 the stored offset says were applied.
+    for i in 0..100 {
+        post_until_accepted(
+            &app,
+            &payment(&format!("new-{i}"), "ord_re", "pending", &at(100 + i)),
+        )
+        .await;
+    }
+    // The partition stops and says why; nothing of the new log is applied.
+    let v = wait_readyz(&app, "stopped on re-creation", |v| {
+        stopped_reason(v, &topic, 0).is_some_and(|r| r.contains("re-created"))
+    })
+    .await;
+    let reason = stopped_reason(&v, &topic, 0).unwrap().to_owned();
+    assert!(
+        reason.contains(&old_id.to_string()) && reason.contains(&new_id.to_string()),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 40);
+    let text = app.metrics().await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("payhook_consumer_stopped{{topic=\"{topic}\",partition=\"0\"}}")
+        ),
+        1.0
+    );
+
+    // The operator looks first, then starts the new log from its start.
+    let cfg = env.config(&[]);
+    let dry = ops::offsets::reset(&cfg, &topic, 0, ResetTo::Earliest, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            dry.before,
+            dry.after,
+            dry.topic_id_before,
+            dry.topic_id_after
+        ),
+        (Some(40), 0, Some(old_id), new_id)
+    );
+    assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 40);
+    ops::offsets::reset(&cfg, &topic, 0, ResetTo::Earliest, false)
+        .await
+        .unwrap();
+    env.wait_caught_up().await;
+    // Every new webhook applied, none skipped.
+    let stored = ids(&env).await;
+    assert_eq!(stored.len(), 140, "{stored:?}");
+    for i in 0..100 {
+        assert!(stored.contains(&format!("new-{i}")), "new-{i} missing");
+    }
+    wait_readyz(&app, "ready again", |v| v["status"] == "ready").await;
+    app.stop().await;
+    env.cleanup().await;
+}

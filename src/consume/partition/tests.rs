@@ -39,11 +39,16 @@ fn poison_record() -> Record {
     }
 }
 
+/// The topic ID of the scripted topics (and of the stored rows that name
+/// one).
+const TOPIC: Uuid = Uuid::from_u128(0x1111);
+
 /// A partition's log: records at offsets `earliest..end`, answered as the
 /// broker would, with scripted failures first.
 struct ScriptedLog {
     records: Vec<RecordAndOffset>,
     earliest: i64,
+    topic_id: Uuid,
     /// Errors the next fetches return, in order, before any data.
     failures: VecDeque<FetchError>,
     /// From this offset on, batches cannot be decoded; one batch (one
@@ -68,6 +73,7 @@ impl ScriptedLog {
         Self {
             records,
             earliest,
+            topic_id: TOPIC,
             failures: VecDeque::new(),
             unreadable_from: None,
             fetches: Vec::new(),
@@ -124,6 +130,10 @@ impl Log for ScriptedLog {
     async fn bounds(&mut self) -> Result<(i64, i64), KafkaError> {
         Ok((self.earliest, self.end()))
     }
+
+    async fn topic_id(&mut self) -> Result<Option<Uuid>, KafkaError> {
+        Ok(Some(self.topic_id))
+    }
 }
 
 /// One transaction the sink saw.
@@ -138,7 +148,7 @@ struct Tx {
 /// that fail whenever a transaction holds them.
 #[derive(Default)]
 struct MemorySink {
-    stored: Mutex<Option<i64>>,
+    stored: Mutex<Option<Stored>>,
     failing: Mutex<HashMap<i64, ErrorClass>>,
     lease_lost: Mutex<bool>,
     txs: Mutex<Vec<Tx>>,
@@ -155,16 +165,45 @@ impl MemorySink {
         s
     }
 
-    fn fence(&self, expected: Option<i64>) -> Result<(), ProcessError> {
+    /// The row at `next` of the scripted topic, as a reset leaves it.
+    fn at(next: i64) -> Self {
+        let s = Self::default();
+        s.set(next, Some(TOPIC));
+        s
+    }
+
+    /// What an operator's reset writes.
+    fn set(&self, next: i64, topic_id: Option<Uuid>) {
+        *self.stored.lock().unwrap() = Some(Stored {
+            next,
+            topic_id,
+            digest: None,
+        });
+    }
+
+    /// As `db::offsets::advance`: the lease, the expected offset and the
+    /// topic ID (or none yet) are checked; the move writes all three.
+    fn fence(&self, a: Advance) -> Result<(), ProcessError> {
         if *self.lease_lost.lock().unwrap() {
             return Err(ProcessError::LeaseLost { epoch: 1 });
         }
-        let found = *self.stored.lock().unwrap();
-        if found == expected {
-            Ok(())
-        } else {
-            Err(ProcessError::Fenced { expected, found })
+        let mut stored = self.stored.lock().unwrap();
+        let found = stored.as_ref().map(|s| s.next);
+        let same_topic = stored
+            .as_ref()
+            .is_none_or(|s| s.topic_id.is_none_or(|t| t == a.topic_id));
+        if found != a.expected || !same_topic {
+            return Err(ProcessError::Fenced {
+                expected: a.expected,
+                found,
+            });
         }
+        *stored = Some(Stored {
+            next: a.next,
+            topic_id: Some(a.topic_id),
+            digest: Some(a.digest),
+        });
+        Ok(())
     }
 
     fn dead(&self) -> Vec<i64> {
@@ -181,18 +220,17 @@ fn offset_of(e: &Event) -> i64 {
 }
 
 impl Sink for MemorySink {
-    async fn stored_offset(&self) -> Result<Option<i64>, DbError> {
-        Ok(*self.stored.lock().unwrap())
+    async fn stored(&self) -> Result<Option<Stored>, DbError> {
+        Ok(self.stored.lock().unwrap().clone())
     }
 
     async fn apply(
         &self,
-        expected: Option<i64>,
-        next: i64,
+        advance: Advance,
         events: Vec<Event>,
         combine: bool,
     ) -> Result<Outcome, ProcessError> {
-        self.fence(expected)?;
+        let next = advance.next;
         let offsets: Vec<i64> = events.iter().map(offset_of).collect();
         let first = offsets[0];
         let failing = self.failing.lock().unwrap().clone();
@@ -204,6 +242,11 @@ impl Sink for MemorySink {
             combine,
             committed: fails.is_none(),
         });
+        if fails.is_none() {
+            self.fence(advance)?;
+        } else if *self.lease_lost.lock().unwrap() {
+            return Err(ProcessError::LeaseLost { epoch: 1 });
+        }
         match fails {
             Some((offset, ErrorClass::Permanent)) => Err(ProcessError::Decode {
                 offset,
@@ -214,7 +257,6 @@ impl Sink for MemorySink {
                 after: Duration::from_secs(1),
             })),
             None => {
-                *self.stored.lock().unwrap() = Some(next);
                 self.applied.lock().unwrap().extend(&offsets);
                 Ok(Outcome {
                     stored: offsets.len(),
@@ -224,16 +266,10 @@ impl Sink for MemorySink {
         }
     }
 
-    async fn dead_letter(
-        &self,
-        expected: Option<i64>,
-        next: i64,
-        letter: Record,
-    ) -> Result<(), ProcessError> {
-        self.fence(expected)?;
+    async fn dead_letter(&self, advance: Advance, letter: Record) -> Result<(), ProcessError> {
+        self.fence(advance)?;
         let class = String::from_utf8(letter.headers[dlq::H_ERROR_CLASS].clone()).unwrap();
-        self.dead.lock().unwrap().push((next - 1, class));
-        *self.stored.lock().unwrap() = Some(next);
+        self.dead.lock().unwrap().push((advance.next - 1, class));
         Ok(())
     }
 
@@ -257,6 +293,7 @@ fn config(max_batch: usize, max_attempts: Option<u32>) -> Arc<ConsumerConfig> {
         occurred_at_max_future: Duration::from_secs(86_400),
         db_deadline: Duration::from_secs(5),
         publish_timeout: Duration::from_secs(5),
+        first_start: FirstStart::Earliest,
     })
 }
 
@@ -421,13 +458,15 @@ async fn an_undecodable_record_is_dead_lettered_where_it_stands() {
 async fn out_of_range_stops_until_an_operator_moves_the_offset() {
     // The log starts at 10 (retention deleted 0..10); the stored offset is 5.
     let recs: Vec<Record> = (10..20).map(payment_record).collect();
-    let sink = MemorySink::default();
-    *sink.stored.lock().unwrap() = Some(5);
-    let mut h = harness(ScriptedLog::starting_at(10, recs), sink, config(100, None));
+    let mut h = harness(
+        ScriptedLog::starting_at(10, recs),
+        MemorySink::at(5),
+        config(100, None),
+    );
     assert_eq!(h.lp.step().await, Next::Continue);
     assert_eq!(h.lp.state.position.next, 5);
     assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
-    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::OutOfRange));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::Deleted));
     let reason = h.stopped_reason().expect("reported stopped");
     assert!(reason.contains("below the log start 10"), "{reason}");
     assert!(reason.contains("records 5..=9 were deleted"), "{reason}");
@@ -437,8 +476,9 @@ async fn out_of_range_stops_until_an_operator_moves_the_offset() {
     }
     assert_eq!(h.lp.state.position.next, 5);
     assert!(h.txs().is_empty());
-    // The operator's reset: it resumes from there.
-    *h.lp.sink.stored.lock().unwrap() = Some(10);
+    // The operator's reset: it starts again from there.
+    h.lp.sink.set(10, Some(TOPIC));
+    assert_eq!(h.lp.step().await, Next::Continue);
     assert_eq!(h.lp.step().await, Next::Continue);
     assert_eq!(h.lp.state.phase, Phase::Running);
     assert_eq!(h.stopped_reason(), None);
@@ -450,12 +490,13 @@ async fn out_of_range_stops_until_an_operator_moves_the_offset() {
 }
 
 #[tokio::test]
-async fn an_offset_that_is_readable_again_resumes_by_itself() {
+async fn an_offset_that_is_readable_again_in_the_same_history_resumes_by_itself() {
     let mut log = ScriptedLog::with(records(3));
     log.failures.push_back(FetchError::OutOfRange);
     let mut h = harness(log, MemorySink::default(), config(100, None));
     h.lp.step().await;
     assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::Unsettled));
     // The probe at the position succeeds (a leader change had made it look
     // out of range).
     assert_eq!(h.lp.step().await, Next::Continue);
@@ -499,11 +540,12 @@ async fn a_busy_partition_lingers_and_an_idle_one_long_polls() {
     let f = &h.lp.log.fetches;
     let (max, min) = (4 << 20, 256 << 10);
     // Idle: the first byte ends the wait. After records: wait for
-    // KAFKA_FETCH_MIN_BYTES, at most CONSUMER_LINGER. After an empty fetch:
-    // idle again.
+    // KAFKA_FETCH_MIN_BYTES, at most CONSUMER_LINGER. After a fetch that
+    // brought nothing new: idle again. Once a record was handled, every
+    // fetch starts at it, to recognise it.
     assert_eq!(
         f.as_slice(),
-        &[(0, 1..max, 250), (3, min..max, 20), (3, 1..max, 250)]
+        &[(0, 1..max, 250), (2, min..max, 20), (2, 1..max, 250)]
     );
 }
 
@@ -536,16 +578,11 @@ async fn a_lost_lease_ends_the_loop_and_an_operator_move_is_followed() {
         config(100, None),
     );
     h.lp.step().await;
-    // Someone moved the stored offset to 3 after the loop read it.
-    *h.lp.sink.stored.lock().unwrap() = Some(3);
+    // Someone moved the stored offset to 3 after the loop read it: the
+    // commit is fenced, and the loop starts again from the database's row.
+    h.lp.sink.set(3, Some(TOPIC));
     assert!(matches!(h.lp.step().await, Next::Wait(_)));
-    assert_eq!(
-        h.lp.state.position,
-        Position {
-            next: 3,
-            stored: Some(3)
-        }
-    );
+    assert_eq!(h.lp.state.phase, Phase::Starting);
     h.until(5, 5).await;
     assert_eq!(*h.lp.sink.applied.lock().unwrap(), vec![3, 4]);
 
@@ -558,4 +595,150 @@ async fn a_lost_lease_ends_the_loop_and_an_operator_move_is_followed() {
     *h.lp.sink.lease_lost.lock().unwrap() = true;
     assert_eq!(h.lp.step().await, Next::End);
     assert!(h.lp.sink.applied.lock().unwrap().is_empty());
+}
+
+/// The log's records at `range` in another history: same offsets, other
+/// records (a topic re-created, or an unclean leader election).
+fn other_history(n: i64) -> Vec<Record> {
+    (0..n).map(|i| payment_record(1000 + i)).collect()
+}
+
+#[tokio::test]
+async fn a_recreated_topic_stops_the_partition_until_an_operator_decides() {
+    // 40 applied in the old log; the topic is re-created (another ID) and
+    // 100 new records are written before the consumer starts again.
+    let mut old = harness(
+        ScriptedLog::with(records(40)),
+        MemorySink::default(),
+        config(100, None),
+    );
+    old.until(40, 10).await;
+    let sink = std::mem::take(&mut old.lp.sink);
+    let mut log = ScriptedLog::with(other_history(100));
+    log.topic_id = Uuid::from_u128(0x2222);
+    let mut h = harness(log, sink, config(100, None));
+    assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::Recreated));
+    let reason = h.stopped_reason().unwrap();
+    assert!(
+        reason.contains("was re-created")
+            && reason.contains(&TOPIC.to_string())
+            && reason.contains(&Uuid::from_u128(0x2222).to_string()),
+        "{reason}"
+    );
+    // Whatever the log does, it stays stopped and applies nothing.
+    for _ in 0..5 {
+        assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    }
+    assert_eq!(h.lp.sink.applied.lock().unwrap().len(), 40);
+    // The operator's reset to the new log's start, adopting its ID.
+    h.lp.sink.set(0, Some(Uuid::from_u128(0x2222)));
+    h.until(100, 10).await;
+    let applied = h.lp.sink.applied.lock().unwrap().clone();
+    assert_eq!(applied.len(), 140, "every new record applied, none skipped");
+    assert_eq!(&applied[40..], (0..100).collect::<Vec<_>>().as_slice());
+}
+
+#[tokio::test]
+async fn a_log_whose_history_changed_under_a_running_consumer_stops_it() {
+    let mut h = harness(
+        ScriptedLog::with(records(40)),
+        MemorySink::default(),
+        config(100, None),
+    );
+    h.until(40, 10).await;
+    // Same topic ID, another history at the same offsets (an unclean leader
+    // election truncated the log, then other records were written).
+    h.lp.log.records = ScriptedLog::with(other_history(60)).records;
+    assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::HistoryChanged));
+    let reason = h.stopped_reason().unwrap();
+    assert!(
+        reason.contains("offset 39") && reason.contains("another record"),
+        "{reason}"
+    );
+    for _ in 0..3 {
+        assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    }
+    assert_eq!(h.lp.sink.applied.lock().unwrap().len(), 40);
+    assert_eq!(h.lp.state.position.next, 40);
+}
+
+#[tokio::test]
+async fn an_offset_beyond_the_log_end_never_resumes_by_itself() {
+    let mut h = harness(
+        ScriptedLog::with(records(40)),
+        MemorySink::default(),
+        config(100, None),
+    );
+    h.until(40, 10).await;
+    // The log is truncated to 10 records...
+    h.lp.log.records.truncate(10);
+    assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::BeyondEnd));
+    let reason = h.stopped_reason().unwrap();
+    assert!(reason.contains("beyond the log end 10"), "{reason}");
+    // ...then grows past the old position with other records: still
+    // stopped, nothing applied.
+    h.lp.log.records = ScriptedLog::with(other_history(100)).records;
+    for _ in 0..5 {
+        assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    }
+    assert_eq!(h.lp.sink.applied.lock().unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn a_first_start_that_cannot_see_offset_0_says_so_or_stops() {
+    let recs = || (5..8).map(payment_record).collect::<Vec<_>>();
+    // Default: starts at the first record still there, and says which were
+    // deleted.
+    let mut h = harness(
+        ScriptedLog::starting_at(5, recs()),
+        MemorySink::default(),
+        config(100, None),
+    );
+    h.until(8, 5).await;
+    assert_eq!(*h.lp.sink.applied.lock().unwrap(), vec![5, 6, 7]);
+    let notice = h.health.report()[0].notice.clone().unwrap();
+    assert!(notice.contains("records 0..=4 were deleted"), "{notice}");
+
+    // CONSUMER_FIRST_START=stop: stops until an operator sets a position.
+    let mut cfg = (*config(100, None)).clone();
+    cfg.first_start = FirstStart::Stop;
+    let mut h = harness(
+        ScriptedLog::starting_at(5, recs()),
+        MemorySink::default(),
+        Arc::new(cfg),
+    );
+    assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::FirstStart));
+    assert!(
+        h.stopped_reason()
+            .unwrap()
+            .contains("CONSUMER_FIRST_START=stop")
+    );
+    assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    h.lp.sink.set(5, Some(TOPIC));
+    h.until(8, 5).await;
+    assert_eq!(*h.lp.sink.applied.lock().unwrap(), vec![5, 6, 7]);
+}
+
+#[tokio::test]
+async fn when_retention_takes_only_the_record_before_the_position_it_reads_on() {
+    let mut h = harness(
+        ScriptedLog::with(records(10)),
+        MemorySink::default(),
+        config(100, None),
+    );
+    h.until(10, 5).await;
+    // Retention deletes 0..=9: the log starts at the position, 10.
+    let mut log = ScriptedLog::starting_at(10, (10..15).map(payment_record).collect());
+    log.topic_id = TOPIC;
+    h.lp.log = log;
+    h.until(15, 5).await;
+    assert_eq!(h.lp.state.phase, Phase::Running);
+    assert_eq!(
+        *h.lp.sink.applied.lock().unwrap(),
+        (0..15).collect::<Vec<_>>()
+    );
 }
