@@ -8,6 +8,11 @@
 //! Field names are the same in every module, so one query finds an event
 //! wherever it was logged: `event_id`, `order_id`, `topic`, `partition`,
 //! `offset`, and `error` for the cause.
+//!
+//! Input is never logged whole: an id, a type or a string taken from a
+//! request or a record goes into a log line, an error message or a
+//! dead-letter header only as an [`excerpt`], so no line grows with what a
+//! client sends. Secrets are never logged at all (`crate::config`).
 
 use std::io::IsTerminal;
 
@@ -15,6 +20,34 @@ use tracing::Subscriber;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 use crate::config::LogFormat;
+
+/// Longest excerpt of input in a log line or an error message, in bytes.
+pub const EXCERPT_BYTES: usize = 256;
+
+/// At most `max` bytes of `s`, cut at a character boundary. A cut excerpt
+/// ends with `…` and says how long the whole was, so a reader knows it is
+/// not all: `"abc… (1048576 bytes)"`.
+pub fn excerpt(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len()).into()
+}
+
+/// [`excerpt`] of bytes that may not be text (a record's key).
+pub fn excerpt_bytes(b: &[u8], max: usize) -> String {
+    let head = &b[..b.len().min(max)];
+    let text = String::from_utf8_lossy(head);
+    if b.len() <= max {
+        text.into_owned()
+    } else {
+        format!("{text}… ({} bytes)", b.len())
+    }
+}
 
 /// Whether `format` means JSON when the output is (or is not) a terminal.
 pub fn is_json(format: LogFormat, terminal: bool) -> bool {
@@ -63,6 +96,18 @@ pub fn init(filter: &str, format: LogFormat) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn excerpts_are_bounded_and_say_so() {
+        assert_eq!(excerpt("short", 10), "short");
+        let long = "é".repeat(1000);
+        let e = excerpt(&long, 7);
+        assert!(e.starts_with("ééé…"), "{e}");
+        assert!(e.ends_with("(2000 bytes)"), "{e}");
+        assert!(e.len() < 30);
+        assert_eq!(excerpt_bytes(b"ab", 5), "ab");
+        assert_eq!(excerpt_bytes(&[b'x'; 10], 3), "xxx… (10 bytes)");
+    }
+
     use std::sync::{Arc, Mutex};
 
     use super::*;

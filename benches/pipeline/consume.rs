@@ -56,6 +56,7 @@ pub async fn run(profile: &Profile, ceiling: Option<f64>) -> Vec<Row> {
         dead_letters: DeadLetters {
             producer: dead_letter_producer.clone(),
             topic: env.dlq_topic.clone(),
+            max_bytes: payhook::consume::dlq::DEFAULT_MAX_MESSAGE_BYTES,
         },
         health: ConsumerHealth::new(cfg.consumer.stall_after, metrics.clone()),
         committers: payhook::consume::committer::Committers::start(

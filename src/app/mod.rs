@@ -85,6 +85,8 @@ pub struct Application {
     member: uuid::Uuid,
     /// `ADMIN_ADDR`, when set.
     admin_listener: Option<TcpListener>,
+    /// The dead-letter topic's `max.message.bytes`, as read at start-up.
+    dead_letter_max_bytes: usize,
 }
 
 impl Application {
@@ -115,7 +117,10 @@ impl Application {
         // Durability, retention, compression and size limits of the three
         // topics: warnings are logged; a webhook size the broker would
         // refuse stops start-up.
-        topics::check_at_startup(&cfg.kafka, cfg.http.max_body_bytes).await?;
+        let checked = topics::check_at_startup(&cfg.kafka, cfg.http.max_body_bytes).await?;
+        let dead_letter_max_bytes = checked
+            .dlq_max_message_bytes
+            .unwrap_or(crate::consume::dlq::DEFAULT_MAX_MESSAGE_BYTES);
         let (producer, producer_tasks) = Producer::start(
             &kafka,
             &[
@@ -179,6 +184,7 @@ impl Application {
             health,
             member,
             admin_listener,
+            dead_letter_max_bytes,
         })
     }
 
@@ -215,6 +221,7 @@ impl Application {
             health,
             member,
             admin_listener,
+            dead_letter_max_bytes,
         } = self;
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
@@ -244,6 +251,7 @@ impl Application {
             dead_letters: DeadLetters {
                 producer: producer.clone(),
                 topic: cfg.kafka.dlq_topic.clone(),
+                max_bytes: dead_letter_max_bytes,
             },
             metrics: metrics.clone(),
             health: health.clone(),
@@ -272,6 +280,7 @@ impl Application {
                     // Longer than one publish may take, with room.
                     claim_for: cfg.kafka.publish_timeout * 2 + Duration::from_secs(5),
                     db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
+                    dead_letter_max_bytes,
                     events: crate::consume::events::WaitingEvents::new(&metrics),
                 }
                 .run(consumers.clone()),

@@ -67,8 +67,13 @@ pub enum ProcessError {
     },
     #[error("the partition's lease (epoch {epoch}) is no longer this process's")]
     LeaseLost { epoch: i64 },
-    #[error("dead letter not acknowledged: {0}")]
-    DeadLetter(String),
+    #[error("dead letter not acknowledged: {message}")]
+    DeadLetter {
+        message: String,
+        /// The broker refused it for what it is (too large, invalid):
+        /// sending it again gets the same answer.
+        refused: bool,
+    },
 }
 
 impl ProcessError {
@@ -84,9 +89,10 @@ impl ProcessError {
             },
             // Broker trouble passes; a fenced write means our position is
             // stale, and re-reading it fixes that.
-            Self::Kafka(_) | Self::Fenced { .. } | Self::LeaseLost { .. } | Self::DeadLetter(_) => {
-                ErrorClass::Transient
-            }
+            Self::Kafka(_)
+            | Self::Fenced { .. }
+            | Self::LeaseLost { .. }
+            | Self::DeadLetter { .. } => ErrorClass::Transient,
         }
     }
 }

@@ -12,6 +12,24 @@
 //! | `dlq.first_failure` | RFC 3339 time of the first failure |
 //! | `dlq.original.timestamp` | RFC 3339 (milliseconds) timestamp of the original record |
 //!
+//! **Every dead letter fits.** The error message is an excerpt (at most
+//! [`MAX_ERROR_MESSAGE`] bytes). A record too large to be copied whole into
+//! the dead-letter topic (whose `max.message.bytes` the service reads at
+//! start-up) keeps only a prefix of its value ([`TRUNCATED_VALUE_BYTES`]),
+//! and then, if still too large, of its key, and drops its own headers;
+//! what was cut is named and described, so an operator can fetch the
+//! original from its source topic while it is retained:
+//!
+//! | header | value |
+//! |---|---|
+//! | `dlq.original.truncated` | what was cut: `value`, `key`, `headers`, comma-separated |
+//! | `dlq.original.value.bytes` / `dlq.original.value.sha256` | the whole value's size and SHA-256 (hex) |
+//! | `dlq.original.key.bytes` / `dlq.original.key.sha256` | the same, for the key |
+//! | `dlq.original.headers.dropped` | how many of its headers were dropped |
+//!
+//! `payhook dlq replay` refuses a cut dead letter: it would publish the
+//! prefix.
+//!
 //! The dead letter's own record timestamp is the time it is written, not the
 //! original's: topic retention (`retention.ms`) counts from a record's
 //! timestamp, so a dead letter stamped with an old original's time could be
@@ -35,10 +53,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rskafka::record::{Record, RecordAndOffset};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
 use super::classify::ErrorClass;
 use crate::{
     domain::orders::SourcePosition,
+    kafka::producer::batch_bytes,
     kafka::{Kafka, KafkaError, bounded, envelope::HEADER_EVENT_ID, log_bounds},
+    logging::excerpt,
 };
 
 pub const H_SOURCE_TOPIC: &str = "dlq.source.topic";
@@ -49,6 +71,22 @@ pub const H_ERROR_MESSAGE: &str = "dlq.error.message";
 pub const H_ATTEMPTS: &str = "dlq.attempts";
 pub const H_FIRST_FAILURE: &str = "dlq.first_failure";
 pub const H_ORIGINAL_TIMESTAMP: &str = "dlq.original.timestamp";
+pub const H_TRUNCATED: &str = "dlq.original.truncated";
+pub const H_VALUE_BYTES: &str = "dlq.original.value.bytes";
+pub const H_VALUE_SHA256: &str = "dlq.original.value.sha256";
+pub const H_KEY_BYTES: &str = "dlq.original.key.bytes";
+pub const H_KEY_SHA256: &str = "dlq.original.key.sha256";
+pub const H_HEADERS_DROPPED: &str = "dlq.original.headers.dropped";
+
+/// Most bytes of the error message a dead letter carries.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Bytes of a value (or key) kept when the whole does not fit.
+pub const TRUNCATED_VALUE_BYTES: usize = 4096;
+
+/// Kafka's default `max.message.bytes`, assumed for a dead-letter topic
+/// whose configuration cannot be read.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
 
 /// Why and where a record failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +106,22 @@ fn class_name(c: ErrorClass) -> &'static str {
 }
 
 /// The dead letter for `original`: same key, value and headers, plus the
-/// `dlq.*` headers, stamped with the time it is written (now).
-pub fn dead_letter(original: &Record, f: &Failure) -> Record {
-    let mut headers = original.headers.clone();
+/// `dlq.*` headers, stamped with the time it is written (now), and never
+/// larger than `max_bytes` (the dead-letter topic's `max.message.bytes`; see
+/// the module doc for what is cut when the original does not fit).
+pub fn dead_letter(original: &Record, f: &Failure, max_bytes: usize) -> Record {
+    let mut dlq = BTreeMap::new();
     let mut put = |k: &str, v: String| {
-        headers.insert(k.to_owned(), v.into_bytes());
+        dlq.insert(k.to_owned(), v.into_bytes());
     };
     put(H_SOURCE_TOPIC, f.source.topic.clone());
     put(H_SOURCE_PARTITION, f.source.partition.to_string());
     put(H_SOURCE_OFFSET, f.source.offset.to_string());
     put(H_ERROR_CLASS, class_name(f.class).to_owned());
-    put(H_ERROR_MESSAGE, f.message.clone());
+    put(
+        H_ERROR_MESSAGE,
+        excerpt(&f.message, MAX_ERROR_MESSAGE).into_owned(),
+    );
     put(H_ATTEMPTS, f.attempts.to_string());
     put(
         H_FIRST_FAILURE,
@@ -90,12 +133,78 @@ pub fn dead_letter(original: &Record, f: &Failure) -> Record {
             .timestamp
             .to_rfc3339_opts(SecondsFormat::Millis, true),
     );
-    Record {
+    let mut headers = original.headers.clone();
+    headers.extend(dlq.clone());
+    let mut letter = Record {
         key: original.key.clone(),
         value: original.value.clone(),
         headers,
         timestamp: Utc::now(),
+    };
+    let fits = |r: &Record| batch_bytes([r]) <= max_bytes;
+    let mut cut: Vec<&str> = Vec::new();
+    let shorten = |part: Option<&mut Option<Vec<u8>>>,
+                   bytes_header: &str,
+                   sha_header: &str,
+                   headers: &mut BTreeMap<String, Vec<u8>>| {
+        if let Some(Some(whole)) = part {
+            if whole.len() > TRUNCATED_VALUE_BYTES {
+                headers.insert(
+                    bytes_header.to_owned(),
+                    whole.len().to_string().into_bytes(),
+                );
+                headers.insert(
+                    sha_header.to_owned(),
+                    hex::encode(Sha256::digest(&whole[..])).into_bytes(),
+                );
+                whole.truncate(TRUNCATED_VALUE_BYTES);
+                return true;
+            }
+        }
+        false
+    };
+    if !fits(&letter)
+        && shorten(
+            Some(&mut letter.value),
+            H_VALUE_BYTES,
+            H_VALUE_SHA256,
+            &mut letter.headers,
+        )
+    {
+        cut.push("value");
     }
+    if !fits(&letter)
+        && shorten(
+            Some(&mut letter.key),
+            H_KEY_BYTES,
+            H_KEY_SHA256,
+            &mut letter.headers,
+        )
+    {
+        cut.push("key");
+    }
+    if !fits(&letter) {
+        // The record's own headers go; ours stay.
+        let dropped = original.headers.len();
+        let mut only_ours: BTreeMap<String, Vec<u8>> = letter
+            .headers
+            .iter()
+            .filter(|(k, _)| k.starts_with("dlq."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        only_ours.insert(
+            H_HEADERS_DROPPED.to_owned(),
+            dropped.to_string().into_bytes(),
+        );
+        letter.headers = only_ours;
+        cut.push("headers");
+    }
+    if !cut.is_empty() {
+        letter
+            .headers
+            .insert(H_TRUNCATED.to_owned(), cut.join(",").into_bytes());
+    }
+    letter
 }
 
 /// A dead letter as read back from its topic.
@@ -141,6 +250,12 @@ impl DeadLetter {
 
     pub fn first_failure(&self) -> Option<&str> {
         self.header(H_FIRST_FAILURE)
+    }
+
+    /// What was cut from the original to make the dead letter fit (`value`,
+    /// `key`, `headers`), if anything.
+    pub fn truncated(&self) -> Option<&str> {
+        self.header(H_TRUNCATED)
     }
 
     /// The original record's timestamp (older dead letters lack it).
@@ -251,7 +366,7 @@ mod tests {
         let dl = DeadLetter {
             partition: 0,
             offset: 7,
-            record: dead_letter(&original, &f),
+            record: dead_letter(&original, &f, DEFAULT_MAX_MESSAGE_BYTES),
         };
         // Stamped when written; the original's time in a header.
         assert!(dl.record.timestamp >= before, "{}", dl.record.timestamp);
@@ -276,5 +391,77 @@ mod tests {
         assert_eq!(back.value, original.value);
         // A replay is a new record in its topic: stamped now too.
         assert!(back.timestamp >= before);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_dead_letter_topic_becomes_a_dead_letter_that_fits() {
+        let value = vec![b'v'; 1_048_400];
+        let mut headers = BTreeMap::new();
+        headers.insert("foreign".to_owned(), vec![b'h'; 2000]);
+        let original = Record {
+            key: Some(b"ord_big".to_vec()),
+            value: Some(value.clone()),
+            headers,
+            timestamp: Utc::now(),
+        };
+        let f = Failure {
+            source: SourcePosition {
+                topic: "payments.orders".into(),
+                partition: 0,
+                offset: 7,
+            },
+            class: ErrorClass::Permanent,
+            // An error that quotes the input, whole.
+            message: format!("unknown envelope type {:?}", "t".repeat(1_000_000)),
+            attempts: 1,
+            first_failure: Utc::now(),
+        };
+        let max = DEFAULT_MAX_MESSAGE_BYTES;
+        let letter = dead_letter(&original, &f, max);
+        assert!(batch_bytes([&letter]) <= max, "{}", batch_bytes([&letter]));
+        let d = DeadLetter {
+            partition: 0,
+            offset: 0,
+            record: letter,
+        };
+        assert_eq!(d.truncated(), Some("value"));
+        assert_eq!(
+            d.record.value.as_ref().unwrap().len(),
+            TRUNCATED_VALUE_BYTES
+        );
+        assert_eq!(d.record.headers[H_VALUE_BYTES], b"1048400");
+        assert_eq!(
+            d.record.headers[H_VALUE_SHA256],
+            hex::encode(Sha256::digest(&value)).into_bytes()
+        );
+        assert_eq!(d.source_offset(), Some(7));
+        assert_eq!(d.record.headers["foreign"].len(), 2000, "headers kept");
+        let msg = d.error_message().unwrap();
+        assert!(msg.len() <= MAX_ERROR_MESSAGE + 32, "{}", msg.len());
+        assert!(msg.ends_with(" bytes)"), "{msg}");
+
+        // A small record is copied whole, untouched.
+        let small = Record {
+            value: Some(b"{}".to_vec()),
+            ..original.clone()
+        };
+        let letter = dead_letter(&small, &f, max);
+        assert_eq!(letter.value, small.value);
+        assert!(!letter.headers.contains_key(H_TRUNCATED));
+
+        // A tiny dead-letter topic: value, key and the record's headers go.
+        let huge_key = Record {
+            key: Some(vec![b'k'; 20_000]),
+            ..original
+        };
+        let letter = dead_letter(&huge_key, &f, 10_000);
+        assert!(
+            batch_bytes([&letter]) <= 10_000,
+            "{}",
+            batch_bytes([&letter])
+        );
+        assert_eq!(letter.headers[H_TRUNCATED], b"value,key,headers");
+        assert_eq!(letter.headers[H_KEY_BYTES], b"20000");
+        assert!(!letter.headers.contains_key("foreign"));
     }
 }

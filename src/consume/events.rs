@@ -12,10 +12,17 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::{classify::ErrorClass, health::ConsumerHealth};
+use crate::logging::{EXCERPT_BYTES, excerpt};
 use crate::{
     domain::orders::Outcome,
     metrics::{Metrics, RecordLabels},
 };
+
+/// An error as a log line or `/readyz` shows it: errors may quote input
+/// (a record's fields, a value the database refused), so an excerpt.
+fn shown(error: &dyn std::fmt::Display) -> String {
+    excerpt(&error.to_string(), 4 * EXCERPT_BYTES).into_owned()
+}
 
 /// The name of an error class, as logs and metric labels carry it.
 pub fn class_name(c: ErrorClass) -> &'static str {
@@ -100,8 +107,9 @@ impl PartitionEvents {
     /// The loop cannot connect or read its position yet.
     pub fn start_failed(&self, error: &dyn std::fmt::Display) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, %error, "cannot start partition consumer; retrying");
-        self.health.failing(topic, partition, error.to_string());
+        self.health.failing(topic, partition, error);
     }
 
     /// The loop ends (shutdown, or the lease moved on).
@@ -119,8 +127,9 @@ impl PartitionEvents {
     /// A fetch failed for a reason time may heal.
     pub fn fetch_failed(&self, offset: i64, error: &dyn std::fmt::Display) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, offset, %error, "fetch failed; retrying");
-        self.health.failing(topic, partition, error.to_string());
+        self.health.failing(topic, partition, error);
     }
 
     /// After repeated fetch failures, a new connection to the leader.
@@ -128,7 +137,10 @@ impl PartitionEvents {
         let (topic, partition) = (&self.topic, self.partition);
         match result {
             Ok(()) => info!(%topic, partition, "reconnected to the partition leader"),
-            Err(error) => warn!(%topic, partition, %error, "cannot reconnect yet"),
+            Err(error) => {
+                let error = shown(error);
+                warn!(%topic, partition, %error, "cannot reconnect yet")
+            }
         }
     }
 
@@ -136,6 +148,7 @@ impl PartitionEvents {
     /// up to it.
     pub fn unreadable_batch(&self, offset: i64, why: &str) {
         let (topic, partition) = (&self.topic, self.partition);
+        let why = excerpt(why, 4 * EXCERPT_BYTES);
         warn!(%topic, partition, offset, error = %why,
               "a fetched batch cannot be read; fetching one batch at a time");
     }
@@ -166,9 +179,10 @@ impl PartitionEvents {
         error: &dyn std::fmt::Display,
     ) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, offset, records, %error, class = class_name(class),
               "applying records failed; isolating the failing record");
-        self.health.failing(topic, partition, error.to_string());
+        self.health.failing(topic, partition, error);
     }
 
     /// One record failed on its own for the `attempts`-th time and will be
@@ -181,9 +195,10 @@ impl PartitionEvents {
         error: &dyn std::fmt::Display,
     ) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, offset, attempts, %error, class = class_name(class),
               "applying a record failed; will retry it");
-        self.health.failing(topic, partition, error.to_string());
+        self.health.failing(topic, partition, error);
     }
 
     /// A transaction of this partition failed (`payhook_consumer_retries_total`
@@ -212,6 +227,11 @@ impl PartitionEvents {
         dlq: &str,
     ) {
         let (topic, partition) = (&self.topic, self.partition);
+        let (event_id, order_id) = (
+            excerpt(event_id, EXCERPT_BYTES),
+            excerpt(order_id, EXCERPT_BYTES),
+        );
+        let error = excerpt(error, 4 * EXCERPT_BYTES);
         error!(%topic, partition, offset, %event_id, %order_id, class = class_name(class), attempts,
                %error, %dlq, "record cannot be applied; sending it to the dead-letter topic");
     }
@@ -226,9 +246,10 @@ impl PartitionEvents {
     /// on the record.
     pub fn dead_letter_failed(&self, offset: i64, error: &dyn std::fmt::Display) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, offset, %error,
               "dead letter or its offset not stored; partition stays on the record");
-        self.health.failing(topic, partition, error.to_string());
+        self.health.failing(topic, partition, error);
     }
 
     /// The partition stopped and waits for an operator.
@@ -274,6 +295,7 @@ impl PartitionEvents {
     /// While stopped, the stored offset could not be read.
     pub fn stored_offset_unreadable(&self, error: &dyn std::fmt::Display) {
         let (topic, partition) = (&self.topic, self.partition);
+        let error = shown(error);
         warn!(%topic, partition, %error, "cannot read the stored offset");
     }
 

@@ -85,7 +85,7 @@ use uuid::Uuid;
 use super::{
     classify::{Backoff, ErrorClass, ProcessError},
     config::ConsumerConfig,
-    dlq::{self, Failure},
+    dlq::Failure,
     events::PartitionEvents,
     halving::{Blame, Halving},
 };
@@ -112,6 +112,11 @@ pub const STOPPED_POLL: Duration = Duration::from_secs(2);
 /// Consecutive failed fetches after which the partition's connection is
 /// rebuilt rather than reused.
 pub const FETCH_FAILURES_BEFORE_RECONNECT: u32 = 3;
+
+/// Times the broker may refuse one dead letter for what it is (too large,
+/// invalid) before the partition stops: sending it again gets the same
+/// answer.
+pub const DEAD_LETTER_REFUSALS_BEFORE_STOP: u32 = 3;
 
 /// What one fetch brought.
 #[derive(Debug, Default)]
@@ -183,13 +188,15 @@ pub trait Sink: Send + Sync {
         combine: bool,
     ) -> impl Future<Output = Result<Outcome, ProcessError>> + Send;
 
-    /// Publishes `letter` to the dead-letter topic and, once the broker has
-    /// acknowledged it, moves the stored offset as `advance` says, in one
-    /// transaction.
+    /// Publishes the dead letter of `original` (which failed as `failure`
+    /// says; see [`super::dlq::dead_letter`]) to the dead-letter topic and, once
+    /// the broker has acknowledged it, moves the stored offset as `advance`
+    /// says, in one transaction.
     fn dead_letter(
         &self,
         advance: Advance,
-        letter: Record,
+        original: &Record,
+        failure: &Failure,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 
     /// The dead-letter topic, as the logs name it.
@@ -246,6 +253,8 @@ pub enum Stop {
     /// Never consumed, the log no longer starts at 0, and
     /// `CONSUMER_FIRST_START=stop`.
     FirstStart,
+    /// The dead-letter topic refuses a record's dead letter for what it is.
+    DeadLetterRefused,
     /// A batch at the position cannot be read.
     Unreadable,
 }
@@ -285,6 +294,9 @@ pub struct PartitionState {
     halving: Halving,
     retrying: Option<Retrying>,
     fetch_failures: u32,
+    /// Consecutive refusals of the dead letter of the record at the
+    /// position.
+    dead_letter_refusals: u32,
     backoff: Backoff,
 }
 
@@ -299,6 +311,7 @@ impl PartitionState {
             halving: Halving::default(),
             retrying: None,
             fetch_failures: 0,
+            dead_letter_refusals: 0,
             backoff,
         }
     }
@@ -871,19 +884,41 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
             &f.message,
             self.sink.dead_letter_topic(),
         );
-        let letter = dlq::dead_letter(&record.record, &f);
         let advance = self.advance(offset + 1, &record.record);
-        let r = self.sink.dead_letter(advance, letter).await;
+        let r = self.sink.dead_letter(advance, &record.record, &f).await;
         match sort(r.map(|()| Outcome::default())) {
             Applied::Committed(_) => {
                 self.state
                     .position
                     .committed(offset + 1, advance.topic_id, advance.digest);
+                self.state.dead_letter_refusals = 0;
                 self.events.dead_lettered(offset + 1);
                 Next::Continue
             }
             Applied::Moved(found) => self.moved(found),
             Applied::LeaseLost => self.lost(),
+            Applied::Failed(e @ ProcessError::DeadLetter { refused: true, .. }) => {
+                self.events.dead_letter_failed(offset, &e);
+                self.state.dead_letter_refusals += 1;
+                if self.state.dead_letter_refusals < DEAD_LETTER_REFUSALS_BEFORE_STOP {
+                    return self.pause();
+                }
+                self.state.dead_letter_refusals = 0;
+                let reason = format!(
+                    "the dead-letter topic refused the dead letter of offset {offset} {} times: \
+                     {e}. The record is neither applied nor skipped. Check the dead-letter \
+                     topic ({}): its max.message.bytes, its ACLs; then restart payhook to try \
+                     again, or {}",
+                    DEAD_LETTER_REFUSALS_BEFORE_STOP,
+                    self.sink.dead_letter_topic(),
+                    self.reset_hint()
+                );
+                self.stop(
+                    Stop::DeadLetterRefused,
+                    "its dead letter is refused",
+                    reason,
+                )
+            }
             Applied::Failed(e) => {
                 self.events.dead_letter_failed(offset, &e);
                 self.pause()
@@ -946,9 +981,10 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
     }
 }
 
-/// Bytes from a record (a header, the key) as text for a log line.
+/// Bytes from a record (a header, the key) as text for a log line: an
+/// excerpt.
 fn lossy(b: Option<&[u8]>) -> String {
-    b.map(|b| String::from_utf8_lossy(b).into_owned())
+    b.map(|b| crate::logging::excerpt_bytes(b, crate::logging::EXCERPT_BYTES))
         .unwrap_or_default()
 }
 

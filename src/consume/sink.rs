@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{
     classify::ProcessError,
     committer::Committers,
+    dlq::{self, Failure},
     events::TopicEvents,
     partition::Sink,
     unit::{self, Effect, Move},
@@ -31,6 +32,8 @@ use crate::{
 pub struct DeadLetters {
     pub producer: Producer,
     pub topic: String,
+    /// The topic's `max.message.bytes`: no dead letter is larger.
+    pub max_bytes: usize,
 }
 
 /// One partition's way into the database, under its lease.
@@ -88,14 +91,23 @@ impl Sink for PgSink {
         r
     }
 
-    async fn dead_letter(&self, advance: Advance, letter: Record) -> Result<(), ProcessError> {
+    async fn dead_letter(
+        &self,
+        advance: Advance,
+        original: &Record,
+        failure: &Failure,
+    ) -> Result<(), ProcessError> {
         let dl = &self.dead_letters;
+        let letter = dlq::dead_letter(original, failure, dl.max_bytes);
         let publish = async {
             dl.producer
                 .publish(&dl.topic, letter)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| ProcessError::DeadLetter {
+                    message: e.to_string(),
+                    refused: e.refused(),
+                })
         };
         let fence = Move {
             lease: &self.lease,

@@ -44,12 +44,13 @@ pub enum Effect<P> {
     /// Apply these events.
     Events(Vec<Event>),
     /// Publish a dead letter (the future resolves once the broker has
-    /// acknowledged it) before the offset moves past its record.
+    /// acknowledged it, or with [`ProcessError::DeadLetter`]) before the
+    /// offset moves past its record.
     DeadLetter(P),
 }
 
 /// A run of events as [`commit`] takes it; no dead letter to publish.
-pub type Events = Effect<std::future::Ready<Result<(), String>>>;
+pub type Events = Effect<std::future::Ready<Result<(), ProcessError>>>;
 
 /// One fenced move of a partition's stored offset: this process holds
 /// `lease`, the database holds `advance.expected`, and the run ends before
@@ -70,7 +71,7 @@ pub async fn commit<P>(
     deadline: Duration,
 ) -> Result<Outcome, ProcessError>
 where
-    P: Future<Output = Result<(), String>>,
+    P: Future<Output = Result<(), ProcessError>>,
 {
     with_deadline(deadline, async {
         let mut conn = pool.get().await.map_err(DbError::from)?;
@@ -80,7 +81,7 @@ where
         let outcome = match effect {
             Effect::Events(events) => apply_events(&tx, events).await?,
             Effect::DeadLetter(publish) => {
-                publish.await.map_err(ProcessError::DeadLetter)?;
+                publish.await?;
                 Outcome::default()
             }
         };

@@ -206,6 +206,8 @@ pub struct Sweeper {
     pub claim_for: Duration,
     /// Bound on each database step.
     pub db_deadline: Duration,
+    /// The dead-letter topic's `max.message.bytes`.
+    pub dead_letter_max_bytes: usize,
     pub events: WaitingEvents,
 }
 
@@ -286,7 +288,7 @@ impl Sweeper {
         };
         error!(provider_event_id = %w.provider_event_id, object_ids = ?w.object_ids,
                dlq = %self.dlq_topic, "dispute's payment never arrived; dead-lettering it");
-        let letter = dlq::dead_letter(&record_of(w), &f);
+        let letter = dlq::dead_letter(&record_of(w), &f, self.dead_letter_max_bytes);
         self.publisher.publish(&self.dlq_topic, letter).await?;
         Ok(())
     }

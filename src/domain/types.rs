@@ -35,11 +35,16 @@ impl ValidationError {
         }
     }
 
+    /// `detail` may quote the input; it is kept to an excerpt.
     fn invalid(field: &'static str, detail: impl fmt::Display) -> Self {
+        let detail = detail.to_string();
         Self {
             code: "invalid_field",
             field: Some(field),
-            detail: format!("`{field}` {detail}"),
+            detail: format!(
+                "`{field}` {}",
+                crate::logging::excerpt(&detail, 2 * crate::logging::EXCERPT_BYTES)
+            ),
         }
     }
 }

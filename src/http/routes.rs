@@ -455,7 +455,8 @@ where
     };
     drop(body);
     for t in &accepted.ignored {
-        info!(provider = name, r#type = %t, "webhook of a type payhook does not map; acknowledged");
+        info!(provider = name, r#type = %crate::logging::excerpt(t, crate::logging::EXCERPT_BYTES),
+              "webhook of a type payhook does not map; acknowledged");
         state
             .metrics
             .provider_events_ignored

@@ -23,6 +23,8 @@ use chrono::{DateTime, Utc};
 use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::logging::{EXCERPT_BYTES, excerpt};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -150,7 +152,9 @@ impl Envelope {
             }
             Mapping::Unmappable(reason) => {
                 e.provider = Some(provider.to_owned());
-                e.unmappable = Some(reason);
+                // It may quote the provider's input: an excerpt, within
+                // the envelope's bound for mapped fields.
+                e.unmappable = Some(excerpt(&reason, 4 * EXCERPT_BYTES).into_owned());
             }
         }
         e
@@ -202,8 +206,9 @@ impl Envelope {
         source: SourcePosition,
         max_future: Duration,
     ) -> Result<Event, DecodeError> {
-        let kind = EventType::parse(&self.kind)
-            .ok_or_else(|| DecodeError::UnknownType(self.kind.clone()))?;
+        let kind = EventType::parse(&self.kind).ok_or_else(|| {
+            DecodeError::UnknownType(excerpt(&self.kind, EXCERPT_BYTES).into_owned())
+        })?;
         // The payload is stored as `jsonb` whoever sent it: the edge's checks.
         let payload_json =
             parse_json_body(self.payload.get().as_bytes()).map_err(DecodeError::Payload)?;
@@ -213,12 +218,12 @@ impl Envelope {
             Some(provider) => {
                 if let Some(reason) = &self.unmappable {
                     return Err(DecodeError::Unmappable {
-                        provider: provider.clone(),
-                        reason: reason.clone(),
+                        provider: excerpt(provider, EXCERPT_BYTES).into_owned(),
+                        reason: excerpt(reason, 4 * EXCERPT_BYTES).into_owned(),
                     });
                 }
                 let mapped = self.mapped.as_ref().ok_or_else(|| DecodeError::NotMapped {
-                    provider: provider.clone(),
+                    provider: excerpt(provider, EXCERPT_BYTES).into_owned(),
                 })?;
                 let json =
                     parse_json_body(mapped.get().as_bytes()).map_err(DecodeError::Payload)?;
@@ -243,8 +248,8 @@ impl Envelope {
                 Ok(())
             } else {
                 Err(DecodeError::KeyMismatch {
-                    key: self.key.clone(),
-                    order_id: order_id.to_owned(),
+                    key: excerpt(&self.key, EXCERPT_BYTES).into_owned(),
+                    order_id: excerpt(order_id, EXCERPT_BYTES).into_owned(),
                 })
             }
         };
@@ -264,8 +269,8 @@ impl Envelope {
                 // Keyed by a payment object it names; the order comes later.
                 if !origin.object_ids.contains(&self.key) {
                     return Err(DecodeError::UnresolvableDispute {
-                        provider: origin.provider,
-                        key: self.key,
+                        provider: excerpt(&origin.provider, EXCERPT_BYTES).into_owned(),
+                        key: excerpt(&self.key, EXCERPT_BYTES).into_owned(),
                     });
                 }
                 let mut with_key = json;

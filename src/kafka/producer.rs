@@ -177,6 +177,34 @@ pub enum PublishError {
     UnknownTopic(String),
 }
 
+impl PublishError {
+    /// Whether the broker refused the record for what it is (too large, or
+    /// invalid, or a topic this client may not write): sending it again
+    /// gets the same answer. Timeouts, a leader moving, a full queue are
+    /// not refusals.
+    pub fn refused(&self) -> bool {
+        use rskafka::client::error::{Error as RsError, ProtocolError as P};
+        match self {
+            Self::Broker(e) => matches!(
+                &**e,
+                KafkaError::Client {
+                    source: RsError::ServerError {
+                        protocol_error: P::MessageTooLarge
+                            | P::RecordListTooLarge
+                            | P::InvalidRecord
+                            | P::CorruptMessage
+                            | P::InvalidTopicException
+                            | P::TopicAuthorizationFailed,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Producer settings.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {

@@ -55,11 +55,14 @@ impl Replication {
     }
 }
 
-/// The configuration entries a new topic of `role` gets.
+/// The configuration entries a new topic of `role` gets. A dead-letter
+/// topic gets `max.message.bytes` of `dead_letter_room` (room for the
+/// largest record a source topic accepts, with the `dlq.*` headers).
 pub fn topic_configs(
     kafka: &KafkaSettings,
     role: Role,
     r: Replication,
+    dead_letter_room: Option<usize>,
 ) -> Vec<(&'static str, String)> {
     let mut v = vec![
         ("min.insync.replicas", r.min_insync.to_string()),
@@ -72,6 +75,9 @@ pub fn topic_configs(
             .dlq_retention
             .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         v.push(("retention.ms", ms.to_string()));
+        if let Some(room) = dead_letter_room {
+            v.push(("max.message.bytes", room.to_string()));
+        }
     }
     v
 }
@@ -258,8 +264,12 @@ pub async fn create_topics(
     let partitions = i32::try_from(kafka.partitions.get()).unwrap_or(i32::MAX);
     let limits = Limits::new(kafka, max_body_bytes);
     let mut out = Vec::new();
+    // Source topics first: the dead-letter topic is made with room for the
+    // largest record they accept.
+    let mut sources_max: Option<usize> = None;
     for (topic, role) in topics_of(kafka) {
-        let configs = topic_configs(kafka, role, replication);
+        let room = sources_max.map(|m| m + DLQ_HEADERS_ALLOWANCE);
+        let configs = topic_configs(kafka, role, replication, room);
         let created = admin
             .create_topic(topic, partitions, replication.factor, &configs)
             .await?;
@@ -275,6 +285,12 @@ pub async fn create_topics(
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
+        if role == Role::Source {
+            let max = now
+                .get("max.message.bytes")
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            sources_max = sources_max.max(max);
+        }
         out.push(TopicReport {
             topic: topic.to_owned(),
             role,
@@ -302,6 +318,34 @@ pub async fn describe_topic_configs(
 #[error("{}", .0.join("; "))]
 pub struct Refused(pub Vec<String>);
 
+/// What `serve`'s start-up check found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub findings: Vec<Finding>,
+    /// The dead-letter topic's `max.message.bytes`, when it could be read.
+    pub dlq_max_message_bytes: Option<usize>,
+}
+
+/// The dead-letter topic's own finding: whether it has room for the
+/// largest record a source topic accepts, with the `dlq.*` headers.
+fn assess_dead_letter_room(
+    dlq: &str,
+    dlq_max: Option<i64>,
+    sources_max: Option<i64>,
+) -> Option<Finding> {
+    let (dlq_max, sources_max) = (dlq_max?, sources_max?);
+    let need = sources_max + DLQ_HEADERS_ALLOWANCE as i64;
+    (dlq_max < need).then(|| {
+        Finding::Warn(format!(
+            "topic {dlq} accepts messages of at most {dlq_max} bytes (max.message.bytes), less \
+             than the largest record a source topic accepts ({sources_max}) plus the dead-letter \
+             headers: the dead letter of such a record will carry a prefix of its value (with \
+             its size and SHA-256) instead of all of it. Raise max.message.bytes to at least \
+             {need} to keep every record whole"
+        ))
+    })
+}
+
 /// `serve`'s start-up check of its three topics: logs every warning, and
 /// refuses when a finding says payhook must not run. Where the
 /// configuration cannot be read (a broker without DescribeConfigs, missing
@@ -309,16 +353,17 @@ pub struct Refused(pub Vec<String>);
 pub async fn check_at_startup(
     kafka: &KafkaSettings,
     max_body_bytes: usize,
-) -> Result<Vec<Finding>, Refused> {
+) -> Result<Checked, Refused> {
     let limits = Limits::new(kafka, max_body_bytes);
     let mut admin = match admin(kafka).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot check the topics' durability settings; going on unchecked");
-            return Ok(Vec::new());
+            return Ok(Checked::default());
         }
     };
     let mut all = Vec::new();
+    let (mut dlq_max, mut sources_max) = (None, None::<i64>);
     for (topic, role) in topics_of(kafka) {
         let rf = admin.replication_factor(topic).await;
         let configs = admin.describe_topic_configs(topic).await;
@@ -326,10 +371,24 @@ pub async fn check_at_startup(
             (Ok(rf), Ok(c)) => (rf, c),
             (Err(e), _) | (_, Err(e)) => {
                 warn!(%topic, error = %e, "cannot read the topic's configuration; its durability, retention, compression and size limit are not checked");
-                return Ok(all);
+                return Ok(Checked {
+                    findings: all,
+                    dlq_max_message_bytes: None,
+                });
             }
         };
-        for f in assess(topic, role, rf, &configs, limits) {
+        let max = configs
+            .get("max.message.bytes")
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        match role {
+            Role::Source => sources_max = sources_max.max(max),
+            Role::DeadLetter => dlq_max = max,
+        }
+        let mut found = assess(topic, role, rf, &configs, limits);
+        if role == Role::DeadLetter {
+            found.extend(assess_dead_letter_room(topic, dlq_max, sources_max));
+        }
+        for f in found {
             match &f {
                 Finding::Note(m) => info!("{m}"),
                 Finding::Warn(m) => warn!("{m}"),
@@ -346,7 +405,10 @@ pub async fn check_at_startup(
         })
         .collect();
     if refusals.is_empty() {
-        Ok(all)
+        Ok(Checked {
+            findings: all,
+            dlq_max_message_bytes: dlq_max.and_then(|m| usize::try_from(m).ok()),
+        })
     } else {
         Err(Refused(refusals))
     }
@@ -434,18 +496,35 @@ mod tests {
             factor: 3,
             min_insync: 2,
         };
-        let dlq = topic_configs(&c, Role::DeadLetter, r);
+        let dlq = topic_configs(&c, Role::DeadLetter, r, Some(1_052_684));
         assert!(dlq.contains(&("retention.ms", (365 * 86_400_000i64).to_string())));
         assert!(dlq.contains(&("min.insync.replicas", "2".into())));
-        let src = topic_configs(&c, Role::Source, r);
+        assert!(dlq.contains(&("max.message.bytes", "1052684".into())));
+        let src = topic_configs(&c, Role::Source, r, Some(1));
+        assert!(!src.iter().any(|(k, _)| *k == "max.message.bytes"));
         assert!(src.contains(&("cleanup.policy", "delete".into())));
         assert!(!src.iter().any(|(k, _)| *k == "retention.ms"));
         let forever = topic_configs(
             &cfg(&[("KAFKA_DLQ_RETENTION", "forever")]),
             Role::DeadLetter,
             r,
+            None,
         );
         assert!(forever.contains(&("retention.ms", "-1".into())));
+    }
+
+    #[test]
+    fn a_dead_letter_topic_without_room_for_the_largest_record_is_warned_about() {
+        assert_eq!(
+            assess_dead_letter_room("q", Some(1_052_684), Some(1_048_588)),
+            None
+        );
+        let f = assess_dead_letter_room("q", Some(1_048_588), Some(1_048_588));
+        assert!(
+            matches!(&f, Some(Finding::Warn(m)) if m.contains("prefix") && m.contains("1052684")),
+            "{f:?}"
+        );
+        assert_eq!(assess_dead_letter_room("q", None, Some(1)), None);
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub async fn replay(
         .collect();
     let mut topics: Vec<String> = Vec::new();
     for d in &chosen {
+        if let Some(what) = d.truncated() {
+            return Err(ReplayError::Truncated {
+                partition: d.partition,
+                offset: d.offset,
+                what: what.to_owned(),
+            });
+        }
         let t = d.source_topic().ok_or(ReplayError::NoSource {
             partition: d.partition,
             offset: d.offset,
@@ -128,6 +135,17 @@ pub enum ReplayError {
     NothingSelected,
     #[error("dead letter {partition}/{offset} has no dlq.source.topic header")]
     NoSource { partition: i32, offset: i64 },
+    #[error(
+        "dead letter {partition}/{offset} holds only part of its record (cut: {what}; the \
+         original was too large for the dead-letter topic): replaying it would publish the \
+         part. Fetch the original from its source topic at the offset its dlq.source.* \
+         headers name, while it is retained"
+    )]
+    Truncated {
+        partition: i32,
+        offset: i64,
+        what: String,
+    },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("publishing: {0}")]

@@ -340,3 +340,143 @@ async fn unstorable_and_far_future_records_are_dead_lettered_not_retried() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// Runs the payhook binary (`serve`, at debug level) against `env` until
+/// `until(&url)` completes, then stops it with SIGTERM; returns everything
+/// it printed.
+async fn serve_binary_until<F, Fut>(env: &Env, until: F) -> String
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::io::AsyncReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec \"$0\" serve 2>&1",
+        env!("CARGO_BIN_EXE_payhook"),
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("RUST_LOG", "debug")
+    .env("LOG_FORMAT", "json")
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    for (k, v) in env.config_pairs(&[
+        ("HTTP_ADDR", &format!("127.0.0.1:{port}")),
+        ("WEBHOOK_VERIFY", "off"),
+        ("RETRY_BACKOFF_MAX", "1s"),
+    ]) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        out.read_to_end(&mut text).await.unwrap();
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while http.get(format!("{url}/readyz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "payhook never served");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    until(url).await;
+    let pid = child.id().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await;
+    reader.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_copy_is_dead_lettered_in_part_and_its_partition_moves_on() {
+    let env = Env::new().await;
+    // Another producer writes a valid Kafka record that is no payhook
+    // envelope: an unknown `type` of about 1 MB, as large as the topic
+    // accepts. Its dead letter (the value, plus headers quoting the error)
+    // cannot be copied whole into a dead-letter topic of the same size.
+    let big_type = "t".repeat(1_048_000);
+    let value = format!(
+        r#"{{"event_id":"0193a0c4-0000-7000-8000-000000000001","key":"ord_big","type":"{big_type}","payload":{{}},"timestamp":"2026-11-26T10:00:00Z"}}"#
+    )
+    .into_bytes();
+    let value_len = value.len();
+    env.produce_raw(&env.orders_topic, vec![(Some("ord_big"), value)])
+        .await;
+    let started = std::time::Instant::now();
+    let env_ref = &env;
+    let logs = serve_binary_until(&env, |url| async move {
+        let env = env_ref;
+        // The next webhook for that key is applied.
+        let r = reqwest::Client::new()
+            .post(format!("{url}/webhooks/payments/orders"))
+            .header("content-type", "application/json")
+            .body(payment("after-big", "ord_big", "succeeded", &at(1)).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while env
+            .count("SELECT count(*) FROM payment_events WHERE provider_event_id = 'after-big'")
+            .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the webhook after the large record was never applied"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "a {value_len}-byte foreign record dead-lettered and the next webhook applied {:?} after start",
+        started.elapsed()
+    );
+
+    let letters = ops::dlq::list(&env.config(&[])).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let d = &letters[0];
+    assert_eq!(d.truncated(), Some("value"));
+    assert_eq!(
+        d.record.headers["dlq.original.value.bytes"],
+        value_len.to_string().into_bytes()
+    );
+    assert_eq!(d.record.headers["dlq.original.value.sha256"].len(), 64);
+    assert_eq!(d.source_topic(), Some(env.orders_topic.as_str()));
+    assert_eq!(d.source_offset(), Some(0));
+    let msg = d.error_message().unwrap();
+    assert!(
+        msg.contains("unknown envelope type") && msg.len() < 1100,
+        "{}",
+        msg.len()
+    );
+    // A replay of a cut dead letter is refused: it would publish the part.
+    let sel = ReplaySelection {
+        partition: Some(d.partition),
+        ..Default::default()
+    };
+    let e = ops::dlq::replay(&env.config(&[]), &sel, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("holds only part"), "{e}");
+
+    // No log line carried the record, or more than an excerpt of it.
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(
+        logs.contains("sending it to the dead-letter topic"),
+        "{logs}"
+    );
+    assert!(longest < 4096, "a log line of {longest} bytes");
+    env.cleanup().await;
+}

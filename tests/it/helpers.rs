@@ -116,6 +116,11 @@ impl Env {
 
     /// The configuration an app of this test runs with.
     pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        Config::from_map(&self.config_pairs(extra)).unwrap()
+    }
+
+    /// [`Self::config`] as variables, for a payhook child process.
+    pub fn config_pairs(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut map: HashMap<String, String> = [
             ("HTTP_ADDR", "127.0.0.1:0"),
             ("DATABASE_URL", self.db_url.as_str()),
@@ -136,7 +141,7 @@ impl Env {
         for (k, v) in extra {
             map.insert(k.to_string(), v.to_string());
         }
-        Config::from_map(&map).unwrap()
+        map
     }
 
     pub async fn start(&self, extra: &[(&str, &str)]) -> TestApp {

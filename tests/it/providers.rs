@@ -906,6 +906,7 @@ async fn a_sweeper_killed_after_its_first_dead_letter_never_lets_a_dispute_be_ap
                 interval: Duration::from_secs(3600),
                 claim_for: Duration::from_secs(1),
                 db_deadline: Duration::from_secs(5),
+                dead_letter_max_bytes: payhook::consume::dlq::DEFAULT_MAX_MESSAGE_BYTES,
                 events: payhook::consume::events::WaitingEvents::new(
                     &payhook::metrics::Metrics::new(),
                 ),

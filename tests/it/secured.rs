@@ -799,6 +799,13 @@ async fn payhook_topics_sets_durability_and_keeps_dead_letters_long() {
         .unwrap();
     assert_eq!(orders["min.insync.replicas"], "1");
     assert_eq!(orders["cleanup.policy"], "delete");
+    // The dead-letter topic has room for the largest record a source topic
+    // accepts, with the dlq.* headers.
+    let source_max: usize = orders["max.message.bytes"].parse().unwrap();
+    assert_eq!(
+        dlq["max.message.bytes"],
+        (source_max + topics::DLQ_HEADERS_ALLOWANCE).to_string()
+    );
     // Run again: nothing is created, nothing changes.
     let again = payhook::ops::topics::create(&cfg).await.unwrap();
     assert!(again.iter().all(|r| !r.created), "{again:?}");

@@ -46,7 +46,9 @@ fn compare(doc: &str, found: &[(String, String)], expected_line: impl Fn(&Settin
     }
     for (n, d) in found {
         if Setting::named(n).is_none() {
-            diff.push(format!("- {n} = {d:?} (no such setting in src/config/mod.rs)"));
+            diff.push(format!(
+                "- {n} = {d:?} (no such setting in src/config/mod.rs)"
+            ));
         }
     }
     assert!(

@@ -12,7 +12,7 @@ use serde_json::{json, value::RawValue};
 
 use super::*;
 use crate::{
-    consume::health::ConsumerHealth,
+    consume::{dlq, health::ConsumerHealth},
     kafka::envelope::{DecodeError, EventType},
     metrics::Metrics,
 };
@@ -151,6 +151,8 @@ struct MemorySink {
     stored: Mutex<Option<Stored>>,
     failing: Mutex<HashMap<i64, ErrorClass>>,
     lease_lost: Mutex<bool>,
+    /// The dead-letter topic refuses every dead letter (too large).
+    refuse_dead_letters: Mutex<bool>,
     txs: Mutex<Vec<Tx>>,
     /// Offsets dead-lettered, with the error class their letter carries.
     dead: Mutex<Vec<(i64, String)>>,
@@ -266,7 +268,19 @@ impl Sink for MemorySink {
         }
     }
 
-    async fn dead_letter(&self, advance: Advance, letter: Record) -> Result<(), ProcessError> {
+    async fn dead_letter(
+        &self,
+        advance: Advance,
+        original: &Record,
+        failure: &Failure,
+    ) -> Result<(), ProcessError> {
+        let letter = dlq::dead_letter(original, failure, dlq::DEFAULT_MAX_MESSAGE_BYTES);
+        if *self.refuse_dead_letters.lock().unwrap() {
+            return Err(ProcessError::DeadLetter {
+                message: "the broker refused the record: MessageTooLarge".into(),
+                refused: true,
+            });
+        }
         self.fence(advance)?;
         let class = String::from_utf8(letter.headers[dlq::H_ERROR_CLASS].clone()).unwrap();
         self.dead.lock().unwrap().push((advance.next - 1, class));
@@ -741,4 +755,37 @@ async fn when_retention_takes_only_the_record_before_the_position_it_reads_on() 
         *h.lp.sink.applied.lock().unwrap(),
         (0..15).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test]
+async fn a_dead_letter_the_broker_keeps_refusing_stops_the_partition_loudly() {
+    let mut rs = records(4);
+    rs[1] = poison_record();
+    let sink = MemorySink::default();
+    *sink.refuse_dead_letters.lock().unwrap() = true;
+    let mut h = harness(ScriptedLog::with(rs), sink, config(100, None));
+    let steps = h.until(4, 4).await;
+    // Started, then paused and retried, and after the bound stopped, with
+    // the reason.
+    let n = DEAD_LETTER_REFUSALS_BEFORE_STOP as usize;
+    assert_eq!(steps.len(), 1 + n, "{steps:?}");
+    assert!(
+        steps[1..n]
+            .iter()
+            .all(|s| matches!(s, Next::Wait(d) if *d < STOPPED_POLL)),
+        "{steps:?}"
+    );
+    assert_eq!(steps[n], Next::Wait(STOPPED_POLL));
+    assert_eq!(h.lp.state.phase, Phase::Stopped(Stop::DeadLetterRefused));
+    let reason = h.stopped_reason().unwrap();
+    assert!(
+        reason.contains("refused the dead letter of offset 1"),
+        "{reason}"
+    );
+    // Nothing after the record applied, nothing skipped.
+    assert_eq!(*h.lp.sink.applied.lock().unwrap(), vec![0]);
+    assert_eq!(h.lp.state.position.next, 1);
+    for _ in 0..3 {
+        assert_eq!(h.lp.step().await, Next::Wait(STOPPED_POLL));
+    }
 }
