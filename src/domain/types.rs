@@ -176,15 +176,19 @@ impl Currency {
 pub struct OccurredAt(DateTime<Utc>);
 
 impl OccurredAt {
+    /// Parses RFC 3339, keeping the instant Postgres will store: whole
+    /// microseconds (digits beyond are dropped), and a leap second
+    /// (`23:59:60`, which chrono keeps as `23:59:59` plus a second of
+    /// nanoseconds, ordered *before* the next minute) as the first instant
+    /// of the next minute, as Postgres does. Both sides of the event order
+    /// then see the same instants in the same order.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        use chrono::Timelike;
         DateTime::parse_from_rfc3339(s)
             .map(|t| {
                 let utc = t.with_timezone(&Utc);
-                // Dropping sub-microsecond digits keeps the nanosecond field
-                // in its range (leap seconds included), so this never fails.
-                let micros = utc.nanosecond() / 1_000 * 1_000;
-                Self(utc.with_nanosecond(micros).unwrap_or(utc))
+                // Micros since the epoch count a leap second's extra
+                // nanoseconds as the next second.
+                Self(DateTime::from_timestamp_micros(utc.timestamp_micros()).unwrap_or(utc))
             })
             .map_err(|e| {
                 ValidationError::invalid(
@@ -407,6 +411,22 @@ mod tests {
         ] {
             assert!(OccurredAt::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_leap_second_is_the_first_instant_of_the_next_minute_as_in_postgres() {
+        let at = |s: &str| OccurredAt::parse(s).unwrap();
+        let midnight = at("2017-01-01T00:00:00Z");
+        assert_eq!(at("2016-12-31T23:59:60Z"), midnight);
+        assert!(at("2016-12-31T23:59:59.999999Z") < midnight);
+        assert_eq!(
+            at("2016-12-31T23:59:60.5Z"),
+            at("2017-01-01T00:00:00.500000Z")
+        );
+        assert_eq!(
+            at("2026-11-26T10:00:00.1234567Z"),
+            at("2026-11-26T10:00:00.123456Z")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod batching;
 mod dead_letters;
 mod docs;
+mod event_order;
 mod fleet;
 mod helpers;
 mod hostile;
