@@ -623,3 +623,77 @@ async fn a_recreated_topic_stops_its_partition_and_loses_nothing() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_cannot_see_offset_0_is_reported_or_stops() {
+    let env = Env::with_partitions(1).await;
+    let values: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            envelope(
+                EventType::OrderWebhook,
+                "ord_fs",
+                &payment(&format!("fs{i}"), "ord_fs", "pending", &at(i)),
+            )
+        })
+        .collect();
+    produce_to(&env, &env.orders_topic, 0, "ord_fs", values).await;
+    // Retention removed 0..=3 before payhook ever read the partition.
+    let client = env
+        .kafka
+        .partition_client(&env.orders_topic, 0)
+        .await
+        .unwrap();
+    client.delete_records(4, 10_000).await.unwrap();
+    let topic = env.orders_topic.clone();
+
+    // CONSUMER_FIRST_START=stop: it stops and says why.
+    let app = env.start(&[("CONSUMER_FIRST_START", "stop")]).await;
+    let v = wait_readyz(&app, "stopped at first start", |v| {
+        stopped_reason(v, &topic, 0).is_some()
+    })
+    .await;
+    let reason = stopped_reason(&v, &topic, 0).unwrap();
+    assert!(
+        reason.contains("never consumed") && reason.contains("records 0..=3 were deleted"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 0);
+    app.stop().await;
+
+    // The default: it starts at the first record there, and says so.
+    let app = env.start(&[]).await;
+    env.wait_caught_up().await;
+    assert_eq!(ids(&env).await, ["fs4", "fs5"]);
+    let status: Value = app
+        .http
+        .get(app.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let notice = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["topic"] == topic.as_str())
+        .and_then(|p| p["notice"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(notice.contains("records 0..=3 were deleted"), "{status}");
+    let text = app.metrics().await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "payhook_consumer_first_start_gap_records{{topic=\"{topic}\",partition=\"0\"}}"
+            )
+        ),
+        4.0,
+        "{text}"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
