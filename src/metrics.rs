@@ -38,6 +38,11 @@ pub struct IgnoredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
     pub revision: &'static str,
@@ -86,6 +91,9 @@ pub struct Metrics {
     /// Records a never-consumed partition could not see at its first start
     /// (its log no longer began at 0), per partition.
     pub first_start_gap: Family<PartitionLabels, Gauge>,
+    /// 1 for each webhook endpoint that takes unsigned webhooks, 0 for each
+    /// that verifies (endpoints that are off are absent).
+    pub webhook_endpoint_unsigned: Family<EndpointLabels, Gauge>,
     /// Provider events acknowledged but not mapped (unknown types), by
     /// provider and event type. Nothing is published for them.
     pub provider_events_ignored: Family<IgnoredLabels, Counter>,
@@ -204,6 +212,12 @@ impl Metrics {
             "Records deleted before payhook first read a partition (its log no longer began at 0 at the first start)",
             first_start_gap.clone(),
         );
+        let webhook_endpoint_unsigned = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "webhook_endpoint_unsigned",
+            "1 for each webhook endpoint that takes unsigned webhooks (WEBHOOK_VERIFY=off, no secrets), 0 for each that verifies",
+            webhook_endpoint_unsigned.clone(),
+        );
         let provider_events_ignored = Family::<IgnoredLabels, Counter>::default();
         registry.register(
             "provider_events_ignored",
@@ -231,6 +245,7 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             first_start_gap,
+            webhook_endpoint_unsigned,
             provider_events_ignored,
             parked_disputes,
             parked_dispute_oldest_seconds,
@@ -267,6 +282,13 @@ impl Metrics {
                 outcome,
             });
         }
+    }
+
+    /// Whether the webhook endpoint `endpoint` (on) takes unsigned webhooks.
+    pub fn endpoint_unsigned(&self, endpoint: &'static str, unsigned: bool) {
+        self.webhook_endpoint_unsigned
+            .get_or_create(&EndpointLabels { endpoint })
+            .set(i64::from(unsigned));
     }
 
     /// The text exposition.

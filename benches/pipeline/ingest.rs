@@ -43,17 +43,20 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let verifier = |auth: &payhook::config::WebhookAuth| {
-        Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhooks.tolerance)
+        payhook::providers::intake(
+            Verifier::new(auth.scheme, auth.secrets.clone(), cfg.webhooks.tolerance),
+            !cfg.webhooks.verify,
+        )
     };
     let state = Arc::new(AppState {
         publisher: Arc::new(producer),
         orders: Endpoint {
             topic: cfg.kafka.orders_topic.clone(),
-            verifier: verifier(&cfg.webhooks.orders()),
+            intake: verifier(&cfg.webhooks.orders()),
         },
         chargebacks: Endpoint {
             topic: cfg.kafka.disputes_topic.clone(),
-            verifier: verifier(&cfg.webhooks.chargebacks()),
+            intake: verifier(&cfg.webhooks.chargebacks()),
         },
         readiness: Arc::new(ServiceProbe {
             kafka: env.kafka.clone(),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, WebhookAuth, WebhookSettings},
+    config::{Config, WebhookAuth},
     consume::{
         committer::Committers, config::ConsumerConfig, fleet, health::ConsumerHealth,
         sink::DeadLetters,
@@ -29,7 +29,7 @@ use crate::{
         topics,
     },
     metrics::Metrics,
-    providers::signature::Verifier,
+    providers::{Endpoints, Intake, intake, signature::Verifier},
 };
 
 /// Why the service could not start.
@@ -53,10 +53,19 @@ pub enum StartError {
     )]
     DatabaseEncoding { encoding: String },
     #[error(
-        "{var} is empty: an endpoint without a secret would accept forged webhooks. \
-         Set at least one secret, or WEBHOOK_VERIFY=off for local use only"
+        "no webhook endpoint is on: an endpoint takes webhooks once its secrets are set \
+         (WEBHOOK_ORDERS_SECRETS, WEBHOOK_CHARGEBACKS_SECRETS, STRIPE_WEBHOOK_SECRETS, \
+         ADYEN_HMAC_KEYS); WEBHOOK_VERIFY=off takes unsigned webhooks on the others, for \
+         local use only"
     )]
-    NoWebhookSecret { var: &'static str },
+    NoEndpoint,
+    #[error(
+        "WEBHOOK_VERIFY=off makes {endpoints} take unsigned webhooks, and HTTP_ADDR {addr} is \
+         not a loopback address: anyone who can reach it could post payment events. Set \
+         those endpoints' secrets, listen on 127.0.0.1, or confirm this deliberately with \
+         WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER=true"
+    )]
+    UnsignedOnPublicListener { addr: SocketAddr, endpoints: String },
 }
 
 /// How a run ended.
@@ -94,9 +103,9 @@ impl Application {
     /// `WEBHOOK_VERIFY=off`), binds the listener, connects to Postgres and
     /// Kafka, applies migrations (unless disabled) and starts the producer.
     pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        // Checked first, before anything connects: an unverifiable endpoint
-        // must never serve.
-        let (orders_verifier, chargebacks_verifier) = verifiers(&cfg.webhooks)?;
+        // Decided first, before anything connects: an endpoint that cannot
+        // verify must never serve unless unsigned intake was chosen.
+        let intakes = intakes(&cfg)?;
         let pool = db::pool_from_config(&cfg.database, cfg.database.pool_size)?;
         // Everything the edge accepts must be storable, which it only is in
         // a UTF8 database.
@@ -114,6 +123,9 @@ impl Application {
         }
         let kafka = Kafka::from_config(&cfg.kafka).await?;
         let metrics = Metrics::new();
+        for (endpoint, unsigned) in intakes.on() {
+            metrics.endpoint_unsigned(endpoint, unsigned);
+        }
         // Durability, retention, compression and size limits of the three
         // topics: warnings are logged; a webhook size the broker would
         // refuse stops start-up.
@@ -159,11 +171,11 @@ impl Application {
             }),
             orders: Endpoint {
                 topic: cfg.kafka.orders_topic.clone(),
-                verifier: orders_verifier,
+                intake: intakes.orders.clone(),
             },
             chargebacks: Endpoint {
                 topic: cfg.kafka.disputes_topic.clone(),
-                verifier: chargebacks_verifier,
+                intake: intakes.chargebacks.clone(),
             },
             max_body_bytes: cfg.http.max_body_bytes,
             request_timeout: cfg.http.request_timeout,
@@ -171,7 +183,7 @@ impl Application {
             occurred_at_max_future: cfg.http.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
-            providers: crate::providers::Endpoints::from_config(&cfg.webhooks),
+            providers: intakes.providers.clone(),
         });
         Ok(Self {
             cfg,
@@ -377,27 +389,74 @@ fn member_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Each endpoint's verifier, or `None` for both when `WEBHOOK_VERIFY=off`
-/// (said loudly in the log).
-fn verifiers(
-    webhooks: &WebhookSettings,
-) -> Result<(Option<Verifier>, Option<Verifier>), StartError> {
-    if !webhooks.verify {
-        warn!(
-            "WEBHOOK_VERIFY=off: webhook signatures are NOT checked; anyone who can reach \
-             this port can post forged payment events. For local use only, never in production"
-        );
-        return Ok((None, None));
+/// Every webhook endpoint, as [`crate::providers::intake`] decides: with
+/// secrets it verifies, without them it is off unless `WEBHOOK_VERIFY=off`
+/// chose unsigned intake.
+#[derive(Debug)]
+struct Intakes {
+    orders: Option<Intake<Verifier>>,
+    chargebacks: Option<Intake<Verifier>>,
+    providers: Endpoints,
+}
+
+impl Intakes {
+    /// `(endpoint, unsigned)` of every endpoint that is on.
+    fn on(&self) -> Vec<(&'static str, bool)> {
+        let p = &self.providers;
+        [
+            ("orders", self.orders.as_ref().map(Intake::is_unsigned)),
+            (
+                "chargebacks",
+                self.chargebacks.as_ref().map(Intake::is_unsigned),
+            ),
+            ("stripe", p.stripe.as_ref().map(|s| s.intake.is_unsigned())),
+            ("adyen", p.adyen.as_ref().map(|a| a.intake.is_unsigned())),
+        ]
+        .into_iter()
+        .filter_map(|(name, unsigned)| unsigned.map(|u| (name, u)))
+        .collect()
     }
-    let one = |auth: &WebhookAuth, var| {
-        Verifier::new(auth.scheme, auth.secrets.clone(), webhooks.tolerance)
-            .map(Some)
-            .ok_or(StartError::NoWebhookSecret { var })
+}
+
+/// Decides every endpoint's intake, and refuses to start when none is on,
+/// or when unsigned intake would face more than loopback without
+/// `WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER=true`. Unsigned endpoints are said
+/// loudly in the log.
+fn intakes(cfg: &Config) -> Result<Intakes, StartError> {
+    let webhooks = &cfg.webhooks;
+    let unsigned = !webhooks.verify;
+    let generic = |auth: &WebhookAuth| {
+        intake(
+            Verifier::new(auth.scheme, auth.secrets.clone(), webhooks.tolerance),
+            unsigned,
+        )
     };
-    Ok((
-        one(&webhooks.orders(), "WEBHOOK_ORDERS_SECRETS")?,
-        one(&webhooks.chargebacks(), "WEBHOOK_CHARGEBACKS_SECRETS")?,
-    ))
+    let all = Intakes {
+        orders: generic(&webhooks.orders()),
+        chargebacks: generic(&webhooks.chargebacks()),
+        providers: Endpoints::from_config(webhooks),
+    };
+    let on = all.on();
+    if on.is_empty() {
+        return Err(StartError::NoEndpoint);
+    }
+    let open: Vec<&str> = on.iter().filter(|(_, u)| *u).map(|(n, _)| *n).collect();
+    if !open.is_empty() {
+        let addr = cfg.http.addr;
+        if !addr.ip().is_loopback() && !webhooks.unsigned_on_public_listener {
+            return Err(StartError::UnsignedOnPublicListener {
+                addr,
+                endpoints: open.join(", "),
+            });
+        }
+        warn!(
+            endpoints = %open.join(", "),
+            "WEBHOOK_VERIFY=off: these endpoints have no secrets and take UNSIGNED webhooks; \
+             anyone who can reach this port can post forged payment events to them. For local \
+             use only, never in production"
+        );
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -414,65 +473,89 @@ mod tests {
         Config::from_map(&map).unwrap()
     }
 
-    #[tokio::test]
-    async fn an_endpoint_without_a_secret_refuses_to_start() {
-        // Nothing is reachable at this address: the refusal comes before any
-        // connection is tried.
-        let base = [("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
-        let e = Application::build(cfg(&base)).await.unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StartError::NoWebhookSecret {
-                    var: "WEBHOOK_ORDERS_SECRETS"
-                }
-            ),
-            "{e}"
-        );
-        let mut only_orders = base.to_vec();
-        only_orders.push((
-            "WEBHOOK_ORDERS_SECRETS",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        ));
-        let e = Application::build(cfg(&only_orders)).await.unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StartError::NoWebhookSecret {
-                    var: "WEBHOOK_CHARGEBACKS_SECRETS"
-                }
-            ),
-            "{e}"
-        );
-        assert!(e.to_string().contains("WEBHOOK_VERIFY=off"), "{e}");
+    const STD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const STRIPE: &str = "whsec_stripe_test_secret_0123456789";
+
+    fn on(pairs: &[(&str, &str)]) -> Result<Vec<(&'static str, bool)>, StartError> {
+        intakes(&cfg(pairs)).map(|i| i.on())
     }
 
     #[test]
-    fn verification_off_verifies_nothing() {
-        let (o, c) = verifiers(&cfg(&[("WEBHOOK_VERIFY", "off")]).webhooks).unwrap();
-        assert!(o.is_none() && c.is_none());
-        let (o, c) = verifiers(
-            &cfg(&[
-                (
-                    "WEBHOOK_ORDERS_SECRETS",
-                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                ),
-                ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
-                (
-                    "WEBHOOK_CHARGEBACKS_SECRETS",
-                    "whsec_stripe_test_secret_0123456789",
-                ),
-            ])
-            .webhooks,
-        )
-        .unwrap();
+    fn an_endpoint_with_secrets_always_verifies_and_one_without_is_off() {
+        // Stripe only, verification on (the default): Stripe verifies, the
+        // others are off.
         assert_eq!(
-            o.unwrap().scheme(),
+            on(&[("STRIPE_WEBHOOK_SECRETS", STRIPE)]).unwrap(),
+            [("stripe", false)]
+        );
+        // Adyen only.
+        let adyen = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+        assert_eq!(
+            on(&[("ADYEN_HMAC_KEYS", adyen)]).unwrap(),
+            [("adyen", false)]
+        );
+        // WEBHOOK_VERIFY=off does not switch a configured endpoint's
+        // verification off; it takes the others unsigned.
+        assert_eq!(
+            on(&[
+                ("STRIPE_WEBHOOK_SECRETS", STRIPE),
+                ("WEBHOOK_VERIFY", "off")
+            ])
+            .unwrap(),
+            [
+                ("orders", true),
+                ("chargebacks", true),
+                ("stripe", false),
+                ("adyen", true)
+            ]
+        );
+        let all = on(&[
+            ("WEBHOOK_ORDERS_SECRETS", STD),
+            ("WEBHOOK_CHARGEBACKS_SCHEME", "stripe"),
+            ("WEBHOOK_CHARGEBACKS_SECRETS", STRIPE),
+            ("WEBHOOK_VERIFY", "off"),
+        ])
+        .unwrap();
+        assert_eq!(all[..2], [("orders", false), ("chargebacks", false)]);
+        let i = intakes(&cfg(&[("WEBHOOK_ORDERS_SECRETS", STD)])).unwrap();
+        assert_eq!(
+            i.orders.unwrap().keys().unwrap().scheme(),
             crate::providers::signature::Scheme::Standard
         );
-        assert_eq!(
-            c.unwrap().scheme(),
-            crate::providers::signature::Scheme::Stripe
+        assert!(i.chargebacks.is_none());
+    }
+
+    #[test]
+    fn no_endpoint_on_and_unsigned_intake_beyond_loopback_refuse_to_start() {
+        assert!(matches!(on(&[]), Err(StartError::NoEndpoint)));
+        let e = on(&[("WEBHOOK_VERIFY", "off"), ("HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
+        assert!(
+            matches!(&e, StartError::UnsignedOnPublicListener { endpoints, .. }
+                if endpoints == "orders, chargebacks, stripe, adyen"),
+            "{e}"
         );
+        assert!(
+            e.to_string()
+                .contains("WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER"),
+            "{e}"
+        );
+        // With every endpoint signed, any address is fine.
+        assert!(
+            on(&[
+                ("STRIPE_WEBHOOK_SECRETS", STRIPE),
+                ("HTTP_ADDR", "0.0.0.0:8080")
+            ])
+            .is_ok()
+        );
+        // Confirmed deliberately.
+        assert!(
+            on(&[
+                ("WEBHOOK_VERIFY", "off"),
+                ("HTTP_ADDR", "0.0.0.0:8080"),
+                ("WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER", "true")
+            ])
+            .is_ok()
+        );
+        assert!(on(&[("WEBHOOK_VERIFY", "off"), ("HTTP_ADDR", "[::1]:8080")]).is_ok());
     }
 }

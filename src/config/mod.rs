@@ -318,18 +318,20 @@ settings! {
     }
     /// How each webhook endpoint verifies what it receives, and the providers' field names.
     Webhook => webhooks: WebhookSettings {
-        /// Check webhook signatures; off for local use only
+        /// on: an endpoint without secrets is off (404); off: it takes UNSIGNED webhooks (local use only). An endpoint with secrets always verifies
         verify: bool = WEBHOOK_VERIFY("on") check::switch("on or off");
+        /// Confirms WEBHOOK_VERIFY=off on a non-loopback HTTP_ADDR (anyone who reaches it can post payment events)
+        unsigned_on_public_listener: bool = WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER("false") check::switch("true or false");
         /// Allowed skew of a signature's timestamp from this server's clock, either way
         tolerance: Duration = WEBHOOK_TOLERANCE("5m")
             check::duration_within(Duration::from_secs(1)..=Duration::from_secs(3600), "a duration between 1s and 1h, like 5m");
         /// Signature scheme of the payment endpoint: standard or stripe
         orders_scheme: Scheme = WEBHOOK_ORDERS_SCHEME("standard") check::scheme();
-        /// Active secrets of the payment endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
+        /// Active secrets of the payment endpoint, comma-separated; none: /webhooks/payments/orders is off (404) unless WEBHOOK_VERIFY=off
         orders_secrets: Secrets = WEBHOOK_ORDERS_SECRETS("", secret) check::secrets();
         /// Signature scheme of the chargeback endpoint: standard or stripe
         chargebacks_scheme: Scheme = WEBHOOK_CHARGEBACKS_SCHEME("standard") check::scheme();
-        /// Active secrets of the chargeback endpoint, comma-separated; required unless WEBHOOK_VERIFY=off
+        /// Active secrets of the chargeback endpoint, comma-separated; none: /webhooks/payments/chargebacks is off (404) unless WEBHOOK_VERIFY=off
         chargebacks_secrets: Secrets = WEBHOOK_CHARGEBACKS_SECRETS("", secret) check::secrets();
         /// Stripe endpoint secrets, comma-separated; none: /webhooks/stripe is off (404) unless WEBHOOK_VERIFY=off
         stripe_secrets: Secrets = STRIPE_WEBHOOK_SECRETS("", secret) check::secrets();

@@ -55,7 +55,9 @@ use crate::kafka::{
     producer::Publish,
 };
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
-use crate::providers::{self, Provider, Refusal, Stream, generic::Generic, signature::Verifier};
+use crate::providers::{
+    self, Intake, Provider, Refusal, Stream, generic::Generic, signature::Verifier,
+};
 use futures::future::BoxFuture;
 
 /// What the handlers share.
@@ -88,8 +90,9 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub topic: String,
-    /// `None` only when verification is switched off (`WEBHOOK_VERIFY=off`).
-    pub verifier: Option<Verifier>,
+    /// How requests are taken; `None`: the endpoint is off (404). The
+    /// topic is the stream's all the same (providers publish to it).
+    pub intake: Option<Intake<Verifier>>,
 }
 
 /// Most bytes of an unread body read and thrown away after an early
@@ -180,19 +183,29 @@ where
 {
     let result = match (parts.uri.path(), &parts.method) {
         ("/webhooks/payments/orders", &Method::POST) => {
-            let generic = Generic {
-                stream: Stream::Orders,
-                verifier: state.orders.verifier.as_ref(),
+            let r = match &state.orders.intake {
+                Some(intake) => {
+                    let generic = Generic {
+                        stream: Stream::Orders,
+                        verifier: intake.keys(),
+                    };
+                    ingest(state, parts, body, &generic).await
+                }
+                None => Err(ApiError::NotFound),
             };
-            let r = ingest(state, parts, body, &generic).await;
             count(state, "orders", r)
         }
         ("/webhooks/payments/chargebacks", &Method::POST) => {
-            let generic = Generic {
-                stream: Stream::Disputes,
-                verifier: state.chargebacks.verifier.as_ref(),
+            let r = match &state.chargebacks.intake {
+                Some(intake) => {
+                    let generic = Generic {
+                        stream: Stream::Disputes,
+                        verifier: intake.keys(),
+                    };
+                    ingest(state, parts, body, &generic).await
+                }
+                None => Err(ApiError::NotFound),
             };
-            let r = ingest(state, parts, body, &generic).await;
             count(state, "chargebacks", r)
         }
         ("/webhooks/stripe", &Method::POST) => {

@@ -49,7 +49,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, signature::SignatureError,
+    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment,
+    signature::SignatureError,
 };
 pub use crate::config::keys::{HmacKey, HmacKeyError};
 use crate::domain::{ValidationError, json::parse_json_body};
@@ -65,8 +66,8 @@ fn sign(key: &HmacKey, signing_string: &str) -> [u8; 32] {
 /// The Adyen endpoint's settings.
 #[derive(Clone, Debug)]
 pub struct Adyen {
-    /// Active keys; `None` only when verification is switched off.
-    pub keys: Option<Vec<HmacKey>>,
+    /// Verified with its active keys, or unsigned (chosen explicitly).
+    pub intake: Intake<Vec<HmacKey>>,
     /// The `additionalData` key that holds the user id.
     pub user_id_key: String,
 }
@@ -280,7 +281,7 @@ impl Provider for Adyen {
             if !item.is_object() {
                 return Err(invalid(&format!("item {i} is not an object")).into());
             }
-            if let Some(keys) = &self.keys {
+            if let Some(keys) = self.intake.keys() {
                 verify_item(keys, &item).map_err(Refusal::Unauthorized)?;
             }
             parsed.push(item);
@@ -356,7 +357,11 @@ mod tests {
 
     fn adyen(verify: &[&str]) -> Adyen {
         Adyen {
-            keys: (!verify.is_empty()).then(|| keys(verify)),
+            intake: if verify.is_empty() {
+                Intake::Unsigned
+            } else {
+                Intake::Verify(keys(verify))
+            },
             user_id_key: "shopperReference".into(),
         }
     }

@@ -99,6 +99,41 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn answer(&self, event_ids: &[Uuid]) -> (StatusCode, &'static str, Vec<u8>);
 }
 
+/// How an endpoint that is on takes requests.
+#[derive(Clone, Debug)]
+pub enum Intake<K> {
+    /// Its secrets are set: every request is verified with them, whatever
+    /// else is configured.
+    Verify(K),
+    /// It has no secrets, and `WEBHOOK_VERIFY=off` chose unsigned intake.
+    Unsigned,
+}
+
+impl<K> Intake<K> {
+    /// The keys to verify with; `None` when unsigned.
+    pub fn keys(&self) -> Option<&K> {
+        match self {
+            Self::Verify(k) => Some(k),
+            Self::Unsigned => None,
+        }
+    }
+
+    pub fn is_unsigned(&self) -> bool {
+        matches!(self, Self::Unsigned)
+    }
+}
+
+/// The one decision of whether and how an endpoint takes webhooks (fail
+/// closed): with secrets it verifies; without, it is off (404) unless
+/// unsigned intake was chosen (`WEBHOOK_VERIFY=off`).
+pub fn intake<K>(keys: Option<K>, unsigned_chosen: bool) -> Option<Intake<K>> {
+    match keys {
+        Some(k) => Some(Intake::Verify(k)),
+        None if unsigned_chosen => Some(Intake::Unsigned),
+        None => None,
+    }
+}
+
 /// The provider endpoints that are switched on, besides the generic ones.
 #[derive(Clone, Debug, Default)]
 pub struct Endpoints {
@@ -109,10 +144,9 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// An endpoint is on once its secrets are set; with `WEBHOOK_VERIFY=off`
-    /// both are on and check nothing.
+    /// Each endpoint as [`intake`] decides from its secrets.
     pub fn from_config(webhooks: &crate::config::WebhookSettings) -> Self {
-        let verify = webhooks.verify;
+        let unsigned = !webhooks.verify;
         let stripe = signature::Verifier::new(
             signature::Scheme::Stripe,
             webhooks.stripe_keys(),
@@ -120,13 +154,13 @@ impl Endpoints {
         );
         let adyen_keys = Some(webhooks.adyen_keys()).filter(|k| !k.is_empty());
         Self {
-            stripe: (!verify || stripe.is_some()).then(|| stripe::Stripe {
-                verifier: stripe.filter(|_| verify),
+            stripe: intake(stripe, unsigned).map(|intake| stripe::Stripe {
+                intake,
                 order_id_key: webhooks.stripe_order_id_key.clone(),
                 user_id_key: webhooks.stripe_user_id_key.clone(),
             }),
-            adyen: (!verify || adyen_keys.is_some()).then(|| adyen::Adyen {
-                keys: adyen_keys.filter(|_| verify),
+            adyen: intake(adyen_keys, unsigned).map(|intake| adyen::Adyen {
+                intake,
                 user_id_key: webhooks.adyen_user_id_key.clone(),
             }),
         }

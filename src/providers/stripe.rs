@@ -36,7 +36,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    Accepted, Item, Mapping, Provider, Refusal, Stream, dispute, payment, raw_of, rfc3339,
+    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment, raw_of, rfc3339,
     signature::Verifier,
 };
 use crate::domain::{ValidationError, json::parse_json_body};
@@ -44,8 +44,8 @@ use crate::domain::{ValidationError, json::parse_json_body};
 /// The Stripe endpoint's settings.
 #[derive(Clone, Debug)]
 pub struct Stripe {
-    /// `None` only when verification is switched off.
-    pub verifier: Option<Verifier>,
+    /// Verified with its secrets, or unsigned (chosen explicitly).
+    pub intake: Intake<Verifier>,
     /// The `metadata` key that holds payhook's order id.
     pub order_id_key: String,
     /// The `metadata` key that holds the user id.
@@ -209,7 +209,7 @@ impl Provider for Stripe {
     }
 
     fn accept(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {
-        if let Some(v) = &self.verifier {
+        if let Some(v) = self.intake.keys() {
             v.verify(headers, body, now)
                 .map_err(Refusal::Unauthorized)?;
         }
@@ -293,14 +293,18 @@ mod tests {
 
     fn stripe(verify: bool) -> Stripe {
         Stripe {
-            verifier: verify.then(|| {
-                Verifier::new(
-                    Scheme::Stripe,
-                    vec![SigningKey::parse(Scheme::Stripe, SECRET).unwrap()],
-                    Duration::from_secs(300),
+            intake: if verify {
+                Intake::Verify(
+                    Verifier::new(
+                        Scheme::Stripe,
+                        vec![SigningKey::parse(Scheme::Stripe, SECRET).unwrap()],
+                        Duration::from_secs(300),
+                    )
+                    .unwrap(),
                 )
-                .unwrap()
-            }),
+            } else {
+                Intake::Unsigned
+            },
             order_id_key: "order_id".into(),
             user_id_key: "user_id".into(),
         }

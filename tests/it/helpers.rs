@@ -498,16 +498,18 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
             vec![SigningKey::parse(scheme, secret).unwrap()],
             Duration::from_secs(300),
         )
+        .unwrap()
     };
+    use payhook::providers::Intake;
     let state = AppState {
         publisher: recorder.clone(),
         orders: Endpoint {
             topic: "orders".into(),
-            verifier: verifier(Scheme::Standard, ORDERS_SECRET),
+            intake: Some(Intake::Verify(verifier(Scheme::Standard, ORDERS_SECRET))),
         },
         chargebacks: Endpoint {
             topic: "disputes".into(),
-            verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
+            intake: Some(Intake::Verify(verifier(Scheme::Stripe, STRIPE_SECRET))),
         },
         max_body_bytes: MAX_BODY,
         request_timeout: Duration::from_secs(5),
@@ -518,12 +520,12 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         ops_on_public: true,
         providers: payhook::providers::Endpoints {
             stripe: Some(payhook::providers::stripe::Stripe {
-                verifier: verifier(Scheme::Stripe, STRIPE_SECRET),
+                intake: Intake::Verify(verifier(Scheme::Stripe, STRIPE_SECRET)),
                 order_id_key: "order_id".into(),
                 user_id_key: "user_id".into(),
             }),
             adyen: Some(payhook::providers::adyen::Adyen {
-                keys: Some(vec![
+                intake: Intake::Verify(vec![
                     payhook::providers::adyen::HmacKey::parse(ADYEN_DOC_KEY).unwrap(),
                 ]),
                 user_id_key: "shopperReference".into(),

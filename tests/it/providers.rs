@@ -670,7 +670,7 @@ fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
         providers::{Provider, Stream, stripe::Stripe},
     };
     let stripe = Stripe {
-        verifier: None,
+        intake: payhook::providers::Intake::Unsigned,
         order_id_key: "order_id".into(),
         user_id_key: "user_id".into(),
     };

@@ -207,3 +207,92 @@ async fn only_correctly_signed_webhooks_are_accepted() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// An endpoint with secrets verifies whatever else is set; one without is
+/// off unless unsigned intake is chosen; unsigned intake beyond loopback
+/// needs a second, deliberate setting. A gauge says which endpoints take
+/// unsigned webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_fails_closed_per_endpoint() {
+    let env = Env::new().await;
+    let intent = json!({"id": "evt_fc", "object": "event", "type": "payment_intent.succeeded",
+        "created": unix_now(), "livemode": false,
+        "data": {"object": {"id": "pi_fc", "object": "payment_intent", "amount": 100,
+            "currency": "eur", "metadata": {"order_id": "ord_fc", "user_id": "usr_fc"}}}})
+    .to_string();
+    let post = |app: &TestApp, path: &'static str, body: String| {
+        let http = app.http.clone();
+        let url = app.url(path);
+        async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let unsigned_payment = payment("evt_fc_g", "ord_fc_g", "succeeded", "2026-11-26T10:00:00Z");
+
+    // Stripe secrets set, WEBHOOK_VERIFY=off: Stripe still verifies (an
+    // unsigned event is 401 and changes nothing); the endpoints without
+    // secrets take unsigned webhooks, as chosen.
+    let app = env
+        .start(&[
+            ("WEBHOOK_VERIFY", "off"),
+            ("STRIPE_WEBHOOK_SECRETS", STRIPE),
+        ])
+        .await;
+    assert_eq!(post(&app, "/webhooks/stripe", intent.clone()).await, 401);
+    assert_eq!(post(&app, ORDERS, unsigned_payment.to_string()).await, 202);
+    let metrics = app.metrics().await;
+    for (endpoint, v) in [
+        ("orders", 1),
+        ("chargebacks", 1),
+        ("stripe", 0),
+        ("adyen", 1),
+    ] {
+        let line = format!("payhook_webhook_endpoint_unsigned{{endpoint=\"{endpoint}\"}} {v}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    env.wait_caught_up().await;
+    app.stop().await;
+
+    // A Stripe-only deployment, verification on: it starts, Stripe
+    // verifies, the generic endpoints are off.
+    let app = env
+        .start(&[("WEBHOOK_VERIFY", "on"), ("STRIPE_WEBHOOK_SECRETS", STRIPE)])
+        .await;
+    assert_eq!(post(&app, "/webhooks/stripe", intent.clone()).await, 401);
+    assert_eq!(post(&app, ORDERS, unsigned_payment.to_string()).await, 404);
+    assert_eq!(post(&app, "/webhooks/adyen", "{}".into()).await, 404);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("payhook_webhook_endpoint_unsigned{endpoint=\"stripe\"} 0"));
+    assert!(!metrics.contains("endpoint=\"orders\"} 1"), "{metrics}");
+    app.stop().await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders WHERE order_id = 'ord_fc'")
+            .await,
+        0,
+        "the unsigned Stripe event moved nothing"
+    );
+
+    // Unsigned intake on every interface: refused before anything starts,
+    // unless confirmed deliberately.
+    let all_interfaces = [("WEBHOOK_VERIFY", "off"), ("HTTP_ADDR", "0.0.0.0:0")];
+    let e = payhook::app::Application::build(env.config(&all_interfaces))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER"),
+        "{e}"
+    );
+    let mut confirmed = all_interfaces.to_vec();
+    confirmed.push(("WEBHOOK_UNSIGNED_ON_PUBLIC_LISTENER", "true"));
+    let app = env.start(&confirmed).await;
+    app.stop().await;
+    env.cleanup().await;
+}
