@@ -38,6 +38,14 @@ pub struct IgnoredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub provider: &'static str,
+    /// Why the event is outside the endpoint's scope: `livemode`,
+    /// `account` or `merchant_account`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
@@ -97,6 +105,10 @@ pub struct Metrics {
     /// Provider events acknowledged but not mapped (unknown types), by
     /// provider and event type. Nothing is published for them.
     pub provider_events_ignored: Family<IgnoredLabels, Counter>,
+    /// Provider events acknowledged from outside the endpoint's scope
+    /// (another mode, connected account or merchant account), by provider
+    /// and reason. Each is published and dead-lettered with the reason.
+    pub provider_events_out_of_scope: Family<ScopeLabels, Counter>,
     /// Disputes waiting for their payment (`parked_disputes`), as of the
     /// last sweep.
     pub parked_disputes: Gauge,
@@ -224,6 +236,12 @@ impl Metrics {
             "Provider events acknowledged without effect (types payhook does not map), by provider and type",
             provider_events_ignored.clone(),
         );
+        let provider_events_out_of_scope = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "provider_events_out_of_scope",
+            "Provider events acknowledged but not applied because they come from outside the endpoint's scope (mode, account, merchant account), by provider and reason",
+            provider_events_out_of_scope.clone(),
+        );
         let parked_disputes = Gauge::default();
         registry.register(
             "parked_disputes",
@@ -247,6 +265,7 @@ impl Metrics {
             first_start_gap,
             webhook_endpoint_unsigned,
             provider_events_ignored,
+            provider_events_out_of_scope,
             parked_disputes,
             parked_dispute_oldest_seconds,
             parked_disputes_dead_lettered,

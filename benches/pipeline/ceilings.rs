@@ -246,10 +246,10 @@ async fn copy_batch(db: &mut tokio_postgres::Client, batch: &[PaymentEvent]) {
                 &w.provider_event_id.as_str(),
                 &e.event_id,
                 &w.order_id.as_str(),
-                &w.user_id.as_str(),
+                &w.user_id.as_ref().map(|u| u.as_str()),
                 &w.status.as_str(),
-                &w.amount.minor_units(),
-                &w.currency.as_str(),
+                &w.amount.map(|a| a.minor_units()),
+                &w.currency.as_ref().map(|c| c.as_str()),
                 &w.occurred_at.as_datetime(),
                 &Json(payload),
                 &e.source.topic.as_str(),
@@ -262,13 +262,19 @@ async fn copy_batch(db: &mut tokio_postgres::Client, batch: &[PaymentEvent]) {
     writer.finish().await.expect("copy finish");
     let col = |f: &dyn Fn(&PaymentEvent) -> String| batch.iter().map(f).collect::<Vec<_>>();
     let o = col(&|e| e.webhook.order_id.as_str().to_owned());
-    let u = col(&|e| e.webhook.user_id.as_str().to_owned());
-    let s = col(&|e| e.webhook.status.as_str().to_owned());
-    let c = col(&|e| e.webhook.currency.as_str().to_owned());
-    let p = col(&|e| e.webhook.provider_event_id.as_str().to_owned());
-    let a: Vec<i64> = batch
+    let u: Vec<Option<&str>> = batch
         .iter()
-        .map(|e| e.webhook.amount.minor_units())
+        .map(|e| e.webhook.user_id.as_ref().map(|u| u.as_str()))
+        .collect();
+    let s = col(&|e| e.webhook.status.as_str().to_owned());
+    let c: Vec<Option<&str>> = batch
+        .iter()
+        .map(|e| e.webhook.currency.as_ref().map(|c| c.as_str()))
+        .collect();
+    let p = col(&|e| e.webhook.provider_event_id.as_str().to_owned());
+    let a: Vec<Option<i64>> = batch
+        .iter()
+        .map(|e| e.webhook.amount.map(|a| a.minor_units()))
         .collect();
     let t: Vec<_> = batch
         .iter()

@@ -491,7 +491,11 @@ mod tests {
         // Adyen only.
         let adyen = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
         assert_eq!(
-            on(&[("ADYEN_HMAC_KEYS", adyen)]).unwrap(),
+            on(&[
+                ("ADYEN_HMAC_KEYS", adyen),
+                ("ADYEN_MERCHANT_ACCOUNTS", "Shop")
+            ])
+            .unwrap(),
             [("adyen", false)]
         );
         // WEBHOOK_VERIFY=off does not switch a configured endpoint's

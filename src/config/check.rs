@@ -158,6 +158,36 @@ pub fn metadata_key() -> Check<impl Fn(&str) -> Option<String>> {
     }
 }
 
+/// A comma-separated list of account identifiers (Stripe `acct_…`, Adyen
+/// merchant account codes): each 1 to 255 visible ASCII characters; empty
+/// is the empty list.
+pub fn accounts(expected: &'static str) -> Check<impl Fn(&str) -> Option<Vec<String>>> {
+    Check {
+        expected,
+        parse: |s: &str| {
+            if s.trim().is_empty() {
+                return Some(Vec::new());
+            }
+            let list: Vec<String> = s.split(',').map(|a| a.trim().to_owned()).collect();
+            list.iter()
+                .all(|a| !a.is_empty() && a.len() <= 255 && a.bytes().all(|b| b.is_ascii_graphic()))
+                .then_some(list)
+        },
+    }
+}
+
+/// `live` or `test`: which Stripe events an endpoint applies (`true` is live).
+pub fn stripe_mode() -> Check<impl Fn(&str) -> Option<bool>> {
+    Check {
+        expected: "live or test",
+        parse: |s: &str| match s.to_ascii_lowercase().as_str() {
+            "live" => Some(true),
+            "test" => Some(false),
+            _ => None,
+        },
+    }
+}
+
 /// Empty means "not set" (`None`); anything else must pass `inner`.
 /// For settings without a default, e.g. `KAFKA_SASL_USERNAME("")`.
 pub fn optional<T>(

@@ -339,10 +339,16 @@ settings! {
         stripe_order_id_key: String = STRIPE_ORDER_ID_KEY("order_id") check::metadata_key();
         /// The Stripe metadata key holding the user id
         stripe_user_id_key: String = STRIPE_USER_ID_KEY("user_id") check::metadata_key();
+        /// Which Stripe events are applied: live or test (the other mode's are acknowledged and dead-lettered)
+        stripe_livemode: bool = STRIPE_LIVEMODE("live") check::stripe_mode();
+        /// Connected accounts (acct_...) whose Stripe events are applied, comma-separated; empty: platform events only
+        stripe_accounts: Vec<String> = STRIPE_ACCOUNTS("") check::accounts("comma-separated Stripe account ids like acct_1Nv0FGQ9RKHgCVdK");
         /// Adyen HMAC keys (hex), comma-separated; none: /webhooks/adyen is off (404) unless WEBHOOK_VERIFY=off
         adyen_hmac_keys: Secrets = ADYEN_HMAC_KEYS("", secret) check::secrets();
         /// The Adyen additionalData key holding the user id
         adyen_user_id_key: String = ADYEN_USER_ID_KEY("shopperReference") check::metadata_key();
+        /// Adyen merchant accounts whose notifications are applied, comma-separated (required with ADYEN_HMAC_KEYS)
+        adyen_merchant_accounts: Vec<String> = ADYEN_MERCHANT_ACCOUNTS("") check::accounts("comma-separated Adyen merchant account codes like ShopEU");
     }
     /// How payhook reaches Postgres and bounds its sessions.
     Database => database: DatabaseSettings {
@@ -654,6 +660,18 @@ impl Config {
                 var: "ADYEN_HMAC_KEYS",
                 value: format!("<redacted: {e}>"),
                 expected: "comma-separated hex HMAC keys, each of at least 32 hex digits, none empty",
+            });
+        }
+        // An Adyen HMAC key is per webhook, and a webhook can cover a whole
+        // company account: which merchant accounts may move orders is said
+        // explicitly, never assumed.
+        if !self.webhooks.adyen_hmac_keys.0.trim().is_empty()
+            && self.webhooks.adyen_merchant_accounts.is_empty()
+        {
+            errors.push(VarError {
+                var: "ADYEN_MERCHANT_ACCOUNTS",
+                value: String::new(),
+                expected: "the merchant account codes whose notifications are applied (ADYEN_HMAC_KEYS is set)",
             });
         }
         for (var, scheme, secrets) in [
@@ -1180,6 +1198,9 @@ mod tests {
             ("order_id", "user_id")
         );
         assert_eq!(c.webhooks.adyen_user_id_key, "shopperReference");
+        // Live events only, platform events only, by default.
+        assert!(c.webhooks.stripe_livemode);
+        assert!(c.webhooks.stripe_accounts.is_empty());
         assert_eq!(
             c.consumer.dispute_payment_wait,
             Duration::from_secs(96 * 3600)
@@ -1194,10 +1215,16 @@ mod tests {
                 "ADYEN_HMAC_KEYS",
                 "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
             ),
+            ("ADYEN_MERCHANT_ACCOUNTS", "ShopEU, ShopUS"),
             ("STRIPE_ORDER_ID_KEY", "payhook_order"),
+            ("STRIPE_LIVEMODE", "test"),
+            ("STRIPE_ACCOUNTS", "acct_1Nv0FGQ9RKHgCVdK"),
             ("DISPUTE_PAYMENT_WAIT", "2s"),
         ])
         .unwrap();
+        assert_eq!(c.webhooks.adyen_merchant_accounts, ["ShopEU", "ShopUS"]);
+        assert!(!c.webhooks.stripe_livemode);
+        assert_eq!(c.webhooks.stripe_accounts, ["acct_1Nv0FGQ9RKHgCVdK"]);
         assert_eq!(c.webhooks.stripe_keys().len(), 2);
         assert_eq!(c.webhooks.adyen_keys().len(), 1);
         assert_eq!(c.webhooks.stripe_order_id_key, "payhook_order");
@@ -1209,6 +1236,8 @@ mod tests {
                 "44782DEF547AAA06C910C43932B1EB0C71FC68D9ZZ",
             ),
             ("STRIPE_USER_ID_KEY", "has space"),
+            ("STRIPE_LIVEMODE", "true"),
+            ("STRIPE_ACCOUNTS", "acct_1,,acct_2"),
             ("DISPUTE_PAYMENT_WAIT", "0s"),
         ])
         .unwrap_err();
@@ -1218,7 +1247,10 @@ mod tests {
             vars,
             [
                 "ADYEN_HMAC_KEYS",
+                "ADYEN_MERCHANT_ACCOUNTS",
                 "DISPUTE_PAYMENT_WAIT",
+                "STRIPE_ACCOUNTS",
+                "STRIPE_LIVEMODE",
                 "STRIPE_USER_ID_KEY",
                 "STRIPE_WEBHOOK_SECRETS",
             ]

@@ -54,7 +54,9 @@ pub enum ProcessError {
         #[source]
         source: DecodeError,
     },
-    #[error("database: {0}")]
+    /// A pin conflict is the record's data, not the database's trouble:
+    /// its reason is shown as it is.
+    #[error("{}{}", if matches!(.0, DbError::Conflict(_)) { "" } else { "database: " }, .0)]
     Db(#[from] DbError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -80,7 +82,7 @@ impl ProcessError {
     /// The single retry decision.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Decode { .. } => ErrorClass::Permanent,
+            Self::Decode { .. } | Self::Db(DbError::Conflict(_)) => ErrorClass::Permanent,
             Self::Db(e) => match e.sqlstate() {
                 Some(code) => sqlstate_class(code),
                 // Pool timeouts, closed connections, I/O: the database, not

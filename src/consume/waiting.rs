@@ -112,7 +112,7 @@ pub async fn settle(
             };
             match decode(&w) {
                 Ok(d) => {
-                    parked::remove(tx, &w.provider_event_id).await?;
+                    parked::remove(tx, &w.provider, &w.provider_event_id).await?;
                     info!(provider_event_id = %w.provider_event_id, order_id = %payment.webhook.order_id,
                           "waiting dispute released by its payment");
                     out.resolved
@@ -262,7 +262,7 @@ impl Sweeper {
                 self.db_deadline,
                 async {
                     let conn = self.pool.get().await?;
-                    parked::remove_claimed(&**conn, &w.provider_event_id).await
+                    parked::remove_claimed(&**conn, &w.provider, &w.provider_event_id).await
                 },
             )
             .await?;

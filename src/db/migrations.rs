@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "log_identity",
         include_str!("../../sql/0005_log_identity.sql"),
     ),
+    (
+        6,
+        "scoped_payments",
+        include_str!("../../sql/0006_scoped_payments.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

@@ -37,6 +37,9 @@ pub enum DbError {
     Build(String),
     #[error("database TLS: {0}")]
     Tls(#[from] ConnectError),
+    /// An event disagrees with what its order pinned: the record's data.
+    #[error("{0}")]
+    Conflict(Box<crate::domain::orders::Conflict>),
     #[error(
         "{what}: no answer from the database within {} (is it hung or unreachable?)",
         humantime::format_duration(*.after)
@@ -144,6 +147,12 @@ where
     match tokio::time::timeout(after, fut).await {
         Ok(r) => r.map_err(DbError::from),
         Err(_) => Err(DbError::Timeout { what, after }),
+    }
+}
+
+impl From<crate::domain::orders::Conflict> for DbError {
+    fn from(c: crate::domain::orders::Conflict) -> Self {
+        Self::Conflict(Box::new(c))
     }
 }
 

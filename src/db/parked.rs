@@ -64,7 +64,7 @@ pub async fn park(tx: &Transaction<'_>, p: &PendingChargeback) -> Result<bool, D
             "INSERT INTO parked_disputes (provider_event_id, provider, object_ids, record_key,
                                           record_value, kafka_topic, kafka_partition, kafka_offset)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (provider_event_id) DO NOTHING",
+             ON CONFLICT (provider, provider_event_id) DO NOTHING",
         )
         .await?;
     let n = tx
@@ -152,8 +152,8 @@ pub async fn claim_expired(
     let sql = format!(
         "UPDATE parked_disputes p
             SET dead_letter_claimed_until = now() + make_interval(secs => $2)
-          WHERE p.provider_event_id = (
-                SELECT provider_event_id FROM parked_disputes
+          WHERE (p.provider, p.provider_event_id) = (
+                SELECT provider, provider_event_id FROM parked_disputes
                  WHERE (dead_letter_claimed_until IS NULL
                         AND parked_at <= now() - make_interval(secs => $1))
                     OR dead_letter_claimed_until < now()
@@ -175,22 +175,28 @@ pub async fn claim_expired(
 /// Deletes a claimed dispute once its dead letter is acknowledged.
 pub async fn remove_claimed(
     db: &impl tokio_postgres::GenericClient,
+    provider: &str,
     provider_event_id: &str,
 ) -> Result<(), DbError> {
     db.execute(
         "DELETE FROM parked_disputes
-          WHERE provider_event_id = $1 AND dead_letter_claimed_until IS NOT NULL",
-        &[&provider_event_id],
+          WHERE provider = $1 AND provider_event_id = $2
+            AND dead_letter_claimed_until IS NOT NULL",
+        &[&provider, &provider_event_id],
     )
     .await?;
     Ok(())
 }
 
 /// Deletes one released dispute, in the payment's transaction.
-pub async fn remove(tx: &Transaction<'_>, provider_event_id: &str) -> Result<(), DbError> {
+pub async fn remove(
+    tx: &Transaction<'_>,
+    provider: &str,
+    provider_event_id: &str,
+) -> Result<(), DbError> {
     tx.execute(
-        "DELETE FROM parked_disputes WHERE provider_event_id = $1",
-        &[&provider_event_id],
+        "DELETE FROM parked_disputes WHERE provider = $1 AND provider_event_id = $2",
+        &[&provider, &provider_event_id],
     )
     .await?;
     Ok(())

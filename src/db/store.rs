@@ -1,10 +1,13 @@
 //! The domain's storage traits over one Postgres transaction.
 //!
-//! An order (or dispute) row moves only to an event that is later in the
-//! event order (`domain::apply`): the `WHERE` of the two `advance`
-//! statements compares `(occurred_at, precedence, provider_event_id)` rows,
-//! with the precedence functions of `sql/0002_event_order.sql` and byte
-//! order for the id.
+//! A payment (or dispute) row moves only to an event that is later in the
+//! event order (`domain::apply`): the statements compare `(occurred_at,
+//! precedence, provider_event_id, provider)` rows, with the precedence
+//! functions of `sql/0002_event_order.sql` and byte order for the texts.
+//! An order's payment status is derived from its payments in SQL by the
+//! rule of `domain::orders` (`payhook_payment_state`,
+//! `sql/0006_scoped_payments.sql`); `tests/it/event_order.rs` holds the two
+//! sides together.
 //!
 //! Each call is one set-based statement over arrays (`unnest`), so a batch of
 //! a thousand events costs a handful of round trips, not a thousand. The
@@ -15,12 +18,14 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
+use std::collections::HashMap;
+
 use super::DbError;
 use crate::domain::{
-    apply::EventStore,
+    apply::{EventRef, EventStore},
     disputes::ChargebackEvent,
-    orders::{PaymentEvent, SourcePosition},
-    types::{Origin, ProviderEventId},
+    orders::{PaymentAdvance, PaymentEvent, PaymentStore, Pins, Settle, SourcePosition},
+    types::Origin,
 };
 
 /// Storage over an open transaction on a pooled connection; the caller
@@ -41,52 +46,135 @@ impl<'a, 't> PgStore<'a, 't> {
     }
 }
 
-fn ids(rows: Vec<tokio_postgres::Row>) -> Result<Vec<ProviderEventId>, DbError> {
-    // The ids came from validated events; a row we cannot read back would be
-    // a schema bug, so it is reported rather than skipped.
+/// `(provider, provider_event_id)` rows, as returned by the inserts.
+fn refs(rows: Vec<tokio_postgres::Row>) -> Vec<EventRef> {
     rows.iter()
-        .map(|r| {
-            let s: &str = r.get(0);
-            ProviderEventId::parse(s).map_err(|e| DbError::Build(e.to_string()))
+        .map(|r| EventRef {
+            provider: r.get(0),
+            provider_event_id: r.get(1),
         })
         .collect()
+}
+
+/// The payment rows of `sql/0002` and `sql/0006` compare events by this
+/// row, in SQL as `domain::apply::OrderKey` does in Rust.
+macro_rules! newer {
+    ($new:literal, $cur:literal) => {
+        concat!(
+            "(",
+            $new,
+            ".status_occurred_at, payhook_payment_precedence(",
+            $new,
+            ".status), ",
+            $new,
+            ".last_provider_event_id COLLATE \"C\") > (",
+            $cur,
+            ".status_occurred_at, ",
+            "payhook_payment_precedence(",
+            $cur,
+            ".status), ",
+            $cur,
+            ".last_provider_event_id COLLATE \"C\")"
+        )
+    };
 }
 
 const INSERT_PAYMENTS: &str = "
 INSERT INTO payment_events (provider_event_id, event_id, order_id, user_id, status, amount,
                             currency, occurred_at, payload, kafka_topic, kafka_partition,
                             kafka_offset, provider, provider_object_ids,
-                            payload_raw)
+                            payload_raw, payment_id, refund_key, refund_amount)
 SELECT p, e, o, u, s, a, c, t, j::jsonb, tp, pa, k, pr,
        ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)),
-       CASE WHEN pr = 'generic' THEN NULL ELSE j END
+       CASE WHEN pr = 'generic' THEN NULL ELSE j END, pid, rk, ra
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[],
             $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int4[], $12::int8[],
-            $13::text[], $14::text[])
-     AS x(p, e, o, u, s, a, c, t, j, tp, pa, k, pr, ids)
-ON CONFLICT (provider_event_id) DO NOTHING
-RETURNING provider_event_id";
+            $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[])
+     AS x(p, e, o, u, s, a, c, t, j, tp, pa, k, pr, ids, pid, rk, ra)
+ON CONFLICT (provider, provider_event_id) DO NOTHING
+RETURNING provider, provider_event_id";
 
-const ADVANCE_ORDERS: &str = r#"
+const PINS: &str = "
+SELECT order_id, user_id, amount, currency::text FROM orders WHERE order_id = ANY($1::text[])";
+
+/// Each payment to its event, unless it holds a later one; its amount and
+/// currency where unset. A row changes only when one of these does.
+const ADVANCE_PAYMENTS: &str = concat!(
+    "
+INSERT INTO payments AS cur (provider, payment_id, order_id, status, amount, currency,
+                             status_occurred_at, last_provider_event_id)
+SELECT pr, pid, o, s, a, c, t, p
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
+            $7::timestamptz[], $8::text[]) AS x(pr, pid, o, s, a, c, t, p)
+ON CONFLICT (provider, payment_id) DO UPDATE
+   SET amount = coalesce(cur.amount, EXCLUDED.amount),
+       currency = coalesce(cur.currency, EXCLUDED.currency),
+       status = CASE WHEN ",
+    newer!("EXCLUDED", "cur"),
+    " THEN EXCLUDED.status ELSE cur.status END,
+       status_occurred_at = CASE WHEN ",
+    newer!("EXCLUDED", "cur"),
+    " THEN EXCLUDED.status_occurred_at ELSE cur.status_occurred_at END,
+       last_provider_event_id = CASE WHEN ",
+    newer!("EXCLUDED", "cur"),
+    " THEN EXCLUDED.last_provider_event_id ELSE cur.last_provider_event_id END,
+       updated_at = now()
+ WHERE ",
+    newer!("EXCLUDED", "cur"),
+    "
+    OR (cur.amount IS NULL AND EXCLUDED.amount IS NOT NULL)
+    OR (cur.currency IS NULL AND EXCLUDED.currency IS NOT NULL)"
+);
+
+/// Each refund at the largest amount reported (one row per key per call).
+const ADD_REFUNDS: &str = "
+INSERT INTO payment_refunds AS cur (provider, payment_id, refund_key, amount)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])
+ON CONFLICT (provider, payment_id, refund_key)
+DO UPDATE SET amount = greatest(cur.amount, EXCLUDED.amount)";
+
+/// The payments' refunded amounts, brought up to date.
+const SUM_REFUNDS: &str = "
+UPDATE payments p
+   SET refunded_amount = (SELECT coalesce(sum(f.amount), 0) FROM payment_refunds f
+                           WHERE f.provider = p.provider AND f.payment_id = p.payment_id),
+       updated_at = now()
+ WHERE (p.provider, p.payment_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// Each order: pinned facts where unset, and the payment status, instant
+/// and last event derived from its payments (`domain::orders`).
+const SETTLE_ORDERS: &str = r#"
+WITH x AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS x(o, u, a, c)
+), q AS (
+    SELECT p.*, payhook_payment_state(p.status, p.amount, p.refunded_amount) AS st
+      FROM payments p WHERE p.order_id IN (SELECT o FROM x)
+), d AS (
+    SELECT order_id,
+           CASE WHEN bool_or(st = 'succeeded') THEN 'succeeded'
+                WHEN bool_or(st = 'refunded') THEN 'refunded'
+                WHEN bool_or(st = 'pending') THEN 'pending'
+                ELSE 'failed' END AS status
+      FROM q GROUP BY order_id
+), l AS (
+    SELECT DISTINCT ON (order_id) order_id, status_occurred_at, last_provider_event_id, provider
+      FROM q
+     ORDER BY order_id, status_occurred_at DESC, payhook_payment_precedence(status) DESC,
+              last_provider_event_id COLLATE "C" DESC, provider COLLATE "C" DESC
+)
 INSERT INTO orders AS cur (order_id, user_id, payment_status, amount, currency,
-                           status_occurred_at, last_provider_event_id)
-SELECT o, u, s, a, c, t, p
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
-            $6::timestamptz[], $7::text[]) AS x(o, u, s, a, c, t, p)
+                           status_occurred_at, last_provider_event_id, last_provider)
+SELECT x.o, x.u, d.status, x.a, x.c, l.status_occurred_at, l.last_provider_event_id, l.provider
+  FROM x JOIN d ON d.order_id = x.o JOIN l ON l.order_id = x.o
 ON CONFLICT (order_id) DO UPDATE
-   SET user_id = EXCLUDED.user_id,
+   SET user_id = coalesce(cur.user_id, EXCLUDED.user_id),
+       amount = coalesce(cur.amount, EXCLUDED.amount),
+       currency = coalesce(cur.currency, EXCLUDED.currency),
        payment_status = EXCLUDED.payment_status,
-       amount = EXCLUDED.amount,
-       currency = EXCLUDED.currency,
        status_occurred_at = EXCLUDED.status_occurred_at,
        last_provider_event_id = EXCLUDED.last_provider_event_id,
-       updated_at = now()
- WHERE (EXCLUDED.status_occurred_at,
-        payhook_payment_precedence(EXCLUDED.payment_status),
-        EXCLUDED.last_provider_event_id COLLATE "C")
-     > (cur.status_occurred_at,
-        payhook_payment_precedence(cur.payment_status),
-        cur.last_provider_event_id COLLATE "C")"#;
+       last_provider = EXCLUDED.last_provider,
+       updated_at = now()"#;
 
 const INSERT_CHARGEBACKS: &str = "
 INSERT INTO chargeback_events (provider_event_id, event_id, order_id, status, reason, amount,
@@ -100,15 +188,15 @@ FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8
             $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int4[], $12::int8[],
             $13::text[], $14::text[])
      AS x(p, e, o, s, r, a, c, t, j, tp, pa, k, pr, ids)
-ON CONFLICT (provider_event_id) DO NOTHING
-RETURNING provider_event_id";
+ON CONFLICT (provider, provider_event_id) DO NOTHING
+RETURNING provider, provider_event_id";
 
 const ADVANCE_DISPUTES: &str = r#"
 INSERT INTO disputes AS cur (order_id, status, reason, amount, currency, status_occurred_at,
-                             last_provider_event_id)
-SELECT o, s, r, a, c, t, p
+                             last_provider_event_id, last_provider)
+SELECT o, s, r, a, c, t, p, pr
 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
-            $6::timestamptz[], $7::text[]) AS x(o, s, r, a, c, t, p)
+            $6::timestamptz[], $7::text[], $8::text[]) AS x(o, s, r, a, c, t, p, pr)
 ON CONFLICT (order_id) DO UPDATE
    SET status = EXCLUDED.status,
        reason = EXCLUDED.reason,
@@ -116,13 +204,16 @@ ON CONFLICT (order_id) DO UPDATE
        currency = EXCLUDED.currency,
        status_occurred_at = EXCLUDED.status_occurred_at,
        last_provider_event_id = EXCLUDED.last_provider_event_id,
+       last_provider = EXCLUDED.last_provider,
        updated_at = now()
  WHERE (EXCLUDED.status_occurred_at,
         payhook_dispute_precedence(EXCLUDED.status),
-        EXCLUDED.last_provider_event_id COLLATE "C")
+        EXCLUDED.last_provider_event_id COLLATE "C",
+        EXCLUDED.last_provider COLLATE "C")
      > (cur.status_occurred_at,
         payhook_dispute_precedence(cur.status),
-        cur.last_provider_event_id COLLATE "C")"#;
+        cur.last_provider_event_id COLLATE "C",
+        cur.last_provider COLLATE "C")"#;
 
 /// The columns both kinds of event have, borrowed from one event.
 struct Common<'e> {
@@ -130,8 +221,8 @@ struct Common<'e> {
     event_id: Uuid,
     order_id: &'e str,
     status: &'static str,
-    amount: i64,
-    currency: &'e str,
+    amount: Option<i64>,
+    currency: Option<&'e str>,
     occurred_at: DateTime<Utc>,
     payload: &'e str,
     source: &'e SourcePosition,
@@ -146,8 +237,8 @@ impl<'e> From<&'e PaymentEvent> for Common<'e> {
             event_id: e.event_id,
             order_id: w.order_id.as_str(),
             status: w.status.as_str(),
-            amount: w.amount.minor_units(),
-            currency: w.currency.as_str(),
+            amount: w.amount.map(|a| a.minor_units()),
+            currency: w.currency.as_ref().map(|c| c.as_str()),
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
             source: &e.source,
@@ -164,8 +255,8 @@ impl<'e> From<&'e ChargebackEvent> for Common<'e> {
             event_id: e.event_id,
             order_id: w.order_id.as_str(),
             status: w.status.as_str(),
-            amount: w.amount.minor_units(),
-            currency: w.currency.as_str(),
+            amount: Some(w.amount.minor_units()),
+            currency: Some(w.currency.as_str()),
             occurred_at: w.occurred_at.as_datetime(),
             payload: &e.payload,
             source: &e.source,
@@ -181,8 +272,8 @@ struct Columns<'e> {
     event_id: Vec<Uuid>,
     order_id: Vec<&'e str>,
     status: Vec<&'static str>,
-    amount: Vec<i64>,
-    currency: Vec<&'e str>,
+    amount: Vec<Option<i64>>,
+    currency: Vec<Option<&'e str>>,
     occurred_at: Vec<DateTime<Utc>>,
     payload: Vec<&'e str>,
     /// Where each event was read: a transaction can hold several
@@ -240,18 +331,30 @@ impl<'e> Columns<'e> {
     }
 }
 
-impl EventStore<PaymentEvent> for PgStore<'_, '_> {
+impl PaymentStore for PgStore<'_, '_> {
     type Error = DbError;
 
-    async fn insert_new(
-        &mut self,
-        events: &[&PaymentEvent],
-    ) -> Result<Vec<ProviderEventId>, DbError> {
+    async fn insert_new(&mut self, events: &[&PaymentEvent]) -> Result<Vec<EventRef>, DbError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let c = Columns::of(events);
-        let user_id: Vec<&str> = events.iter().map(|e| e.webhook.user_id.as_str()).collect();
+        let user_id: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.webhook.user_id.as_ref().map(|u| u.as_str()))
+            .collect();
+        let payment_id: Vec<&str> = events
+            .iter()
+            .map(|e| e.webhook.payment_id.as_str())
+            .collect();
+        let refund_key: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.webhook.refund.as_ref().map(|r| r.key.as_str()))
+            .collect();
+        let refund_amount: Vec<Option<i64>> = events
+            .iter()
+            .map(|e| e.webhook.refund.as_ref().map(|r| r.amount.minor_units()))
+            .collect();
         let stmt = self.tx.prepare_cached(INSERT_PAYMENTS).await?;
         let rows = self
             .tx
@@ -272,23 +375,51 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
                     &c.offset,
                     &c.provider,
                     &c.object_ids,
+                    &payment_id,
+                    &refund_key,
+                    &refund_amount,
                 ],
             )
             .await?;
-        ids(rows)
+        Ok(refs(rows))
     }
 
-    async fn advance(&mut self, latest: &[&PaymentEvent]) -> Result<u64, DbError> {
-        let c = Columns::of(latest);
-        let user_id: Vec<&str> = latest.iter().map(|e| e.webhook.user_id.as_str()).collect();
-        let stmt = self.tx.prepare_cached(ADVANCE_ORDERS).await?;
+    async fn pins(&mut self, orders: &[&str]) -> Result<HashMap<String, Pins>, DbError> {
+        let stmt = self.tx.prepare_cached(PINS).await?;
+        let rows = self.tx.query(&stmt, &[&orders]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Pins {
+                        user_id: r.get(1),
+                        amount: r.get(2),
+                        currency: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn advance_payments(&mut self, latest: &[PaymentAdvance<'_>]) -> Result<u64, DbError> {
+        let events: Vec<&PaymentEvent> = latest.iter().map(|a| a.event).collect();
+        let mut c = Columns::of(&events);
+        c.amount = latest.iter().map(|a| a.amount).collect();
+        c.currency = latest.iter().map(|a| a.currency).collect();
+        let payment_id: Vec<&str> = latest
+            .iter()
+            .map(|a| a.event.webhook.payment_id.as_str())
+            .collect();
+        let stmt = self.tx.prepare_cached(ADVANCE_PAYMENTS).await?;
         Ok(self
             .tx
             .execute(
                 &stmt,
                 &[
+                    &c.provider,
+                    &payment_id,
                     &c.order_id,
-                    &user_id,
                     &c.status,
                     &c.amount,
                     &c.currency,
@@ -296,6 +427,38 @@ impl EventStore<PaymentEvent> for PgStore<'_, '_> {
                     &c.provider_event_id,
                 ],
             )
+            .await?)
+    }
+
+    async fn add_refunds(&mut self, refunds: &[&PaymentEvent]) -> Result<(), DbError> {
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for e in refunds {
+            let r = e.webhook.refund.as_ref().expect("an event with a refund");
+            let (provider, payment) = e.payment();
+            cols.0.push(provider);
+            cols.1.push(payment);
+            cols.2.push(r.key.as_str());
+            cols.3.push(r.amount.minor_units());
+        }
+        let stmt = self.tx.prepare_cached(ADD_REFUNDS).await?;
+        self.tx
+            .execute(&stmt, &[&cols.0, &cols.1, &cols.2, &cols.3])
+            .await?;
+        let stmt = self.tx.prepare_cached(SUM_REFUNDS).await?;
+        self.tx.execute(&stmt, &[&cols.0, &cols.1]).await?;
+        Ok(())
+    }
+
+    async fn settle_orders(&mut self, orders: &[Settle<'_>]) -> Result<u64, DbError> {
+        let ids: Vec<&str> = orders.iter().map(|s| s.order_id).collect();
+        let users: Vec<Option<&str>> = orders.iter().map(|s| s.pins.user_id.as_deref()).collect();
+        let amounts: Vec<Option<i64>> = orders.iter().map(|s| s.pins.amount).collect();
+        let currencies: Vec<Option<&str>> =
+            orders.iter().map(|s| s.pins.currency.as_deref()).collect();
+        let stmt = self.tx.prepare_cached(SETTLE_ORDERS).await?;
+        Ok(self
+            .tx
+            .execute(&stmt, &[&ids, &users, &amounts, &currencies])
             .await?)
     }
 }
@@ -307,10 +470,7 @@ fn reason_of(e: &ChargebackEvent) -> Option<&str> {
 impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
     type Error = DbError;
 
-    async fn insert_new(
-        &mut self,
-        events: &[&ChargebackEvent],
-    ) -> Result<Vec<ProviderEventId>, DbError> {
+    async fn insert_new(&mut self, events: &[&ChargebackEvent]) -> Result<Vec<EventRef>, DbError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -339,7 +499,7 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
                 ],
             )
             .await?;
-        ids(rows)
+        Ok(refs(rows))
     }
 
     async fn advance(&mut self, latest: &[&ChargebackEvent]) -> Result<u64, DbError> {
@@ -358,6 +518,7 @@ impl EventStore<ChargebackEvent> for PgStore<'_, '_> {
                     &c.currency,
                     &c.occurred_at,
                     &c.provider_event_id,
+                    &c.provider,
                 ],
             )
             .await?)

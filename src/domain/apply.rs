@@ -1,19 +1,21 @@
 //! The one rule both services follow when applying a batch of events.
 //!
-//! 1. Keep the first of each `provider_event_id` in the batch.
+//! 1. Keep the first of each event in the batch: an event is its provider
+//!    and its `provider_event_id` ([`EventRef`]; ids are unique per provider
+//!    only, so two providers may share an id text).
 //! 2. Record those not stored yet; a duplicate is a success that changes
 //!    nothing.
-//! 3. Of the new ones, per order, the latest by the **event order** moves the
-//!    order's state — unless the state already holds a later event. State
-//!    never goes backwards.
+//! 3. Of the new ones, per state they move (a payment, a dispute), the
+//!    latest by the **event order** moves it — unless it already holds a
+//!    later event. State never goes backwards. (An order's payment status is
+//!    then derived from its payments: `domain::orders`.)
 //!
 //! # The event order
 //!
 //! Providers send whole-second timestamps and retry out of order, so two
 //! events of one order often share `occurred_at`; arrival order must not
 //! decide between them, or the same events applied in another order would
-//! leave another state. Events of one order are totally ordered by
-//! [`OrderKey`]:
+//! leave another state. Events are totally ordered by [`OrderKey`]:
 //!
 //! 1. `occurred_at`, at the precision Postgres stores (microseconds;
 //!    [`OccurredAt`] is truncated to it when parsed);
@@ -21,24 +23,43 @@
 //!    `pending` < `failed` < `succeeded` < `refunded`; disputes: `opened` <
 //!    `won` < `lost`), so at the same instant the later stage wins;
 //! 3. then `provider_event_id`, compared byte by byte, so two distinct
-//!    events are never equal.
+//!    events of one provider are never equal;
+//! 4. then the provider's name, byte by byte.
 //!
 //! The SQL side (`sql/0002_event_order.sql`, used by the `advance`
 //! statements in `db::store`) applies the same rule with `COLLATE "C"` (byte
 //! order) and the same precedence functions; a test holds the two together.
-//! Because the order is total and state only moves up in it, an order's
-//! final state is the maximum of the events it received, whatever their
-//! arrival order or batching.
+//! Because the order is total and state only moves up in it, a final state
+//! is the maximum of the events received, whatever their arrival order or
+//! batching.
 
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
 };
 
-use super::types::{OccurredAt, ProviderEventId};
+use super::types::OccurredAt;
+
+/// An event's identity: its provider and the provider's id for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventRef {
+    pub provider: String,
+    pub provider_event_id: String,
+}
+
+impl EventRef {
+    pub fn of(e: &impl Keyed) -> Self {
+        Self {
+            provider: e.provider().to_owned(),
+            provider_event_id: e.provider_event_id().to_owned(),
+        }
+    }
+}
 
 /// What the rule needs to know about an event.
 pub trait Keyed {
+    /// The provider that sent it: ids are unique per provider only.
+    fn provider(&self) -> &str;
     fn provider_event_id(&self) -> &str;
     fn order_id(&self) -> &str;
     fn occurred_at(&self) -> OccurredAt;
@@ -51,6 +72,7 @@ pub trait Keyed {
             occurred_at: self.occurred_at(),
             precedence: self.precedence(),
             provider_event_id: self.provider_event_id(),
+            provider: self.provider(),
         }
     }
 }
@@ -62,6 +84,8 @@ pub struct OrderKey<'a> {
     pub occurred_at: OccurredAt,
     pub precedence: u8,
     pub provider_event_id: &'a str,
+    /// Last: two providers may use the same id text.
+    pub provider: &'a str,
 }
 
 /// Storage for one kind of event. Both calls run inside the caller's
@@ -69,12 +93,13 @@ pub struct OrderKey<'a> {
 pub trait EventStore<E> {
     type Error;
 
-    /// Records each event whose `provider_event_id` is not stored yet, and
-    /// returns the ids that were new. Events already stored are left alone.
+    /// Records each event whose `(provider, provider_event_id)` is not stored
+    /// yet, and returns those that were new. Events already stored are left
+    /// alone.
     fn insert_new(
         &mut self,
         events: &[&E],
-    ) -> impl Future<Output = Result<Vec<ProviderEventId>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<EventRef>, Self::Error>> + Send;
 
     /// Sets each order's state (payment status, or dispute status) from the
     /// given event unless it already holds a state that occurred later. At
@@ -99,13 +124,9 @@ where
     E: Keyed + Sync,
     S: EventStore<E> + Send,
 {
-    let unique = first_of_each(events, |e| e.provider_event_id());
-    let new_ids = store.insert_new(&unique).await?;
-    let new: HashSet<&str> = new_ids.iter().map(|i| i.as_str()).collect();
-    let fresh: Vec<&E> = unique
-        .into_iter()
-        .filter(|e| new.contains(e.provider_event_id()))
-        .collect();
+    let unique = first_of_each(events);
+    let new = store.insert_new(&unique).await?;
+    let fresh = only_new(unique, &new);
     let latest = latest_per_key(&fresh, |e| (e.order_id(), e.order_key()));
     let changed = if latest.is_empty() {
         0
@@ -119,25 +140,40 @@ where
     })
 }
 
-/// Keeps the first event for each id, in order.
-fn first_of_each<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<&T> {
+/// Keeps the first event of each `(provider, provider_event_id)`, in order.
+pub fn first_of_each<T: Keyed>(items: &[T]) -> Vec<&T> {
     let mut seen = HashSet::with_capacity(items.len());
-    items.iter().filter(|t| seen.insert(id(t))).collect()
+    items
+        .iter()
+        .filter(|t| seen.insert((t.provider(), t.provider_event_id())))
+        .collect()
+}
+
+/// Of `unique`, the events `new` names (those stored just now), in order.
+pub fn only_new<'a, T: Keyed>(unique: Vec<&'a T>, new: &[EventRef]) -> Vec<&'a T> {
+    let new: HashSet<(&str, &str)> = new
+        .iter()
+        .map(|r| (r.provider.as_str(), r.provider_event_id.as_str()))
+        .collect();
+    unique
+        .into_iter()
+        .filter(|e| new.contains(&(e.provider(), e.provider_event_id())))
+        .collect()
 }
 
 /// For each key, the greatest item by `K`. Items whose `K` are equal are
 /// interchangeable (the event order is total, so only repeats of one event
 /// compare equal); the first is kept. Result in order of each key's first
 /// item.
-fn latest_per_key<'a, T, K: Ord>(
+pub fn latest_per_key<'a, T, Q: std::hash::Hash + Eq, K: Ord>(
     items: &[&'a T],
-    key_and_order: impl Fn(&'a T) -> (&'a str, K),
+    key_and_order: impl Fn(&'a T) -> (Q, K),
 ) -> Vec<&'a T> {
-    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut slot: HashMap<Q, usize> = HashMap::with_capacity(items.len());
     let mut out: Vec<&'a T> = Vec::new();
     for &item in items {
         let (key, order) = key_and_order(item);
-        match slot.get(key) {
+        match slot.get(&key) {
             Some(&i) => {
                 if order > key_and_order(out[i]).1 {
                     out[i] = item;
@@ -177,6 +213,7 @@ mod tests {
             occurred_at: t(at),
             precedence,
             provider_event_id: id,
+            provider: "p",
         };
         let early = "2026-11-26T10:00:00Z";
         let late = "2026-11-26T10:00:01Z";
@@ -187,6 +224,11 @@ mod tests {
         // Then the id, byte by byte ("B" < "a" < "é").
         assert!(k(early, 1, "a") > k(early, 1, "B"));
         assert!(k(early, 1, "\u{e9}") > k(early, 1, "z"));
+        // Then the provider: the same id text from two providers is two
+        // events.
+        let mut other = k(early, 1, "a");
+        other.provider = "q";
+        assert!(other > k(early, 1, "a"));
         // Sub-microsecond digits are not part of it: Postgres keeps none.
         assert_eq!(
             k("2026-11-26T10:00:00.0000011Z", 1, "a"),
@@ -205,6 +247,9 @@ mod tests {
     }
 
     impl Keyed for Ev {
+        fn provider(&self) -> &str {
+            "generic"
+        }
         fn provider_event_id(&self) -> &str {
             &self.id
         }
@@ -230,14 +275,11 @@ mod tests {
     impl EventStore<Ev> for Model {
         type Error = std::convert::Infallible;
 
-        async fn insert_new(
-            &mut self,
-            events: &[&Ev],
-        ) -> Result<Vec<ProviderEventId>, Self::Error> {
+        async fn insert_new(&mut self, events: &[&Ev]) -> Result<Vec<EventRef>, Self::Error> {
             Ok(events
                 .iter()
                 .filter(|e| self.ids.insert(e.id.clone()))
-                .map(|e| ProviderEventId::parse(&e.id).unwrap())
+                .map(|e| EventRef::of(*e))
                 .collect())
         }
 

@@ -114,6 +114,10 @@ impl PendingChargeback {
 }
 
 impl Keyed for ChargebackEvent {
+    fn provider(&self) -> &str {
+        &self.origin.provider
+    }
+
     fn provider_event_id(&self) -> &str {
         self.webhook.provider_event_id.as_str()
     }

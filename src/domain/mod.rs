@@ -6,12 +6,13 @@
 //! ([`apply`]). The services ([`orders::OrderService`],
 //! [`disputes::DisputeService`]) decide what a batch of events changes; the
 //! storage they use is a trait, implemented over Postgres in [`crate::db`] and
-//! by in-memory fakes in the unit tests. Nothing here does I/O: no HTTP, no
+//! in memory ([`model`]: the reference the SQL is tested against). Nothing here does I/O: no HTTP, no
 //! Kafka, no SQL.
 
 pub mod apply;
 pub mod disputes;
 pub mod json;
+pub mod model;
 pub mod orders;
 pub mod types;
 

@@ -119,6 +119,18 @@ id_type!(
     "user_id"
 );
 id_type!(
+    /// The provider's payment an event is about (a Stripe payment intent, an
+    /// Adyen `pspReference`); for payhook's own events, the order itself.
+    PaymentId,
+    "payment_id"
+);
+id_type!(
+    /// What one refund is known by, within its payment (an Adyen refund's
+    /// `pspReference`; `charge:<id>` for a Stripe charge's refunded total).
+    RefundKey,
+    "refund_key"
+);
+id_type!(
     /// The provider's reason code for a chargeback.
     Reason,
     "reason"
@@ -130,14 +142,19 @@ pub struct Amount(i64);
 
 impl Amount {
     pub fn parse(v: &Value) -> Result<Self, ValidationError> {
+        Self::parse_field("amount", v)
+    }
+
+    /// As [`Self::parse`], naming `field` in the error.
+    pub fn parse_field(field: &'static str, v: &Value) -> Result<Self, ValidationError> {
         match v.as_i64() {
             Some(n) if n >= 0 => Ok(Self(n)),
             _ if v.is_number() => Err(ValidationError::invalid(
-                "amount",
+                field,
                 format_args!("must be a non-negative integer in minor units, got {v}"),
             )),
             _ => Err(ValidationError::invalid(
-                "amount",
+                field,
                 "must be a number (an integer in minor units)",
             )),
         }
@@ -329,6 +346,19 @@ impl<'a> Fields<'a> {
 
     pub fn amount(&self) -> Result<Amount, ValidationError> {
         Amount::parse(self.value("amount")?)
+    }
+
+    /// The amount in `field`, required.
+    pub fn amount_at(&self, field: &'static str) -> Result<Amount, ValidationError> {
+        Amount::parse_field(field, self.value(field)?)
+    }
+
+    /// The amount in `field`, if given.
+    pub fn optional_amount(&self, field: &'static str) -> Result<Option<Amount>, ValidationError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => Amount::parse_field(field, v).map(Some),
+        }
     }
 
     pub fn currency(&self) -> Result<Currency, ValidationError> {

@@ -54,7 +54,7 @@ use crate::kafka::{
     envelope::{Envelope, EventType},
     producer::Publish,
 };
-use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
+use crate::metrics::{IgnoredLabels, Metrics, ScopeLabels, WebhookLabels};
 use crate::providers::{
     self, Intake, Provider, Refusal, Stream, generic::Generic, signature::Verifier,
 };
@@ -481,12 +481,14 @@ where
     }
     // The payload travels byte for byte as the provider sent it.
     let mut envelopes: Vec<(&str, Envelope)> = Vec::with_capacity(accepted.items.len());
+    let mut out_of_scope = Vec::new();
     for item in accepted.items {
         let (kind, topic) = match item.stream {
             Stream::Orders => (EventType::OrderWebhook, &state.orders.topic),
             Stream::Disputes => (EventType::DisputeWebhook, &state.chargebacks.topic),
         };
         let refuse_if_late = item.refuse_if_after;
+        out_of_scope.extend(item.out_of_scope);
         let env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
         // The consumer checks the same bound against the same timestamp.
         if let Some(occurred_at) = refuse_if_late {
@@ -531,6 +533,21 @@ where
             source,
             retry_after: state.retry_after,
         });
+    }
+    // Counted once acknowledged (a refused request is sent again).
+    for reason in out_of_scope {
+        warn!(
+            provider = name,
+            reason, "webhook from outside the endpoint's scope; acknowledged and dead-lettered"
+        );
+        state
+            .metrics
+            .provider_events_out_of_scope
+            .get_or_create(&ScopeLabels {
+                provider: name,
+                reason,
+            })
+            .inc();
     }
     let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(_, e)| e.event_id).collect();
     let (status, content_type, body) = provider.answer(&ids);

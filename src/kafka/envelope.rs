@@ -255,7 +255,14 @@ impl Envelope {
         };
         match kind {
             EventType::OrderWebhook => {
-                let webhook = PaymentWebhook::from_json(&json).map_err(DecodeError::Payload)?;
+                // payhook's own format requires what a provider's mapped
+                // event may leave out (user, amount, currency).
+                let webhook = if origin.is_generic() {
+                    PaymentWebhook::from_json(&json)
+                } else {
+                    PaymentWebhook::from_mapped(&json)
+                }
+                .map_err(DecodeError::Payload)?;
                 check(webhook.order_id.as_str(), webhook.occurred_at)?;
                 Ok(Event::Payment(PaymentEvent {
                     event_id: self.event_id,

@@ -11,6 +11,10 @@
 //!   item failing refuses the whole batch** (401) and nothing is published:
 //!   Adyen resends the batch, and a half-accepted batch would be acknowledged
 //!   for items that were never taken.
+//! - **Bound**: at most [`MAX_BATCH_ITEMS`] items per request, and no item
+//!   twice (same `pspReference`, `eventCode` and `success`): the batch
+//!   wrapper is not signed, so a repeated signed item is refused (400)
+//!   rather than taken for several events.
 //! - **Split**: one event per item. Its raw bytes are the item's
 //!   `NotificationRequestItem` object exactly as it appears in the signed
 //!   body. An item carries its own signature, so each stored item can be
@@ -18,22 +22,34 @@
 //!   `notificationItems`) adds nothing signed and is not kept.
 //! - **Map** (`provider_event_id` = `pspReference:eventCode:success`, since
 //!   one payment has several events; `order_id` = `merchantReference`;
-//!   `occurred_at` = `eventDate`; amount and currency from `amount`):
+//!   `occurred_at` = `eventDate`; `payment_id` = the payment's
+//!   `pspReference`: an AUTHORISATION's own, a modification's
+//!   `originalReference`):
 //!
-//! | eventCode | success | stream | status |
+//! | eventCode | success | stream | what it does to its payment |
 //! |---|---|---|---|
-//! | `AUTHORISATION` | `true` / `false` | orders | `succeeded` / `failed` |
+//! | `AUTHORISATION` | `true` / `false` | orders | `succeeded` / `failed`, with the payment's amount and currency |
 //! | `CANCELLATION` | `true` | orders | `failed` |
-//! | `REFUND` | `true` | orders | `refunded` |
-//! | `CANCEL_OR_REFUND` | `true` | orders | `refunded`, or `failed` when `additionalData.modification.action` is `cancel` |
+//! | `REFUND`, `CANCEL_OR_REFUND` | `true` | orders | a refund of the item's amount (key: its `pspReference`); the payment is `refunded` once its refunds reach its amount |
 //! | `REQUEST_FOR_INFORMATION`, `NOTIFICATION_OF_CHARGEBACK`, `CHARGEBACK` | any | disputes | `opened` |
 //! | `CHARGEBACK_REVERSED`, `PREARBITRATION_WON` | any | disputes | `won` |
 //! | `SECOND_CHARGEBACK`, `PREARBITRATION_LOST` | any | disputes | `lost` |
 //!
+//!   `eventDate` is not signed either, and it decides the event order: a
+//!   date after the moment of acceptance is taken as that moment.
+//!   `CANCEL_OR_REFUND` is read as a refund whatever
+//!   `additionalData.modification.action` says: that field is not covered
+//!   by the HMAC, and either way the shopper's money is back.
 //!   Payment items take `user_id` from `additionalData.<ADYEN_USER_ID_KEY>`
-//!   (default `shopperReference`; switch it on in the webhook's additional
-//!   settings). Without it, or without `merchantReference`, the item is
-//!   accepted and dead-lettered with the reason, as with Stripe.
+//!   (default `shopperReference`); without it the payment is applied with
+//!   the user unknown. Without `merchantReference` the item is accepted and
+//!   dead-lettered with the reason, as with Stripe.
+//!
+//!   **Scope**: an item whose `merchantAccountCode` is not listed in
+//!   `ADYEN_MERCHANT_ACCOUNTS` (required with `ADYEN_HMAC_KEYS`: one HMAC
+//!   key can sign a whole company account's webhooks) is acknowledged, not
+//!   applied, counted in `payhook_provider_events_out_of_scope_total`, and
+//!   dead-lettered with the reason.
 //!   Every other eventCode, and a modification with `success` `false`, is
 //!   acknowledged and counted in `payhook_provider_events_ignored_total`.
 //! - **Answer**: `200 [accepted]`, once every item is acknowledged by the
@@ -49,11 +65,15 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment,
+    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment, rfc3339,
     signature::SignatureError,
 };
 pub use crate::config::keys::{HmacKey, HmacKeyError};
-use crate::domain::{ValidationError, json::parse_json_body};
+use crate::domain::{ValidationError, json::parse_json_body, types::OccurredAt};
+
+/// Most items one request may carry. Adyen sends one per request today (and
+/// at most a few); a larger batch is refused before anything is published.
+pub const MAX_BATCH_ITEMS: usize = 100;
 
 /// Adyen's HMAC-SHA256 of a signing string.
 fn sign(key: &HmacKey, signing_string: &str) -> [u8; 32] {
@@ -70,6 +90,9 @@ pub struct Adyen {
     pub intake: Intake<Vec<HmacKey>>,
     /// The `additionalData` key that holds the user id.
     pub user_id_key: String,
+    /// Merchant accounts whose items may move orders
+    /// (`ADYEN_MERCHANT_ACCOUNTS`); empty (unsigned intake only): any.
+    pub merchant_accounts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,9 +165,20 @@ fn is_true(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::String(s)) if s == "true") || v == Some(&Value::Bool(true))
 }
 
+/// What a payment item does to its payment.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// The payment's own outcome, with its amount.
+    Authorisation(&'static str),
+    /// The authorisation was cancelled before capture.
+    Cancellation,
+    /// Money back: the item's amount, keyed by its `pspReference`.
+    Refund,
+}
+
 /// What an item means: a payment status, a dispute status, or nothing.
 enum Meaning {
-    Payment(&'static str),
+    Payment(Kind),
     Dispute(&'static str),
     Nothing,
 }
@@ -152,19 +186,14 @@ enum Meaning {
 fn meaning(item: &Value, code: &str) -> Meaning {
     let success = is_true(item.get("success"));
     match code {
-        "AUTHORISATION" if success => Meaning::Payment("succeeded"),
-        "AUTHORISATION" => Meaning::Payment("failed"),
-        "CANCELLATION" if success => Meaning::Payment("failed"),
-        "REFUND" if success => Meaning::Payment("refunded"),
-        "CANCEL_OR_REFUND" if success => {
-            match item
-                .pointer("/additionalData/modification.action")
-                .and_then(Value::as_str)
-            {
-                Some("cancel") => Meaning::Payment("failed"),
-                _ => Meaning::Payment("refunded"),
-            }
-        }
+        "AUTHORISATION" if success => Meaning::Payment(Kind::Authorisation("succeeded")),
+        "AUTHORISATION" => Meaning::Payment(Kind::Authorisation("failed")),
+        "CANCELLATION" if success => Meaning::Payment(Kind::Cancellation),
+        // Whether a CANCEL_OR_REFUND cancelled or refunded is told only by
+        // `additionalData.modification.action`, which the HMAC does not
+        // cover: either way the shopper's money is back, so it is read as
+        // a refund of its (signed) amount.
+        "REFUND" | "CANCEL_OR_REFUND" if success => Meaning::Payment(Kind::Refund),
         "REQUEST_FOR_INFORMATION" | "NOTIFICATION_OF_CHARGEBACK" | "CHARGEBACK" => {
             Meaning::Dispute("opened")
         }
@@ -175,8 +204,34 @@ fn meaning(item: &Value, code: &str) -> Meaning {
 }
 
 impl Adyen {
-    fn map(&self, item: &Value, code: &str, status: Meaning) -> Option<(Stream, String, Mapping)> {
+    /// Why `item` is outside what this endpoint applies: a merchant account
+    /// `ADYEN_MERCHANT_ACCOUNTS` does not list. (The list is empty only with
+    /// unsigned intake, where every account is taken.)
+    fn out_of_scope(&self, item: &Value, code: &str, psp: &str) -> Option<String> {
+        if self.merchant_accounts.is_empty() {
+            return None;
+        }
+        let account = item.get("merchantAccountCode").and_then(Value::as_str);
+        match account {
+            Some(a) if self.merchant_accounts.iter().any(|m| m == a) => None,
+            _ => Some(format!(
+                "Adyen {code} {psp} is for merchant account {:?}, which ADYEN_MERCHANT_ACCOUNTS \
+                 does not list ({}): not applied",
+                crate::logging::excerpt(account.unwrap_or(""), 64),
+                self.merchant_accounts.join(", ")
+            )),
+        }
+    }
+
+    fn map(
+        &self,
+        item: &Value,
+        code: &str,
+        meaning: Meaning,
+        now: i64,
+    ) -> Option<(Stream, String, Mapping)> {
         let psp = text(item.get("pspReference"));
+        let original = text(item.get("originalReference"));
         let success = text(item.get("success"));
         let order = item
             .get("merchantReference")
@@ -188,57 +243,93 @@ impl Adyen {
             "provider_event_id".into(),
             format!("{psp}:{code}:{success}").into(),
         );
-        f.insert(
-            "amount".into(),
-            item.pointer("/amount/value")
-                .cloned()
-                .unwrap_or(Value::Null),
-        );
+        let amount = item
+            .pointer("/amount/value")
+            .cloned()
+            .unwrap_or(Value::Null);
         f.insert(
             "currency".into(),
             item.pointer("/amount/currency")
                 .cloned()
                 .unwrap_or(Value::Null),
         );
+        // `eventDate` is not signed, and it decides the event order: a
+        // date after the moment the item was accepted is taken as that
+        // moment, so no item can order itself ahead of what comes later.
+        // (An unreadable one is left for the consumer to refuse.)
+        let date = item.get("eventDate").cloned().unwrap_or(Value::Null);
+        let accepted = rfc3339(now).and_then(|t| OccurredAt::parse(&t).ok());
+        let late = date
+            .as_str()
+            .and_then(|d| OccurredAt::parse(d).ok())
+            .zip(accepted)
+            .is_some_and(|(d, a)| d > a);
         f.insert(
             "occurred_at".into(),
-            item.get("eventDate").cloned().unwrap_or(Value::Null),
+            match (late, rfc3339(now)) {
+                (true, Some(a)) => a.into(),
+                _ => date,
+            },
         );
-        let object_ids: Vec<String> = [psp.clone(), text(item.get("originalReference"))]
+        let object_ids: Vec<String> = [psp.clone(), original.clone()]
             .into_iter()
             .filter(|s| !s.is_empty())
             .collect();
         f.insert("object_ids".into(), json!(object_ids));
         let unmappable = |why: String| Mapping::Unmappable(format!("Adyen {code} {psp}: {why}"));
-        let (stream, status) = match status {
+        let stream = match meaning {
             Meaning::Nothing => return None,
-            Meaning::Payment(s) => (Stream::Orders, s),
-            Meaning::Dispute(s) => (Stream::Disputes, s),
+            Meaning::Payment(_) => Stream::Orders,
+            Meaning::Dispute(_) => Stream::Disputes,
         };
-        f.insert("status".into(), status.into());
         let Some(order) = order else {
             return Some((stream, key, unmappable("no merchantReference".into())));
         };
         f.insert("order_id".into(), order.into());
-        let mapping = match stream {
-            Stream::Orders => {
-                let user = item
+        let mapping = match meaning {
+            Meaning::Nothing => return None,
+            Meaning::Payment(kind) => {
+                // A modification names the payment it modifies in
+                // `originalReference`; the payment's own items, in
+                // `pspReference`.
+                let payment_id = match kind {
+                    Kind::Authorisation(_) => psp.clone(),
+                    _ if original.is_empty() => psp.clone(),
+                    _ => original.clone(),
+                };
+                f.insert("payment_id".into(), payment_id.into());
+                match kind {
+                    Kind::Authorisation(status) => {
+                        f.insert("status".into(), status.into());
+                        f.insert("amount".into(), amount);
+                    }
+                    // A cancellation's amount is the payment's, but it
+                    // moves nothing: it is not kept as a fact of the order.
+                    Kind::Cancellation => {
+                        f.insert("status".into(), "failed".into());
+                    }
+                    // A refund is money back on a captured payment: the
+                    // payment is `refunded` once its refunds reach its
+                    // amount (`domain::orders`).
+                    Kind::Refund => {
+                        f.insert("status".into(), "succeeded".into());
+                        f.insert("refund_key".into(), psp.clone().into());
+                        f.insert("refund_amount".into(), amount);
+                    }
+                }
+                if let Some(u) = item
                     .get("additionalData")
                     .and_then(|a| a.get(&self.user_id_key))
                     .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty());
-                match user {
-                    Some(u) => {
-                        f.insert("user_id".into(), u.into());
-                        payment(Value::Object(f))
-                    }
-                    None => unmappable(format!(
-                        "no additionalData.{} (ADYEN_USER_ID_KEY)",
-                        self.user_id_key
-                    )),
+                    .filter(|s| !s.is_empty())
+                {
+                    f.insert("user_id".into(), u.into());
                 }
+                payment(Value::Object(f))
             }
-            Stream::Disputes => {
+            Meaning::Dispute(status) => {
+                f.insert("status".into(), status.into());
+                f.insert("amount".into(), amount);
                 if let Some(r) = item
                     .pointer("/additionalData/chargebackReasonCode")
                     .and_then(Value::as_str)
@@ -261,7 +352,7 @@ impl Provider for Adyen {
         "adyen"
     }
 
-    fn accept(&self, _headers: &HeaderMap, body: &[u8], _now: i64) -> Result<Accepted, Refusal> {
+    fn accept(&self, _headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {
         // The signature is inside each item, so the body is parsed first
         // (depth-checked, as every body), then every item is verified
         // before any is mapped.
@@ -273,6 +364,13 @@ impl Provider for Adyen {
         })?;
         if batch.items.is_empty() {
             return Err(invalid("notificationItems is empty").into());
+        }
+        if batch.items.len() > MAX_BATCH_ITEMS {
+            return Err(invalid(&format!(
+                "{} items in one request; at most {MAX_BATCH_ITEMS}",
+                batch.items.len()
+            ))
+            .into());
         }
         let mut parsed = Vec::with_capacity(batch.items.len());
         for (i, w) in batch.items.iter().enumerate() {
@@ -286,20 +384,42 @@ impl Provider for Adyen {
             }
             parsed.push(item);
         }
+        // The wrapper is not signed: one signed item repeated in one
+        // request is refused, not counted twice.
+        let mut seen = std::collections::HashMap::with_capacity(parsed.len());
+        for (i, item) in parsed.iter().enumerate() {
+            let id = ["pspReference", "eventCode", "success"].map(|k| text(item.get(k)));
+            if let Some(first) = seen.insert(id, i) {
+                return Err(invalid(&format!(
+                    "item {i} repeats item {first} (same pspReference, eventCode and success)"
+                ))
+                .into());
+            }
+        }
         let mut out = Accepted::default();
         for (w, item) in batch.items.iter().zip(&parsed) {
             let code = item
                 .get("eventCode")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            match self.map(item, code, meaning(item, code)) {
-                Some((stream, key, mapping)) => out.items.push(Item {
-                    stream,
-                    key,
-                    raw: w.item.to_owned(),
-                    mapping,
-                    refuse_if_after: None,
-                }),
+            match self.map(item, code, meaning(item, code), now) {
+                Some((stream, key, mapping)) => {
+                    // Scope last: another merchant account's item is
+                    // acknowledged, never applied.
+                    let psp = text(item.get("pspReference"));
+                    let (mapping, out_of_scope) = match self.out_of_scope(item, code, &psp) {
+                        Some(reason) => (Mapping::Unmappable(reason), Some("merchant_account")),
+                        None => (mapping, None),
+                    };
+                    out.items.push(Item {
+                        stream,
+                        key,
+                        raw: w.item.to_owned(),
+                        mapping,
+                        refuse_if_after: None,
+                        out_of_scope,
+                    })
+                }
                 None => out.ignored.push(if code.is_empty() {
                     "other".into()
                 } else if matches!(code, "CANCELLATION" | "REFUND" | "CANCEL_OR_REFUND") {
@@ -363,6 +483,7 @@ mod tests {
                 Intake::Verify(keys(verify))
             },
             user_id_key: "shopperReference".into(),
+            merchant_accounts: vec!["Shop".into()],
         }
     }
 
@@ -464,8 +585,8 @@ mod tests {
             ("AUTHORISATION", "true", Stream::Orders, "succeeded"),
             ("AUTHORISATION", "false", Stream::Orders, "failed"),
             ("CANCELLATION", "true", Stream::Orders, "failed"),
-            ("REFUND", "true", Stream::Orders, "refunded"),
-            ("CANCEL_OR_REFUND", "true", Stream::Orders, "refunded"),
+            ("REFUND", "true", Stream::Orders, "succeeded"),
+            ("CANCEL_OR_REFUND", "true", Stream::Orders, "succeeded"),
             (
                 "REQUEST_FOR_INFORMATION",
                 "true",
@@ -515,6 +636,43 @@ mod tests {
         };
         assert_eq!(m["reason"], "10.4");
 
+        // What each payment item carries: the authorisation its amount, a
+        // refund its own amount as a refund of the original payment, a
+        // cancellation no amount.
+        let with_original = |code: &str| {
+            let mut i = item(code, "true", "8815000000000009");
+            i["originalReference"] = json!("8815000000000001");
+            i["amount"]["value"] = json!(500);
+            sign_item(KEY_B, &mut i);
+            i
+        };
+        let body = batch(&[
+            item("AUTHORISATION", "true", "8815000000000001"),
+            with_original("REFUND"),
+            with_original("CANCELLATION"),
+        ]);
+        let out = a.accept(&HeaderMap::new(), &body, 0).unwrap();
+        let m: Vec<&Value> = out
+            .items
+            .iter()
+            .map(|i| match &i.mapping {
+                Mapping::Mapped(m) => m,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(m[0]["payment_id"], "8815000000000001");
+        assert_eq!(m[0]["amount"], 1999);
+        assert!(m[0].get("refund_key").is_none());
+        assert_eq!(m[1]["payment_id"], "8815000000000001");
+        assert!(m[1].get("amount").is_none(), "{}", m[1]);
+        assert_eq!(m[1]["refund_key"], "8815000000000009");
+        assert_eq!(m[1]["refund_amount"], 500);
+        assert_eq!(m[2]["payment_id"], "8815000000000001");
+        assert_eq!(m[2]["status"], "failed");
+        assert!(m[2].get("amount").is_none());
+
+        // CANCEL_OR_REFUND is a refund whatever the unsigned
+        // modification.action says.
         let mut cancel = item("CANCEL_OR_REFUND", "true", "1");
         cancel["additionalData"]["modification.action"] = json!("cancel");
         sign_item(KEY_B, &mut cancel);
@@ -529,7 +687,8 @@ mod tests {
         let Mapping::Mapped(m) = &out.items[0].mapping else {
             unreachable!()
         };
-        assert_eq!(m["status"], "failed");
+        assert_eq!(m["status"], "succeeded");
+        assert_eq!(m["refund_amount"], 1999);
         assert_eq!(
             out.ignored,
             vec!["CAPTURE", "REFUND:false", "REPORT_AVAILABLE"]
@@ -560,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn a_payment_item_without_user_or_order_is_unmappable() {
+    fn a_payment_without_user_is_applied_and_without_order_unmappable() {
         let a = adyen(&[]);
         let mut no_user = item("AUTHORISATION", "true", "1");
         no_user["additionalData"] = json!({});
@@ -572,12 +731,116 @@ mod tests {
         let out = a
             .accept(&HeaderMap::new(), &batch(&[no_user, no_order]), 0)
             .unwrap();
-        assert!(
-            matches!(&out.items[0].mapping, Mapping::Unmappable(r) if r.contains("shopperReference"))
-        );
+        let Mapping::Mapped(m) = &out.items[0].mapping else {
+            panic!("{:?}", out.items[0].mapping)
+        };
+        assert!(m.get("user_id").is_none());
+        assert_eq!(m["order_id"], "ord_1");
         assert!(
             matches!(&out.items[1].mapping, Mapping::Unmappable(r) if r.contains("merchantReference"))
         );
         assert_eq!(out.items[1].key, "2");
+    }
+
+    #[test]
+    fn an_unlisted_merchant_account_is_out_of_scope() {
+        let a = adyen(&[KEY_B]);
+        let mut other = item("AUTHORISATION", "true", "2");
+        other["merchantAccountCode"] = json!("ShopUS");
+        sign_item(KEY_B, &mut other);
+        let mut none = item("CHARGEBACK", "true", "3");
+        none.as_object_mut().unwrap().remove("merchantAccountCode");
+        sign_item(KEY_B, &mut none);
+        let out = a
+            .accept(
+                &HeaderMap::new(),
+                &batch(&[item("AUTHORISATION", "true", "1"), other, none]),
+                0,
+            )
+            .unwrap();
+        assert!(matches!(out.items[0].mapping, Mapping::Mapped(_)));
+        assert_eq!(out.items[0].out_of_scope, None);
+        for i in &out.items[1..] {
+            assert_eq!(i.out_of_scope, Some("merchant_account"));
+            assert!(
+                matches!(&i.mapping, Mapping::Unmappable(r) if r.contains("ADYEN_MERCHANT_ACCOUNTS")),
+                "{:?}",
+                i.mapping
+            );
+        }
+        assert!(matches!(&out.items[1].mapping, Mapping::Unmappable(r) if r.contains("ShopUS")));
+        // Listing it takes it.
+        let mut both = adyen(&[KEY_B]);
+        both.merchant_accounts.push("ShopUS".into());
+        let mut other = item("AUTHORISATION", "true", "2");
+        other["merchantAccountCode"] = json!("ShopUS");
+        sign_item(KEY_B, &mut other);
+        let out = both.accept(&HeaderMap::new(), &batch(&[other]), 0).unwrap();
+        assert_eq!(out.items[0].out_of_scope, None);
+    }
+
+    #[test]
+    fn a_date_after_acceptance_is_taken_as_the_moment_of_acceptance() {
+        let a = adyen(&[KEY_B]);
+        // 2026-11-26T09:00:00Z, the item's eventDate (10:00+01:00) exactly.
+        let at = 1_795_683_600;
+        let date = |now: i64| {
+            let out = a
+                .accept(
+                    &HeaderMap::new(),
+                    &batch(&[item("AUTHORISATION", "true", "1")]),
+                    now,
+                )
+                .unwrap();
+            match &out.items[0].mapping {
+                Mapping::Mapped(m) => m["occurred_at"].as_str().unwrap().to_owned(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(date(at), "2026-11-26T10:00:00+01:00");
+        assert_eq!(date(at + 3600), "2026-11-26T10:00:00+01:00");
+        assert_eq!(date(at - 1), "2026-11-26T08:59:59Z");
+        assert_eq!(date(0), "1970-01-01T00:00:00Z");
+        // The raw item keeps what Adyen sent.
+        let out = a
+            .accept(
+                &HeaderMap::new(),
+                &batch(&[item("AUTHORISATION", "true", "1")]),
+                0,
+            )
+            .unwrap();
+        assert!(out.items[0].raw.get().contains("2026-11-26T10:00:00+01:00"));
+    }
+
+    #[test]
+    fn a_repeated_item_or_an_oversized_batch_is_refused() {
+        let a = adyen(&[KEY_B]);
+        let one = item("AUTHORISATION", "true", "1");
+        let r = a.accept(&HeaderMap::new(), &batch(&[one.clone(), one.clone()]), 0);
+        assert!(
+            matches!(&r, Err(Refusal::Invalid(e)) if e.detail.contains("item 1 repeats item 0")),
+            "{r:?}"
+        );
+        // The same payment's other codes are other events.
+        let r = a.accept(
+            &HeaderMap::new(),
+            &batch(&[
+                one.clone(),
+                item("AUTHORISATION", "false", "1"),
+                item("REFUND", "true", "1"),
+            ]),
+            0,
+        );
+        assert_eq!(r.unwrap().items.len(), 3);
+        let many: Vec<Value> = (0..=MAX_BATCH_ITEMS)
+            .map(|n| item("AUTHORISATION", "true", &n.to_string()))
+            .collect();
+        let r = a.accept(&HeaderMap::new(), &batch(&many), 0);
+        assert!(
+            matches!(&r, Err(Refusal::Invalid(e)) if e.detail.contains("at most 100")),
+            "{r:?}"
+        );
+        let r = a.accept(&HeaderMap::new(), &batch(&many[..MAX_BATCH_ITEMS]), 0);
+        assert_eq!(r.unwrap().items.len(), MAX_BATCH_ITEMS);
     }
 }

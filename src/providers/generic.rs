@@ -53,6 +53,7 @@ impl Provider for Generic<'_> {
                 key: order_id.into_string(),
                 raw: raw_of(body)?,
                 mapping: Mapping::Generic,
+                out_of_scope: None,
                 refuse_if_after: Some(occurred_at),
             }],
             ignored: Vec::new(),

@@ -65,6 +65,10 @@ pub struct Item {
     /// A provider's event is not refused for it (a 4xx would only make the
     /// provider retry it): the consumer dead-letters it with the reason.
     pub refuse_if_after: Option<OccurredAt>,
+    /// Set when the event is outside the endpoint's scope (another mode,
+    /// account or merchant account): it is [`Mapping::Unmappable`] with the
+    /// reason, and counted under this label.
+    pub out_of_scope: Option<&'static str>,
 }
 
 /// What a provider made of a request.
@@ -158,10 +162,13 @@ impl Endpoints {
                 intake,
                 order_id_key: webhooks.stripe_order_id_key.clone(),
                 user_id_key: webhooks.stripe_user_id_key.clone(),
+                livemode: webhooks.stripe_livemode,
+                accounts: webhooks.stripe_accounts.clone(),
             }),
             adyen: intake(adyen_keys, unsigned).map(|intake| adyen::Adyen {
                 intake,
                 user_id_key: webhooks.adyen_user_id_key.clone(),
+                merchant_accounts: webhooks.adyen_merchant_accounts.clone(),
             }),
         }
     }
@@ -180,7 +187,7 @@ pub fn type_label(t: &str) -> String {
 /// A mapped payment event, checked with the same validation as the generic
 /// endpoint. A failure is the event's data (`Unmappable`), not the request's.
 fn payment(fields: Value) -> Mapping {
-    match PaymentWebhook::from_json(&fields) {
+    match PaymentWebhook::from_mapped(&fields) {
         Ok(_) => Mapping::Mapped(fields),
         Err(e) => Mapping::Unmappable(format!("mapped payment event is invalid: {e}")),
     }

@@ -13,21 +13,32 @@
 //! | `payment_intent.created`, `.processing`, `.requires_action`, `.amount_capturable_updated` | orders | `pending` |
 //! | `payment_intent.succeeded` | orders | `succeeded` |
 //! | `payment_intent.payment_failed`, `.canceled` | orders | `failed` |
-//! | `charge.refunded` with `refunded: true` (fully refunded) | orders | `refunded` |
+//! | `charge.refunded` with `refunded: true` (fully refunded) | orders | `refunded`, with the charge's refund |
+//! | `charge.refunded` with `refunded: false` (partly refunded) | orders | `succeeded`, with the charge's refund |
 //! | `charge.dispute.created`, `.updated`, `.closed`, `.funds_withdrawn`, `.funds_reinstated` | disputes | from the dispute's `status`: `won`/`lost` as such, `warning_closed` and `prevented` → `won`, every other → `opened` |
 //!
 //!   Payment events take `order_id` and `user_id` from the object's
 //!   `metadata` (keys `STRIPE_ORDER_ID_KEY`, `STRIPE_USER_ID_KEY`). Without
-//!   them the event is accepted and dead-lettered with the reason
+//!   an order id the event is accepted and dead-lettered with the reason
 //!   ([`Mapping::Unmappable`]): a 4xx would only make Stripe retry it for
-//!   three days and then disable the endpoint for every event.
+//!   three days and then disable the endpoint for every event. Without a
+//!   user id it is applied with the user unknown. The payment it moves
+//!   (`payment_id`) is the payment intent (a charge's `payment_intent`, or
+//!   the charge itself without one). A refund is the charge's refunded
+//!   total (`amount_refunded`, key `charge:<id>`), counted at its largest.
+//!
+//!   **Scope**: an event of the other mode (`livemode` against
+//!   `STRIPE_LIVEMODE`), or of a connected account (`account`) not listed in
+//!   `STRIPE_ACCOUNTS` (unset: platform events only), is acknowledged, not
+//!   applied, counted in `payhook_provider_events_out_of_scope_total`, and
+//!   dead-lettered with the reason.
 //!   `object_ids` are the payment intent and its charge, which is what a
 //!   dispute names: disputes carry no order, and are resolved by the
 //!   consumer from the payment events stored (see
 //!   [`crate::consume::waiting`]).
 //!
-//!   Any other type (including a partial `charge.refunded`) is acknowledged
-//!   and counted in `payhook_provider_events_ignored_total`.
+//!   Any other type is acknowledged and counted in
+//!   `payhook_provider_events_ignored_total`.
 //! - **Answer**: `202 {"event_id": "<uuid>"}` once the broker has it, or
 //!   `200 {"ignored": "<type>"}`.
 
@@ -50,6 +61,11 @@ pub struct Stripe {
     pub order_id_key: String,
     /// The `metadata` key that holds the user id.
     pub user_id_key: String,
+    /// Whether events must be live (`STRIPE_LIVEMODE=live`) or test ones.
+    pub livemode: bool,
+    /// Connected accounts whose events may move orders (`STRIPE_ACCOUNTS`);
+    /// empty: platform events only.
+    pub accounts: Vec<String>,
 }
 
 /// The payment status a payment event type means, if it is one.
@@ -151,23 +167,37 @@ impl Stripe {
                 )),
             );
         };
-        let Some(user_id) = meta(&self.user_id_key) else {
+        let Some(&payment_id) = object_ids.first() else {
             return (
                 order_id.to_owned(),
                 Mapping::Unmappable(format!(
-                    "Stripe {event_type} {} has no metadata.{} (STRIPE_USER_ID_KEY)",
-                    c.id, self.user_id_key
+                    "Stripe {event_type} {} names no payment intent or charge",
+                    c.id
                 )),
             );
         };
         let mut f = Map::new();
         f.insert("provider_event_id".into(), c.id.into());
         f.insert("order_id".into(), order_id.into());
-        f.insert("user_id".into(), user_id.into());
+        f.insert("payment_id".into(), payment_id.into());
+        // Without it the payment is applied with the user unknown.
+        if let Some(user_id) = meta(&self.user_id_key) {
+            f.insert("user_id".into(), user_id.into());
+        }
         f.insert("status".into(), status.into());
         c.amount_currency(&mut f, "amount");
         f.insert("occurred_at".into(), c.created.clone().into());
         f.insert("object_ids".into(), json!(object_ids));
+        if event_type == "charge.refunded" {
+            // The charge's refunded total so far.
+            if let Some(charge) = id_of(o.get("id")) {
+                f.insert("refund_key".into(), format!("charge:{charge}").into());
+            }
+            f.insert(
+                "refund_amount".into(),
+                o.get("amount_refunded").cloned().unwrap_or(Value::Null),
+            );
+        }
         (order_id.to_owned(), payment(Value::Object(f)))
     }
 
@@ -200,6 +230,44 @@ impl Stripe {
         f.insert("occurred_at".into(), c.created.clone().into());
         f.insert("object_ids".into(), json!(object_ids));
         (key.to_owned(), dispute(Value::Object(f)))
+    }
+}
+
+impl Stripe {
+    /// Why `event` is outside what this endpoint applies, if it is: its
+    /// mode, or its connected account.
+    fn out_of_scope(&self, event: &Value, id: &str, t: &str) -> Option<(&'static str, String)> {
+        let mode = |live: bool| if live { "live" } else { "test" };
+        match event.get("livemode").and_then(Value::as_bool) {
+            Some(live) if live == self.livemode => {}
+            found => {
+                return Some((
+                    "livemode",
+                    format!(
+                        "Stripe {t} {id} is a {} event, and STRIPE_LIVEMODE is {}: not applied",
+                        found.map_or("mode-less", mode),
+                        mode(self.livemode)
+                    ),
+                ));
+            }
+        }
+        match event.get("account").and_then(Value::as_str) {
+            None => None,
+            Some(a) if self.accounts.iter().any(|x| x == a) => None,
+            Some(a) => Some((
+                "account",
+                format!(
+                    "Stripe {t} {id} comes from connected account {} which STRIPE_ACCOUNTS does \
+                     not list ({}): not applied",
+                    crate::logging::excerpt(a, 64),
+                    if self.accounts.is_empty() {
+                        "unset: platform events only".to_owned()
+                    } else {
+                        self.accounts.join(", ")
+                    }
+                ),
+            )),
+        }
     }
 }
 
@@ -242,20 +310,23 @@ impl Provider for Stripe {
             ignored: vec![event_type.to_owned()],
         };
         let (stream, (key, mapping)) = match payment_status(event_type) {
-            // Only a full refund refunds the order; a partial one is
-            // acknowledged and counted.
+            // A partial refund leaves the payment captured; the refund
+            // itself is counted.
             Some(_)
                 if event_type == "charge.refunded"
                     && object.get("refunded") != Some(&Value::Bool(true)) =>
             {
-                return Ok(Accepted {
-                    items: Vec::new(),
-                    ignored: vec!["charge.refunded:partial".into()],
-                });
+                (Stream::Orders, self.payment(&c, event_type, "succeeded"))
             }
             Some(status) => (Stream::Orders, self.payment(&c, event_type, status)),
             None if is_dispute(event_type) => (Stream::Disputes, self.dispute(&c, event_type)),
             None => return Ok(ignored()),
+        };
+        // Scope last: an event of another mode or account is acknowledged,
+        // never applied.
+        let (mapping, out_of_scope) = match self.out_of_scope(&event, id, event_type) {
+            Some((label, reason)) => (Mapping::Unmappable(reason), Some(label)),
+            None => (mapping, None),
         };
         Ok(Accepted {
             items: vec![Item {
@@ -264,6 +335,7 @@ impl Provider for Stripe {
                 raw: raw_of(body)?,
                 mapping,
                 refuse_if_after: None,
+                out_of_scope,
             }],
             ignored: Vec::new(),
         })
@@ -307,6 +379,9 @@ mod tests {
             },
             order_id_key: "order_id".into(),
             user_id_key: "user_id".into(),
+            // The fixtures are test-mode events.
+            livemode: false,
+            accounts: Vec::new(),
         }
     }
 
@@ -386,22 +461,114 @@ mod tests {
     }
 
     #[test]
-    fn a_full_refund_maps_and_a_partial_one_is_ignored() {
+    fn a_refund_reports_the_charges_refunded_total_and_a_full_one_is_refunded() {
         let s = stripe(false);
-        let charge = |refunded: bool| {
-            json!({"id": "ch_1", "object": "charge", "amount": 1999, "amount_refunded": 500,
+        let charge = |refunded: bool, amount_refunded: i64| {
+            json!({"id": "ch_1", "object": "charge", "amount": 1999, "amount_refunded": amount_refunded,
                    "currency": "usd", "payment_intent": {"id": "pi_1"}, "refunded": refunded,
                    "metadata": {"order_id": "ord_1", "user_id": "u_1"}})
         };
-        let body = event("evt_r", "charge.refunded", charge(true));
+        let body = event("evt_r", "charge.refunded", charge(true, 1999));
         let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
         let m = mapped(&item.mapping);
         assert_eq!(m["status"], "refunded");
+        assert_eq!(m["payment_id"], "pi_1");
+        assert_eq!(m["refund_key"], "charge:ch_1");
+        assert_eq!(m["refund_amount"], 1999);
         assert_eq!(m["object_ids"], json!(["pi_1", "ch_1"]));
-        let body = event("evt_p", "charge.refunded", charge(false));
-        let a = s.accept(&HeaderMap::new(), &body, NOW).unwrap();
-        assert!(a.items.is_empty());
-        assert_eq!(a.ignored, vec!["charge.refunded:partial"]);
+        // A partial refund leaves the payment captured, and reports the
+        // charge's refunded total so far.
+        let body = event("evt_p", "charge.refunded", charge(false, 500));
+        let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        let m = mapped(&item.mapping);
+        assert_eq!(m["status"], "succeeded");
+        assert_eq!(m["payment_id"], "pi_1");
+        assert_eq!(m["refund_key"], "charge:ch_1");
+        assert_eq!(m["refund_amount"], 500);
+        assert_eq!(m["amount"], 1999);
+        // A charge without an intent is its own payment.
+        let mut c = charge(false, 100);
+        c.as_object_mut().unwrap().remove("payment_intent");
+        let body = event("evt_c", "charge.refunded", c);
+        let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        assert_eq!(mapped(&item.mapping)["payment_id"], "ch_1");
+    }
+
+    #[test]
+    fn events_of_another_mode_or_an_unlisted_account_are_out_of_scope() {
+        let body_with = |patch: Value| {
+            let mut e: Value = serde_json::from_slice(&event(
+                "evt_1",
+                "payment_intent.succeeded",
+                intent(json!({"order_id": "ord_1", "user_id": "u_1"})),
+            ))
+            .unwrap();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    e.as_object_mut().unwrap().remove(k);
+                } else {
+                    e[k] = v.clone();
+                }
+            }
+            e.to_string().into_bytes()
+        };
+        let scope = |s: &Stripe, patch: Value| {
+            let body = body_with(patch);
+            let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
+            match (&item.mapping, item.out_of_scope) {
+                (Mapping::Mapped(_), None) => Ok(()),
+                (Mapping::Unmappable(r), Some(label)) => Err((label, r.clone())),
+                other => panic!("inconsistent: {other:?}"),
+            }
+        };
+        let test = stripe(false);
+        let mut live = stripe(false);
+        live.livemode = true;
+        assert_eq!(scope(&test, json!({})), Ok(()));
+        let (label, reason) = scope(&live, json!({})).unwrap_err();
+        assert_eq!(label, "livemode");
+        assert!(
+            reason.contains("test event") && reason.contains("STRIPE_LIVEMODE is live"),
+            "{reason}"
+        );
+        assert_eq!(scope(&live, json!({"livemode": true})), Ok(()));
+        assert_eq!(
+            scope(&test, json!({"livemode": true})).unwrap_err().0,
+            "livemode"
+        );
+        // No livemode at all is not taken for either.
+        assert_eq!(
+            scope(&test, json!({"livemode": null})).unwrap_err().0,
+            "livemode"
+        );
+        assert_eq!(
+            scope(&live, json!({"livemode": "true"})).unwrap_err().0,
+            "livemode"
+        );
+        // Connected accounts: platform events only, unless listed.
+        let (label, reason) = scope(&test, json!({"account": "acct_other"})).unwrap_err();
+        assert_eq!(label, "account");
+        assert!(
+            reason.contains("acct_other") && reason.contains("platform events only"),
+            "{reason}"
+        );
+        let mut connect = stripe(false);
+        connect.accounts = vec!["acct_a".into(), "acct_b".into()];
+        assert_eq!(scope(&connect, json!({"account": "acct_b"})), Ok(()));
+        assert_eq!(scope(&connect, json!({})), Ok(()));
+        assert_eq!(
+            scope(&connect, json!({"account": "acct_c"})).unwrap_err().0,
+            "account"
+        );
+        // Disputes are scoped the same way.
+        let body = event(
+            "evt_d",
+            "charge.dispute.created",
+            json!({"id": "dp_1", "charge": "ch_1", "status": "needs_response", "amount": 1, "currency": "usd"}),
+        );
+        let item = one(live.accept(&HeaderMap::new(), &body, NOW).unwrap());
+        assert_eq!(item.stream, Stream::Disputes);
+        assert_eq!(item.out_of_scope, Some("livemode"));
     }
 
     #[test]
@@ -435,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_metadata_is_accepted_as_unmappable_with_its_reason() {
+    fn no_order_id_is_unmappable_with_its_reason_and_no_user_id_is_an_unknown_user() {
         let s = stripe(false);
         let body = event("evt_1", "payment_intent.succeeded", intent(json!({})));
         let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
@@ -450,8 +617,11 @@ mod tests {
             "payment_intent.succeeded",
             intent(json!({"order_id": "ord_1"})),
         );
+        // Without a user id the payment is applied with the user unknown.
         let item = one(s.accept(&HeaderMap::new(), &body, NOW).unwrap());
-        assert!(matches!(&item.mapping, Mapping::Unmappable(r) if r.contains("metadata.user_id")));
+        let m = mapped(&item.mapping);
+        assert!(m.get("user_id").is_none(), "{m}");
+        assert_eq!(m["order_id"], "ord_1");
         // Configured keys are the ones looked up.
         let mut custom = stripe(false);
         custom.order_id_key = "payhook_order".into();

@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod providers;
+mod scope;
 mod secured;
 mod settings;
 mod signatures;

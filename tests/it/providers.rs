@@ -12,17 +12,23 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Env, ORDERS_SECRET, STRIPE_SECRET, TestApp, sign_stripe, unix_now};
 
-const ADYEN_KEY: &str = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF";
+pub(crate) const ADYEN_KEY: &str =
+    "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF";
 /// 2026-11-26T08:00:00Z: Stripe's `created` is whole seconds.
-const T0: i64 = 1_795_680_000;
+pub(crate) const T0: i64 = 1_795_680_000;
 
-fn verified(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+pub(crate) fn verified(
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
     let mut v = vec![
         ("WEBHOOK_VERIFY", "on"),
         ("WEBHOOK_ORDERS_SECRETS", ORDERS_SECRET),
         ("WEBHOOK_CHARGEBACKS_SECRETS", ORDERS_SECRET),
         ("STRIPE_WEBHOOK_SECRETS", STRIPE_SECRET),
         ("ADYEN_HMAC_KEYS", ADYEN_KEY),
+        ("ADYEN_MERCHANT_ACCOUNTS", "PayhookShop"),
+        // The Stripe fixtures are test-mode events.
+        ("STRIPE_LIVEMODE", "test"),
         ("DISPUTE_SWEEP_INTERVAL", "100ms"),
     ];
     v.extend_from_slice(extra);
@@ -31,25 +37,25 @@ fn verified(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'stat
 
 // ---- Stripe fixtures ----
 
-fn stripe_event(id: &str, t: &str, created: i64, object: Value) -> Value {
+pub(crate) fn stripe_event(id: &str, t: &str, created: i64, object: Value) -> Value {
     json!({"id": id, "object": "event", "api_version": "2024-06-20", "created": created,
            "livemode": false, "pending_webhooks": 1, "type": t,
            "data": {"object": object}})
 }
 
-fn intent(pi: &str, order: &str, status: &str) -> Value {
+pub(crate) fn intent(pi: &str, order: &str, status: &str) -> Value {
     json!({"id": pi, "object": "payment_intent", "amount": 4200, "currency": "usd",
            "latest_charge": format!("ch_{pi}"), "status": status,
            "metadata": {"order_id": order, "user_id": "usr_s"}})
 }
 
-fn charge(pi: &str, order: &str) -> Value {
+pub(crate) fn charge(pi: &str, order: &str) -> Value {
     json!({"id": format!("ch_{pi}"), "object": "charge", "amount": 4200,
            "amount_refunded": 4200, "currency": "usd", "payment_intent": pi, "refunded": true,
            "metadata": {"order_id": order, "user_id": "usr_s"}})
 }
 
-fn stripe_dispute(pi: &str, status: &str) -> Value {
+pub(crate) fn stripe_dispute(pi: &str, status: &str) -> Value {
     json!({"id": format!("dp_{pi}"), "object": "dispute", "amount": 4200, "currency": "usd",
            "charge": format!("ch_{pi}"), "payment_intent": pi, "reason": "fraudulent",
            "status": status})
@@ -57,13 +63,13 @@ fn stripe_dispute(pi: &str, status: &str) -> Value {
 
 /// A Stripe body as Stripe sends it: pretty-printed, so that storing it
 /// byte for byte is not the same as storing its value.
-fn stripe_body(event: &Value) -> String {
+pub(crate) fn stripe_body(event: &Value) -> String {
     serde_json::to_string_pretty(event).unwrap()
 }
 
 /// Posts a Stripe event signed with the Stripe scheme; returns status and
 /// body text.
-async fn stripe(app: &TestApp, event: &Value) -> (u16, String) {
+pub(crate) async fn stripe(app: &TestApp, event: &Value) -> (u16, String) {
     let body = stripe_body(event);
     let ts = unix_now();
     let sig = sign_stripe(STRIPE_SECRET, ts, body.as_bytes());
@@ -79,7 +85,7 @@ async fn stripe(app: &TestApp, event: &Value) -> (u16, String) {
 
 // ---- Adyen fixtures ----
 
-fn adyen_item(code: &str, success: bool, psp: &str, order: &str, date: &str) -> Value {
+pub(crate) fn adyen_item(code: &str, success: bool, psp: &str, order: &str, date: &str) -> Value {
     let mut item = json!({
         "additionalData": {"shopperReference": "usr_a", "chargebackReasonCode": "10.4"},
         "amount": {"currency": "EUR", "value": 1999},
@@ -93,7 +99,7 @@ fn adyen_item(code: &str, success: bool, psp: &str, order: &str, date: &str) -> 
 
 /// Adyen's HMAC, computed here from its documented definition with the
 /// primitives, not through payhook.
-fn sign_adyen(item: &mut Value) {
+pub(crate) fn sign_adyen(item: &mut Value) {
     use hmac::Mac;
     let text = |v: Option<&Value>| match v {
         None | Some(Value::Null) => String::new(),
@@ -119,7 +125,7 @@ fn sign_adyen(item: &mut Value) {
         .into();
 }
 
-fn adyen_batch(items: &[Value]) -> String {
+pub(crate) fn adyen_batch(items: &[Value]) -> String {
     let wrapped: Vec<Value> = items
         .iter()
         .map(|i| json!({ "NotificationRequestItem": i }))
@@ -127,7 +133,7 @@ fn adyen_batch(items: &[Value]) -> String {
     serde_json::to_string_pretty(&json!({"live": "false", "notificationItems": wrapped})).unwrap()
 }
 
-async fn adyen(app: &TestApp, body: String) -> (u16, String) {
+pub(crate) async fn adyen(app: &TestApp, body: String) -> (u16, String) {
     let r = app
         .post_raw(
             "/webhooks/adyen",
@@ -138,7 +144,7 @@ async fn adyen(app: &TestApp, body: String) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn order(env: &Env, order: &str) -> Option<(String, String, i64, String, String)> {
+pub(crate) async fn order(env: &Env, order: &str) -> Option<(String, String, i64, String, String)> {
     env.db
         .query_opt(
             "SELECT payment_status, user_id, amount, currency::text, last_provider_event_id
@@ -650,7 +656,7 @@ async fn an_adyen_batch_with_one_bad_signature_is_refused_whole() {
 }
 
 /// Polls `check` every 50 ms for up to 20 s.
-async fn wait_for<F, Fut>(check: F)
+pub(crate) async fn wait_for<F, Fut>(check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -673,6 +679,8 @@ fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
         intake: payhook::providers::Intake::Unsigned,
         order_id_key: "order_id".into(),
         user_id_key: "user_id".into(),
+        livemode: false,
+        accounts: Vec::new(),
     };
     let body = stripe_body(event);
     let item = stripe
