@@ -183,6 +183,7 @@ impl Application {
             occurred_at_max_future: cfg.http.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
+            signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
             providers: intakes.providers.clone(),
         });
         Ok(Self {
@@ -238,6 +239,9 @@ impl Application {
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
+        // The consumer maps providers' payloads again, as the edge does.
+        let remap: Arc<dyn crate::kafka::envelope::Remap> =
+            Arc::new(crate::providers::Mappers::from_config(&cfg.webhooks));
         let consumer_configs = [
             (&cfg.kafka.orders_consumer_group, &cfg.kafka.orders_topic),
             (
@@ -254,6 +258,7 @@ impl Application {
                 &cfg.database,
                 cfg.http.occurred_at_max_future,
             )
+            .with_remap(remap.clone())
         })
         .to_vec();
         let shared = fleet::Context {
@@ -294,6 +299,7 @@ impl Application {
                     db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
                     dead_letter_max_bytes,
                     events: crate::consume::events::WaitingEvents::new(&metrics),
+                    signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
                 }
                 .run(consumers.clone()),
             );

@@ -518,21 +518,26 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
         ops_on_public: true,
+        signer: None,
         providers: payhook::providers::Endpoints {
             stripe: Some(payhook::providers::stripe::Stripe {
                 intake: Intake::Verify(verifier(Scheme::Stripe, STRIPE_SECRET)),
-                order_id_key: "order_id".into(),
-                user_id_key: "user_id".into(),
-                // The fixtures are test-mode events.
-                livemode: false,
-                accounts: Vec::new(),
+                mapping: payhook::providers::stripe::StripeMapping {
+                    order_id_key: "order_id".into(),
+                    user_id_key: "user_id".into(),
+                    // The fixtures are test-mode events.
+                    livemode: false,
+                    accounts: Vec::new(),
+                },
             }),
             adyen: Some(payhook::providers::adyen::Adyen {
                 intake: Intake::Verify(vec![
                     payhook::providers::adyen::HmacKey::parse(ADYEN_DOC_KEY).unwrap(),
                 ]),
-                user_id_key: "shopperReference".into(),
-                merchant_accounts: vec!["TestMerchant".into()],
+                mapping: payhook::providers::adyen::AdyenMapping {
+                    user_id_key: "shopperReference".into(),
+                    merchant_accounts: vec!["TestMerchant".into()],
+                },
             }),
         },
     };
