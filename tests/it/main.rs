@@ -22,6 +22,7 @@ mod scope;
 mod secured;
 mod settings;
 mod signatures;
+mod signed_log;
 mod stalls;
 mod startup;
 mod storable;
