@@ -297,7 +297,7 @@ settings! {
     Http => http: HttpSettings {
         /// Address the HTTP server listens on
         addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
-        /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
+        /// A separate listener for /metrics, /status and the probes' detail (the public /readyz then says its status word only); empty serves them with the webhooks
         admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
             check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
         /// Largest webhook body accepted, in bytes (413 beyond)

@@ -229,8 +229,10 @@ where
             | "/webhooks/adyen",
             _,
         ) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        // With an admin listener, the public probe says the word only: the
+        // detail (broker errors, stalled partitions' errors) is for operators.
         ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
-            Ok(probe(state, parts.uri.path()).await)
+            Ok(probe(state, parts.uri.path(), state.ops_on_public).await)
         }
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/metrics" | "/status", m) if state.ops_on_public => ops(state, m, parts.uri.path()).await,
@@ -244,7 +246,9 @@ where
 pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let result = match (path, req.method()) {
-        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, path).await),
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
+            Ok(probe(&state, path, true).await)
+        }
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/metrics" | "/status", m) => ops(&state, m, path).await,
         _ => Err(ApiError::NotFound),
@@ -252,12 +256,28 @@ pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<
     result.unwrap_or_else(ApiError::into_response)
 }
 
-async fn probe(state: &AppState, path: &str) -> Response<Body> {
+/// `/healthz`, or `/readyz` with its detail or (`detail` false) its status
+/// word only.
+async fn probe(state: &AppState, path: &str, detail: bool) -> Response<Body> {
     if path == "/healthz" {
-        json_response(StatusCode::OK, &json!({"status": "ok"}))
-    } else {
-        readyz(state).await
+        return json_response(StatusCode::OK, &json!({"status": "ok"}));
     }
+    let full = readyz(state).await;
+    if detail {
+        return full;
+    }
+    let status = full.status();
+    let word = match status {
+        StatusCode::OK if state.readiness.unhealthy_partitions().is_empty() => "ready",
+        StatusCode::OK => "degraded",
+        _ => "unavailable",
+    };
+    let mut body = json!({"status": word});
+    if status != StatusCode::OK {
+        body["error"] = json!("not_ready");
+        body["detail"] = json!("not ready (the admin listener's /readyz says why)");
+    }
+    json_response(status, &body)
 }
 
 /// `/metrics` and `/status`.
