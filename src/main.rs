@@ -132,12 +132,19 @@ enum DlqCommand {
     },
 }
 
-/// The checked configuration, or exit 2 with every problem listed.
-fn config<const S: u8>(settings: &Settings<S>) -> Result<Config, ExitCode> {
-    settings.config().map_err(|e| {
-        eprint!("{e}");
-        ExitCode::from(2)
-    })
+/// The checked configuration and what to warn about, or exit 2 with every
+/// problem listed.
+fn config<const S: u8>(settings: &Settings<S>) -> Result<(Config, Vec<String>), ExitCode> {
+    match settings.config() {
+        Ok(cfg) => {
+            let warnings = settings.warnings(&cfg);
+            Ok((cfg, warnings))
+        }
+        Err(e) => {
+            eprint!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -158,7 +165,7 @@ fn main() -> ExitCode {
             timeout,
         } => return ops::healthcheck::run(url.as_deref(), *ready, *http_addr, *timeout),
     };
-    let cfg = match cfg {
+    let (cfg, warnings) = match cfg {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -166,9 +173,15 @@ fn main() -> ExitCode {
         for line in s.effective() {
             println!("{line}");
         }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     logging::init(&cfg.process.log_filter, cfg.process.log_format);
+    for w in &warnings {
+        warn!("{w}");
+    }
     let rt = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     rt.block_on(async move {
         match cli.command {
