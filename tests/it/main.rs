@@ -25,3 +25,4 @@ mod signatures;
 mod stalls;
 mod startup;
 mod storable;
+mod supply_chain;
