@@ -26,3 +26,4 @@ mod signed_log;
 mod stalls;
 mod startup;
 mod storable;
+mod supply_chain;
