@@ -122,17 +122,29 @@ enum DlqCommand {
         /// Show what would be replayed; publish nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With ENVELOPE_SIGNING_KEYS: also replay, signed anew, dead letters
+        /// whose record is unsigned or signed with a key no longer listed
+        /// (only once you know they are genuine).
+        #[arg(long)]
+        resign: bool,
         #[command(flatten)]
         settings: Settings<{ cli::KAFKA }>,
     },
 }
 
-/// The checked configuration, or exit 2 with every problem listed.
-fn config<const S: u8>(settings: &Settings<S>) -> Result<Config, ExitCode> {
-    settings.config().map_err(|e| {
-        eprint!("{e}");
-        ExitCode::from(2)
-    })
+/// The checked configuration and what to warn about, or exit 2 with every
+/// problem listed.
+fn config<const S: u8>(settings: &Settings<S>) -> Result<(Config, Vec<String>), ExitCode> {
+    match settings.config() {
+        Ok(cfg) => {
+            let warnings = settings.warnings(&cfg);
+            Ok((cfg, warnings))
+        }
+        Err(e) => {
+            eprint!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -153,7 +165,7 @@ fn main() -> ExitCode {
             timeout,
         } => return ops::healthcheck::run(url.as_deref(), *ready, *http_addr, *timeout),
     };
-    let cfg = match cfg {
+    let (cfg, warnings) = match cfg {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -161,9 +173,15 @@ fn main() -> ExitCode {
         for line in s.effective() {
             println!("{line}");
         }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     logging::init(&cfg.process.log_filter, cfg.process.log_format);
+    for w in &warnings {
+        warn!("{w}");
+    }
     let rt = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     rt.block_on(async move {
         match cli.command {
@@ -215,6 +233,7 @@ fn main() -> ExitCode {
                 from,
                 to,
                 dry_run,
+                resign,
                 ..
             }) => {
                 let sel = ops::dlq::ReplaySelection {
@@ -222,6 +241,7 @@ fn main() -> ExitCode {
                     partition,
                     from,
                     to,
+                    resign,
                 };
                 match ops::dlq::replay(&cfg, &sel, dry_run).await {
                     Ok(done) => {

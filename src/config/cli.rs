@@ -3,13 +3,19 @@
 //! `payhook serve --help` is the reference. clap resolves each value (flag,
 //! then environment variable, then default, as clap documents); the values
 //! stay text, and [`Config::from_lookup`] checks them all at once so every
-//! problem is reported together, with secrets redacted.
+//! problem is reported together, with secrets redacted. A secret's `_FILE`
+//! variable ([`super::files`]) is an argument too (`--kafka-sasl-password-file`).
+//!
+//! Where each value came from is kept: a value clap filled in from the
+//! default counts as not given (so `DATABASE_URL_FILE` alone is not "given
+//! twice"), and a secret typed on the command line, where `ps` shows it to
+//! every user of the machine, is warned about ([`Settings::warnings`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, parser::ValueSource};
 
-use super::{Config, ConfigError, SETTINGS, Secrecy, Section, Setting};
+use super::{Config, ConfigError, SETTINGS, Secrecy, Section, Setting, files};
 
 /// Sections shown by `payhook serve`: all of them.
 pub const ALL: u8 = u8::MAX;
@@ -28,6 +34,10 @@ pub const KAFKA_AND_DATABASE: u8 = KAFKA | DATABASE;
 #[derive(Clone, Debug, Default)]
 pub struct Settings<const SECTIONS: u8> {
     values: HashMap<&'static str, String>,
+    /// Of `values`, those clap took from the default.
+    defaulted: BTreeSet<&'static str>,
+    /// Of `values`, those given as flags.
+    flags: BTreeSet<&'static str>,
 }
 
 impl<const SECTIONS: u8> Settings<SECTIONS> {
@@ -35,9 +45,13 @@ impl<const SECTIONS: u8> Settings<SECTIONS> {
         SETTINGS.iter().filter(|s| SECTIONS & s.section.bit() != 0)
     }
 
-    /// The value of `var` as clap resolved it (flag, environment or default),
-    /// or, for a setting this command does not show, the environment's.
-    pub fn raw(&self, var: &str) -> Option<String> {
+    /// The value of `var` as given (flag or environment), or, for a setting
+    /// this command does not show, the environment's. `None` when clap would
+    /// fill in the default: the table's default then applies.
+    pub fn given(&self, var: &str) -> Option<String> {
+        if self.defaulted.contains(var) {
+            return None;
+        }
         match self.values.get(var) {
             Some(v) => Some(v.clone()),
             None => std::env::var(var).ok(),
@@ -46,19 +60,52 @@ impl<const SECTIONS: u8> Settings<SECTIONS> {
 
     /// The checked configuration.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        Config::from_lookup(|var| self.raw(var))
+        Config::from_lookup(|var| self.given(var))
     }
 
-    /// `VAR=value` for every setting, in table order, secrets redacted: what
-    /// `payhook config` prints.
+    /// `VAR=value` for every setting, in table order, secrets redacted
+    /// (wherever they were read from): what `payhook config` prints.
     pub fn effective(&self) -> Vec<String> {
+        let get = |var: &str| self.given(var);
         SETTINGS
             .iter()
             .map(|s| {
-                let v = self.raw(s.env).unwrap_or_else(|| s.default.to_owned());
-                format!("{}={}", s.env, s.secrecy.show(v.trim()))
+                match files::given(&get, s.env, s.file_env) {
+                    Ok(v) => {
+                        let v = v.unwrap_or_else(|| s.default.to_owned());
+                        format!("{}={}", s.env, s.secrecy.show(v.trim()))
+                    }
+                    // Checked before; a file may have gone since.
+                    Err(e) => format!("{}=<{}: {}>", s.env, e.var, e.value),
+                }
             })
             .collect()
+    }
+
+    /// What to warn about at start-up: each secret given as a flag (its
+    /// value is then in the process list), and [`Config::warnings`].
+    pub fn warnings(&self, cfg: &Config) -> Vec<String> {
+        let mut out: Vec<String> = SETTINGS
+            .iter()
+            .filter(|s| self.flags.contains(s.env) && s.secrecy != Secrecy::Plain)
+            .filter(|s| {
+                // A URL without a password, or an empty value, holds no secret.
+                let v = self.values.get(s.env).map_or("", |v| v.trim());
+                s.secrecy.show(v) != v
+            })
+            .map(|s| {
+                format!(
+                    "{} was given on the command line (--{}), where any user of this machine \
+                     can read it (ps, /proc/<pid>/cmdline); set it in the environment, or in a \
+                     file named by {}",
+                    s.env,
+                    s.flag(),
+                    s.file_env.unwrap_or("its _FILE variable")
+                )
+            })
+            .collect();
+        out.extend(cfg.warnings());
+        out
     }
 }
 
@@ -78,9 +125,32 @@ fn arg(s: &'static Setting) -> Arg {
     a
 }
 
+/// The clap argument of a secret's `_FILE` variable.
+fn file_arg(s: &'static Setting, file_env: &'static str) -> Arg {
+    Arg::new(file_env)
+        .long(file_env.to_ascii_lowercase().replace('_', "-"))
+        .env(file_env)
+        .value_name("PATH")
+        .help(format!(
+            "File holding {} (a container secret), instead of the variable",
+            s.env
+        ))
+        .long_help(format!(
+            "File holding {}, e.g. a container secret under /run/secrets; its trailing \
+             newline is dropped. Not together with {}.\nExpected: {}.",
+            s.env,
+            s.env,
+            files::EXPECTED_FILE
+        ))
+        .help_heading(s.section.heading())
+}
+
 impl<const SECTIONS: u8> Args for Settings<SECTIONS> {
     fn augment_args(cmd: Command) -> Command {
-        cmd.args(Self::shown().map(arg))
+        cmd.args(
+            Self::shown()
+                .flat_map(|s| std::iter::once(arg(s)).chain(s.file_env.map(|f| file_arg(s, f)))),
+        )
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -96,9 +166,18 @@ impl<const SECTIONS: u8> FromArgMatches for Settings<SECTIONS> {
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
-        for s in Self::shown() {
-            if let Some(v) = m.get_one::<String>(s.env) {
-                self.values.insert(s.env, v.clone());
+        for var in Self::shown().flat_map(|s| std::iter::once(s.env).chain(s.file_env)) {
+            if let Some(v) = m.get_one::<String>(var) {
+                self.values.insert(var, v.clone());
+                match m.value_source(var) {
+                    Some(ValueSource::DefaultValue) => {
+                        self.defaulted.insert(var);
+                    }
+                    Some(ValueSource::CommandLine) => {
+                        self.flags.insert(var);
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -159,6 +238,58 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_typed_as_a_flag_warns_and_one_from_a_default_or_a_file_does_not() {
+        let cfg_warnings = |s: &Settings<ALL>| s.warnings(&s.config().unwrap());
+        let s = parse(&[
+            "--kafka-sasl-password=hunter2pw",
+            "--database-url=postgres://app:hunter2db@127.0.0.1/payhook",
+            "--http-addr=127.0.0.1:9000",
+        ]);
+        let w = cfg_warnings(&s);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("DATABASE_URL was given on the command line (--database-url)"));
+        assert!(w[0].contains("DATABASE_URL_FILE"), "{w:?}");
+        assert!(w[1].starts_with("KAFKA_SASL_PASSWORD was given on the command line"));
+        assert!(!w.join(" ").contains("hunter2"), "{w:?}");
+        // A URL without a password, and an empty secret, hold nothing to see.
+        let s = parse(&[
+            "--database-url=postgres://app@127.0.0.1/payhook",
+            "--kafka-sasl-password=",
+        ]);
+        assert_eq!(cfg_warnings(&s), Vec::<String>::new());
+        // Nothing given: DATABASE_URL comes from clap's default, which is
+        // neither a flag nor given.
+        let s = parse(&[]);
+        assert!(s.flags.is_empty(), "{:?}", s.flags);
+        assert!(s.defaulted.contains("DATABASE_URL"), "{:?}", s.defaulted);
+        assert_eq!(s.given("DATABASE_URL"), None);
+        assert_eq!(cfg_warnings(&s), Vec::<String>::new());
+        // So a file alone is not "given twice" with the default.
+        let path = std::env::temp_dir().join(format!(
+            "payhook-cli-secret-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, "postgres://app:hunter2db@db.internal/payhook\n").unwrap();
+        let s = parse(&["--database-url-file", path.to_str().unwrap()]);
+        let (c, shown) = (s.config(), s.effective().join("\n"));
+        std::fs::remove_file(&path).unwrap();
+        let c = c.unwrap();
+        assert_eq!(
+            c.database.url,
+            "postgres://app:hunter2db@db.internal/payhook"
+        );
+        assert!(
+            shown.contains("DATABASE_URL=postgres://app:***@db.internal/payhook"),
+            "{shown}"
+        );
+        // The path is no secret: no warning for the flag, but the remote
+        // database without verify-full is warned about.
+        let w = s.warnings(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sslmode=disable"), "{w:?}");
+    }
+
+    #[test]
     fn help_shows_every_setting_with_its_variable_and_default() {
         use clap::CommandFactory;
         let help = Cli::command().render_help().to_string();
@@ -179,6 +310,11 @@ mod tests {
                     "{} default missing:\n{help}",
                     s.env
                 );
+            }
+            if let Some(f) = s.file_env {
+                let flag = f.to_ascii_lowercase().replace('_', "-");
+                assert!(help.contains(&format!("--{flag} <PATH>")), "{f}:\n{help}");
+                assert!(help.contains(&format!("[env: {f}=]")), "{f}:\n{help}");
             }
         }
     }

@@ -173,3 +173,216 @@ pub fn strip_sslmode(url: &str) -> String {
         format!("{head}?{}", rest.join("&"))
     }
 }
+
+/// Whether `host` (a name or an address, without port) is this machine:
+/// `localhost`, a name under `.localhost`, or a loopback address. Nothing is
+/// resolved: any other name counts as another machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lower = host.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of a `host:port` broker address (`[::1]:9092` → `::1`).
+fn broker_host(broker: &str) -> &str {
+    broker.rsplit_once(':').map_or(broker, |(h, _)| h)
+}
+
+/// The TCP hosts a Postgres URL names (a Unix socket is this machine, and
+/// a URL that does not parse is refused by the checks, not here).
+fn database_hosts(url: &str) -> Vec<String> {
+    let Ok(cfg) = strip_sslmode(url).parse::<tokio_postgres::Config>() else {
+        return Vec::new();
+    };
+    cfg.get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => None,
+        })
+        .collect()
+}
+
+impl super::Config {
+    /// Settings that work but expose a secret or the data on the way to
+    /// another machine: `serve` and every command log them as warnings once
+    /// logging is set up (`payhook config` prints them).
+    ///
+    /// - SASL `PLAIN` over `sasl_plaintext` sends the password itself, in
+    ///   clear text, to every broker that is not on this machine.
+    /// - A `sslmode` weaker than `verify-full` to a database on another
+    ///   machine: `disable` sends everything in clear text; `require`
+    ///   encrypts, but anyone who can answer in the server's place (DNS,
+    ///   ARP, a rogue route) reads and changes everything.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let k = &self.kafka;
+        if k.security_protocol == SecurityProtocol::SaslPlaintext
+            && k.sasl_mechanism == SaslMechanism::Plain
+        {
+            let remote: Vec<&str> = k
+                .brokers
+                .iter()
+                .map(String::as_str)
+                .filter(|b| !is_loopback_host(broker_host(b)))
+                .collect();
+            if !remote.is_empty() {
+                out.push(format!(
+                    "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=sasl_plaintext sends \
+                     the SASL password in clear text to {}: anyone on the network path can read \
+                     it. Use sasl_ssl, or at least SCRAM-SHA-512",
+                    remote.join(", ")
+                ));
+            }
+        }
+        let mode = self.database.tls().mode;
+        if mode != SslMode::VerifyFull {
+            let remote: Vec<String> = database_hosts(&self.database.url)
+                .into_iter()
+                .filter(|h| !is_loopback_host(h))
+                .collect();
+            if !remote.is_empty() {
+                let risk = match mode {
+                    SslMode::Disable => {
+                        "sends everything, the password and the payment data included, in clear text"
+                    }
+                    _ => {
+                        "encrypts but does not check the server's certificate, so whoever can \
+                         answer in the server's place reads and changes everything"
+                    }
+                };
+                out.push(format!(
+                    "the database connection to {} uses sslmode={}, which {risk}. Use \
+                     DATABASE_SSLMODE=verify-full (with DATABASE_TLS_CA_FILE for a private CA)",
+                    remote.join(", "),
+                    mode.as_str()
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map).unwrap().warnings()
+    }
+
+    #[test]
+    fn loopback_is_this_machine_only() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "db.localhost",
+            "127.0.0.1",
+            "127.8.0.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "10.0.0.5",
+            "db.internal",
+            "localhost.example.com",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        assert_eq!(broker_host("[::1]:9092"), "[::1]");
+        assert_eq!(broker_host("kafka-1:9092"), "kafka-1");
+    }
+
+    #[test]
+    fn the_local_defaults_warn_about_nothing() {
+        assert_eq!(warnings(&[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn sasl_plain_in_clear_text_to_another_machine_warns() {
+        let sasl = [
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_USERNAME", "payhook"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut all = sasl.to_vec();
+            all.extend_from_slice(extra);
+            warnings(&all)
+        };
+        let w = with(&[("KAFKA_BROKERS", "127.0.0.1:9095,kafka-2.internal:9095")]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("KAFKA_SASL_MECHANISM=PLAIN"), "{w:?}");
+        assert!(w[0].contains("kafka-2.internal:9095"), "{w:?}");
+        assert!(!w[0].contains("127.0.0.1"), "{w:?}");
+        assert!(!w[0].contains("pw"), "{w:?}");
+        // Loopback only, SCRAM, or TLS: no warning.
+        assert!(with(&[("KAFKA_BROKERS", "localhost:9095,[::1]:9095")]).is_empty());
+        assert!(
+            with(&[
+                ("KAFKA_BROKERS", "kafka-2.internal:9095"),
+                ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+            ])
+            .is_empty()
+        );
+        let mut tls = sasl.to_vec();
+        tls[0].1 = "sasl_ssl";
+        tls.push(("KAFKA_BROKERS", "kafka-2.internal:9096"));
+        assert!(warnings(&tls).is_empty());
+    }
+
+    #[test]
+    fn a_database_on_another_machine_without_verify_full_warns() {
+        let remote = "postgres://payhook:pw@db.internal:5432/payhook";
+        for (pairs, mode) in [
+            (vec![("DATABASE_URL", remote)], "disable"),
+            (
+                vec![("DATABASE_URL", remote), ("DATABASE_SSLMODE", "require")],
+                "require",
+            ),
+            (
+                vec![(
+                    "DATABASE_URL",
+                    "postgres://payhook@10.1.2.3/payhook?sslmode=require",
+                )],
+                "require",
+            ),
+        ] {
+            let w = warnings(&pairs);
+            assert_eq!(w.len(), 1, "{pairs:?}: {w:?}");
+            assert!(w[0].contains(&format!("sslmode={mode}")), "{w:?}");
+            assert!(w[0].contains("verify-full"), "{w:?}");
+            assert!(!w[0].contains("pw@"), "{w:?}");
+        }
+        for pairs in [
+            vec![
+                ("DATABASE_URL", remote),
+                ("DATABASE_SSLMODE", "verify-full"),
+            ],
+            vec![("DATABASE_URL", "postgres://payhook:pw@localhost/payhook")],
+            vec![("DATABASE_URL", "postgres://payhook@[::1]:5432/payhook")],
+            vec![(
+                "DATABASE_URL",
+                "postgres://payhook@127.0.0.1/payhook?sslmode=require",
+            )],
+        ] {
+            assert!(warnings(&pairs).is_empty(), "{pairs:?}");
+        }
+    }
+}

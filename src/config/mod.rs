@@ -34,7 +34,8 @@
 //! Checks that involve several settings go in `Config::check_together`.
 //!
 //! The `///` line is the help text (one line). A secret is marked after its
-//! default, and is then never shown in errors, `--help` or `payhook config`:
+//! default, and is then never shown in errors, `--help` or `payhook config`,
+//! and may be read from the file its `NAME_FILE` variable names ([`files`]):
 //!
 //! ```text
 //! /// SASL password for the brokers
@@ -49,6 +50,7 @@
 pub mod check;
 pub mod cli;
 pub mod connection;
+pub mod files;
 pub mod keys;
 
 use connection::url_sslmode;
@@ -61,7 +63,7 @@ use std::{
     collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration,
 };
 
-use keys::{HmacKey, HmacKeyError, KeyError, Scheme, SigningKey};
+use keys::{EnvelopeKey, HmacKey, HmacKeyError, KeyError, Scheme, SigningKey};
 
 /// Where a setting is shown in `--help`, and which commands show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +173,9 @@ pub struct Setting {
     pub help: &'static str,
     pub section: Section,
     pub secrecy: Secrecy,
+    /// For a secret, the variable naming a file to read it from instead:
+    /// `KAFKA_SASL_PASSWORD_FILE` for `KAFKA_SASL_PASSWORD` (see [`files`]).
+    pub file_env: Option<&'static str>,
 }
 
 impl Setting {
@@ -188,6 +193,14 @@ impl Setting {
     pub fn named(var: &str) -> Option<&'static Setting> {
         SETTINGS.iter().find(|s| s.env == var)
     }
+
+    /// Where `var` (a setting, or a secret's `_FILE` variable) stands in
+    /// the table.
+    fn place(var: &str) -> Option<usize> {
+        SETTINGS
+            .iter()
+            .position(|s| s.env == var || s.file_env == Some(var))
+    }
 }
 
 /// A check: the form a value must have, and the parser that accepts it.
@@ -201,6 +214,9 @@ macro_rules! settings {
     (@secrecy) => { Secrecy::Plain };
     (@secrecy secret) => { Secrecy::Secret };
     (@secrecy password_in_url) => { Secrecy::PasswordInUrl };
+    // Every secret may also be read from a file (`NAME_FILE`).
+    (@file $env:ident) => { None };
+    (@file $env:ident $secrecy:ident) => { Some(concat!(stringify!($env), "_FILE")) };
     ($(
         #[doc = $section_doc:literal]
         $section:ident => $part:ident : $part_ty:ident {
@@ -255,6 +271,7 @@ macro_rules! settings {
                     help: $help.trim_ascii(),
                     section: Section::$section,
                     secrecy: settings!(@secrecy $($secrecy)?),
+                    file_env: settings!(@file $env $($secrecy)?),
                 },
             )*)*
         ];
@@ -279,6 +296,7 @@ macro_rules! settings {
                             $(
                                 $field: r.read(
                                     stringify!($env),
+                                    settings!(@file $env $($secrecy)?),
                                     $default,
                                     settings!(@secrecy $($secrecy)?),
                                     $check,
@@ -297,7 +315,7 @@ settings! {
     Http => http: HttpSettings {
         /// Address the HTTP server listens on
         addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
-        /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
+        /// A separate listener for /metrics, /status and the probes' detail (the public /readyz then says its status word only); empty serves them with the webhooks
         admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
             check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
         /// Largest webhook body accepted, in bytes (413 beyond)
@@ -414,6 +432,8 @@ settings! {
         tls_cert_file: Option<PathBuf> = KAFKA_TLS_CERT_FILE("") check::optional(check::pem_file());
         /// Client private key (PEM, PKCS#8) for mutual TLS, with KAFKA_TLS_CERT_FILE
         tls_key_file: Option<PathBuf> = KAFKA_TLS_KEY_FILE("") check::optional(check::pem_file());
+        /// Keys that sign every record payhook publishes and that the consumer verifies, comma-separated id:secret (the first signs, every one listed verifies); empty: records are neither signed nor verified
+        signing_keys: Vec<EnvelopeKey> = ENVELOPE_SIGNING_KEYS("", secret) check::envelope_keys();
         /// Longest wait for the broker's acknowledgement before a webhook gets 503
         publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
         /// How long an idle producer lane waits for more records before sending
@@ -595,7 +615,8 @@ impl Config {
     }
 
     /// Reads every setting through `get`, collecting every problem. A
-    /// variable `get` does not know takes its default.
+    /// variable `get` does not know takes its default; a secret may instead
+    /// be read from the file its `_FILE` variable names ([`files`]).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader {
             get: &get,
@@ -607,8 +628,7 @@ impl Config {
             Ok(cfg)
         } else {
             // In the order of the table, whichever check found them.
-            let place = |v: &str| SETTINGS.iter().position(|s| s.env == v);
-            r.errors.sort_by_key(|e| place(e.var));
+            r.errors.sort_by_key(|e| Setting::place(e.var));
             Err(ConfigError(r.errors))
         }
     }
@@ -877,11 +897,16 @@ impl Reader<'_> {
     fn read<T>(
         &mut self,
         var: &'static str,
+        file_var: Option<&'static str>,
         default: &str,
         secrecy: Secrecy,
         check: Check<impl Fn(&str) -> Option<T>>,
     ) -> T {
-        let raw = (self.get)(var);
+        let raw = files::given(self.get, var, file_var).unwrap_or_else(|e| {
+            // Reported; the default stands in so the other checks run.
+            self.errors.push(e);
+            None
+        });
         let value = raw.as_deref().map(str::trim).unwrap_or(default);
         match (check.parse)(value) {
             Some(v) => v,

@@ -22,6 +22,8 @@ mod scope;
 mod secured;
 mod settings;
 mod signatures;
+mod signed_log;
 mod stalls;
 mod startup;
 mod storable;
+mod supply_chain;

@@ -15,6 +15,9 @@ fn payhook() -> Command {
     // Only what a test sets reaches the binary.
     for s in SETTINGS {
         c.env_remove(s.env);
+        if let Some(f) = s.file_env {
+            c.env_remove(f);
+        }
     }
     c
 }
@@ -253,4 +256,246 @@ fn healthcheck_fails_when_nothing_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}
+
+/// A file of its own under the system's temporary directory, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(content: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "payhook-it-secret-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, content).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A valid value of each secret setting, and how `payhook config` shows it.
+/// A new secret setting is one more line here.
+const SECRET_VALUES: &[(&str, &str, &str)] = &[
+    (
+        "WEBHOOK_ORDERS_SECRETS",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "<redacted>",
+    ),
+    (
+        "WEBHOOK_CHARGEBACKS_SECRETS",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "<redacted>",
+    ),
+    (
+        "STRIPE_WEBHOOK_SECRETS",
+        "whsec_stripe_test_secret_0123456789",
+        "<redacted>",
+    ),
+    (
+        "ADYEN_HMAC_KEYS",
+        "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+        "<redacted>",
+    ),
+    (
+        "DATABASE_URL",
+        "postgres://app:MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw@127.0.0.1:5432/payhook",
+        "postgres://app:***@127.0.0.1:5432/payhook",
+    ),
+    (
+        "KAFKA_SASL_PASSWORD",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "<redacted>",
+    ),
+    (
+        "ENVELOPE_SIGNING_KEYS",
+        "k1:MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw-0123",
+        "<redacted>",
+    ),
+];
+
+#[test]
+fn every_secret_setting_is_read_from_its_file() {
+    let secrets: Vec<&Setting> = SETTINGS.iter().filter(|s| s.file_env.is_some()).collect();
+    let listed: Vec<&str> = SECRET_VALUES.iter().map(|(v, _, _)| *v).collect();
+    assert_eq!(
+        secrets.iter().map(|s| s.env).collect::<Vec<_>>(),
+        listed,
+        "every secret setting, and only those, has a _FILE variable; list each in SECRET_VALUES"
+    );
+    for s in SETTINGS.iter().filter(|s| s.secrecy != Secrecy::Plain) {
+        assert!(s.file_env.is_some(), "{} is secret but has no _FILE", s.env);
+    }
+    for (var, value, shown) in SECRET_VALUES {
+        let file_var = format!("{var}_FILE");
+        let run = |file: &TempFile, extra: &[(&str, &str)]| {
+            let mut c = payhook();
+            c.env_remove(&file_var)
+                .arg("config")
+                .env(&file_var, file.path())
+                // Adyen's keys need their merchant accounts.
+                .env("ADYEN_MERCHANT_ACCOUNTS", "Shop");
+            for (k, v) in extra {
+                c.env(k, v);
+            }
+            let out = c.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8(out.stdout).unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        };
+        // Read, used, shown redacted.
+        let file = TempFile::new(&format!("{value}\n"));
+        let (code, stdout, stderr) = run(&file, &[]);
+        assert_eq!(code, Some(0), "{var}: {stderr}");
+        assert!(
+            stdout.contains(&format!("\n{var}={shown}\n")),
+            "{var}:\n{stdout}"
+        );
+        assert!(!stdout.contains("MfKQ9r8G") && !stderr.contains("MfKQ9r8G"));
+        // The file's content is what the check sees (a SASL password may be
+        // any text).
+        if *var != "KAFKA_SASL_PASSWORD" {
+            let bad = TempFile::new("hunter2\n");
+            let (code, _, stderr) = run(&bad, &[]);
+            assert_eq!(code, Some(2), "{var}: {stderr}");
+            assert!(stderr.contains(&format!("  {var}=")), "{var}: {stderr}");
+            assert!(!stderr.contains("hunter2"), "{stderr}");
+        }
+        // Both ways at once: refused, naming both, showing neither.
+        let (code, _, stderr) = run(&file, &[(var, value)]);
+        assert_eq!(code, Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("  {file_var}=\"{}\"", file.path())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("not both"), "{stderr}");
+        assert!(!stderr.contains("MfKQ9r8G"), "{stderr}");
+        // A file that is not there: its path and why, nothing else.
+        let gone = TempFile::new("");
+        let path = gone.path().to_owned();
+        drop(gone);
+        let mut c = payhook();
+        let out = c.arg("config").env(&file_var, &path).output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("  {file_var}=\"{path}: No such file")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_given_as_a_flag_is_warned_about_and_never_shown() {
+    // Logged once logging is up: `migrate` against a port nothing listens
+    // on fails after its warnings.
+    let out = payhook()
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://app:hunter2pw@127.0.0.1:1/payhook",
+        ])
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_CONNECT_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    let log = String::from_utf8(out.stderr).unwrap();
+    let warning = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("DATABASE_URL was given on the command line"))
+        });
+    assert!(warning.is_some(), "no warning:\n{log}");
+    assert!(!log.contains("hunter2pw"), "{log}");
+
+    // The same secret from the environment, or a file, is not warned about.
+    let file = TempFile::new("hunter2pw\n");
+    for (var, value) in [
+        ("KAFKA_SASL_PASSWORD", "hunter2pw"),
+        ("KAFKA_SASL_PASSWORD_FILE", file.path()),
+    ] {
+        let out = payhook().arg("config").env(var, value).output().unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!stderr.contains("warning"), "{var}: {stderr}");
+    }
+    let out = payhook()
+        .args(["config", "--kafka-sasl-password", "hunter2pw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: KAFKA_SASL_PASSWORD was given on the command line"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
+}
+
+#[test]
+fn clear_text_credentials_to_another_machine_are_warned_about() {
+    let out = payhook()
+        .arg("config")
+        .env("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext")
+        .env("KAFKA_SASL_USERNAME", "payhook")
+        .env("KAFKA_SASL_PASSWORD", "hunter2pw")
+        .env("KAFKA_BROKERS", "kafka-1.internal:9095")
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2pw@db.internal/payhook",
+        )
+        .env("DATABASE_SSLMODE", "require")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "warning: KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=sasl_plaintext"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: the database connection to db.internal uses sslmode=require"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
+}
+
+#[test]
+fn dot_env_is_ignored_by_git_and_the_example_is_not() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    if !std::path::Path::new(root).join(".git").exists() {
+        eprintln!("not a git checkout; nothing to check");
+        return;
+    }
+    let ignored = |path: &str| {
+        let out = Command::new("git")
+            .args(["-C", root, "check-ignore", "--no-index", "-q", path])
+            .output()
+            .expect("git runs");
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            other => panic!("git check-ignore {path}: {other:?} {:?}", out.stderr),
+        }
+    };
+    for path in [".env", ".env.local", ".env.production", "deploy/.env"] {
+        assert!(ignored(path), "{path} is not ignored by git");
+    }
+    assert!(!ignored(".env.example"), ".env.example must stay tracked");
 }
