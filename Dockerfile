@@ -46,11 +46,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /payhook /payhook
+# Webhooks on 8080; probes, /metrics and /status on the admin listener,
+# 9090, which is not the providers' to reach: publish only 8080 to them
+# (docs/threat-model.md). The public /readyz then says its status word only.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    HTTP_ADDR=0.0.0.0:8080
+    HTTP_ADDR=0.0.0.0:8080 \
+    ADMIN_ADDR=0.0.0.0:9090
 # A numeric non-root user: scratch has no /etc/passwd to name one.
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9090
 # No shell or curl in the image: payhook probes its own /healthz (the
 # address comes from HTTP_ADDR, 0.0.0.0 probed on loopback).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -122,6 +122,11 @@ enum DlqCommand {
         /// Show what would be replayed; publish nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With ENVELOPE_SIGNING_KEYS: also replay, signed anew, dead letters
+        /// whose record is unsigned or signed with a key no longer listed
+        /// (only once you know they are genuine).
+        #[arg(long)]
+        resign: bool,
         #[command(flatten)]
         settings: Settings<{ cli::KAFKA }>,
     },
@@ -228,6 +233,7 @@ fn main() -> ExitCode {
                 from,
                 to,
                 dry_run,
+                resign,
                 ..
             }) => {
                 let sel = ops::dlq::ReplaySelection {
@@ -235,6 +241,7 @@ fn main() -> ExitCode {
                     partition,
                     from,
                     to,
+                    resign,
                 };
                 match ops::dlq::replay(&cfg, &sel, dry_run).await {
                     Ok(done) => {

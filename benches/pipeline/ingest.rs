@@ -71,6 +71,7 @@ pub async fn run(profile: &Profile, per_record: &[Row]) -> Vec<Row> {
         occurred_at_max_future: cfg.http.occurred_at_max_future,
         metrics: Metrics::new(),
         ops_on_public: true,
+        signer: None,
         providers: Default::default(),
     });
     let shutdown = CancellationToken::new();

@@ -108,6 +108,9 @@ impl Application {
         // Decided first, before anything connects: an endpoint that cannot
         // verify must never serve unless unsigned intake was chosen.
         let intakes = intakes(&cfg)?;
+        for w in exposure_warnings(&cfg) {
+            warn!("{w}");
+        }
         let pool = db::pool_from_config(&cfg.database, cfg.database.pool_size)?;
         // Everything the edge accepts must be storable, which it only is in
         // a UTF8 database.
@@ -185,6 +188,7 @@ impl Application {
             occurred_at_max_future: cfg.http.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
+            signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
             providers: intakes.providers.clone(),
         });
         Ok(Self {
@@ -240,6 +244,9 @@ impl Application {
         let metrics = state.metrics.clone();
         let consumers = CancellationToken::new();
         let mut consumer_tasks = tokio::task::JoinSet::new();
+        // The consumer maps providers' payloads again, as the edge does.
+        let remap: Arc<dyn crate::kafka::envelope::Remap> =
+            Arc::new(crate::providers::Mappers::from_config(&cfg.webhooks));
         let consumer_configs = [
             (&cfg.kafka.orders_consumer_group, &cfg.kafka.orders_topic),
             (
@@ -256,6 +263,7 @@ impl Application {
                 &cfg.database,
                 cfg.http.occurred_at_max_future,
             )
+            .with_remap(remap.clone())
         })
         .to_vec();
         let shared = fleet::Context {
@@ -296,6 +304,7 @@ impl Application {
                     db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
                     dead_letter_max_bytes,
                     events: crate::consume::events::WaitingEvents::new(&metrics),
+                    signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
                 }
                 .run(consumers.clone()),
             );
@@ -474,9 +483,56 @@ fn intakes(cfg: &Config) -> Result<Intakes, StartError> {
     Ok(all)
 }
 
+/// What this configuration leaves open that an operator should know of:
+/// the operators' endpoints on a public listener, and topics whose writers
+/// the consumer takes on trust.
+fn exposure_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let addr = cfg.http.addr;
+    if cfg.http.admin_addr.is_none() && !addr.ip().is_loopback() {
+        out.push(format!(
+            "HTTP_ADDR {addr} is not loopback and ADMIN_ADDR is unset: /metrics, /status and \
+             /readyz's detail (broker errors, stalled partitions) are served to whoever can \
+             reach the webhooks; set ADMIN_ADDR to give them a listener of their own"
+        ));
+    }
+    if cfg.kafka.signing_keys.is_empty() {
+        out.push(
+            "ENVELOPE_SIGNING_KEYS is unset: the consumer applies whatever anyone with write \
+             access to the topics writes there (docs/threat-model.md)"
+                .into(),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    #[test]
+    fn an_open_listener_and_unsigned_topics_are_warned_of() {
+        let key = format!("k:{}", "s".repeat(32));
+        let w = exposure_warnings(&cfg(&[("HTTP_ADDR", "0.0.0.0:8080")]));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("ADMIN_ADDR is unset"), "{w:?}");
+        assert!(w[1].contains("ENVELOPE_SIGNING_KEYS is unset"), "{w:?}");
+        assert!(
+            exposure_warnings(&cfg(&[
+                ("HTTP_ADDR", "0.0.0.0:8080"),
+                ("ADMIN_ADDR", "0.0.0.0:9090"),
+                ("ENVELOPE_SIGNING_KEYS", &key),
+            ]))
+            .is_empty()
+        );
+        assert!(
+            exposure_warnings(&cfg(&[
+                ("HTTP_ADDR", "127.0.0.1:8080"),
+                ("ENVELOPE_SIGNING_KEYS", &key)
+            ]))
+            .is_empty()
+        );
+    }
 
     use super::*;
 

@@ -3,7 +3,10 @@
 
 use std::{num::NonZeroU32, ops::RangeInclusive, str::FromStr, time::Duration};
 
-use super::{Check, LogFormat, Secrets, keys::Scheme};
+use super::{
+    Check, LogFormat, Secrets,
+    keys::{EnvelopeKey, Scheme},
+};
 
 /// Anything `FromStr` reads.
 pub fn from_str<T: FromStr>(expected: &'static str) -> Check<impl Fn(&str) -> Option<T>> {
@@ -144,6 +147,15 @@ pub fn secrets() -> Check<impl Fn(&str) -> Option<Secrets>> {
     Check {
         expected: "comma-separated secrets",
         parse: |s: &str| Some(Secrets(s.to_owned())),
+    }
+}
+
+/// `ENVELOPE_SIGNING_KEYS`: `id:secret` pairs ([`EnvelopeKey`]).
+pub fn envelope_keys() -> Check<impl Fn(&str) -> Option<Vec<EnvelopeKey>>> {
+    Check {
+        expected: "comma-separated id:secret pairs, distinct ids of 1 to 32 of A-Z a-z 0-9 . _ -, \
+                   secrets of at least 32 characters (e.g. payhook-1:$(openssl rand -hex 32))",
+        parse: |s: &str| EnvelopeKey::parse_list(s).ok(),
     }
 }
 

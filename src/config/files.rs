@@ -138,6 +138,11 @@ mod tests {
                 |c| format!("{:?}", c.webhooks.adyen_keys().len()),
             ),
             (
+                "ENVELOPE_SIGNING_KEYS",
+                "k1:0123456789abcdef0123456789abcdef-file",
+                |c| format!("{:?}", c.kafka.signing_keys),
+            ),
+            (
                 "DATABASE_URL",
                 "postgres://app:s3cret@db.internal:5432/payhook",
                 |c| c.database.url.clone(),

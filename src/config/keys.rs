@@ -159,3 +159,119 @@ impl HmacKey {
         &self.0
     }
 }
+
+/// One key of `ENVELOPE_SIGNING_KEYS`: an id carried in each record's
+/// signature header, and the HMAC key. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvelopeKey {
+    id: String,
+    key: Vec<u8>,
+}
+
+impl fmt::Debug for EnvelopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "EnvelopeKey({}, <{} bytes, redacted>)",
+            self.id,
+            self.key.len()
+        )
+    }
+}
+
+/// Why `ENVELOPE_SIGNING_KEYS` cannot be used. Never holds key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeKeyError {
+    #[error("an entry is not id:secret")]
+    NotIdSecret,
+    #[error("a key id must be 1 to 32 of A-Z a-z 0-9 . _ -")]
+    BadId,
+    #[error("key id {0:?} is listed twice")]
+    Repeated(String),
+    #[error("the secret of key {0:?} is shorter than {min} characters", min = EnvelopeKey::MIN_BYTES)]
+    TooShort(String),
+}
+
+impl EnvelopeKey {
+    /// Shortest secret accepted: 32 bytes, e.g. `openssl rand -hex 32`
+    /// (64 hex characters) is more than enough.
+    pub const MIN_BYTES: usize = 32;
+
+    /// One `id:secret` entry; the secret's bytes are the key.
+    pub fn parse(entry: &str) -> Result<Self, EnvelopeKeyError> {
+        let (id, secret) = entry
+            .trim()
+            .split_once(':')
+            .ok_or(EnvelopeKeyError::NotIdSecret)?;
+        let id_ok = (1..=32).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(EnvelopeKeyError::BadId);
+        }
+        if secret.len() < Self::MIN_BYTES {
+            return Err(EnvelopeKeyError::TooShort(id.to_owned()));
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            key: secret.as_bytes().to_vec(),
+        })
+    }
+
+    /// A comma-separated list, the signing key first; empty: no keys.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, EnvelopeKeyError> {
+        if list.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = list
+            .split(',')
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(EnvelopeKeyError::Repeated(k.id.clone()));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The id the signature header names.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key bytes, for the one place that computes the HMAC.
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_keys_are_id_secret_pairs_and_never_printed() {
+        let secret = "s".repeat(32);
+        let keys = EnvelopeKey::parse_list(&format!("k2:{secret}, k1:{secret}x")).unwrap();
+        assert_eq!(
+            keys.iter().map(EnvelopeKey::id).collect::<Vec<_>>(),
+            ["k2", "k1"]
+        );
+        assert!(!format!("{keys:?}").contains(&secret));
+        assert_eq!(EnvelopeKey::parse_list(" ").unwrap(), []);
+        let err = |s: &str| EnvelopeKey::parse_list(s).unwrap_err();
+        assert_eq!(err("nocolon"), EnvelopeKeyError::NotIdSecret);
+        assert_eq!(err(&format!("a b:{secret}")), EnvelopeKeyError::BadId);
+        assert_eq!(err(&format!(":{secret}")), EnvelopeKeyError::BadId);
+        assert_eq!(err("k:short"), EnvelopeKeyError::TooShort("k".into()));
+        assert_eq!(
+            err(&format!("k:{secret},k:{secret}")),
+            EnvelopeKeyError::Repeated("k".into())
+        );
+        // A secret may itself hold colons.
+        let k = EnvelopeKey::parse(&format!("k:{secret}:x")).unwrap();
+        assert_eq!(k.expose().len(), 34);
+    }
+}

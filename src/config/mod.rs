@@ -63,7 +63,7 @@ use std::{
     collections::HashMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration,
 };
 
-use keys::{HmacKey, HmacKeyError, KeyError, Scheme, SigningKey};
+use keys::{EnvelopeKey, HmacKey, HmacKeyError, KeyError, Scheme, SigningKey};
 
 /// Where a setting is shown in `--help`, and which commands show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,7 +315,7 @@ settings! {
     Http => http: HttpSettings {
         /// Address the HTTP server listens on
         addr: SocketAddr = HTTP_ADDR("127.0.0.1:8080") check::from_str("an address like 127.0.0.1:8080");
-        /// A separate listener for /metrics, /status and the probes; empty serves them with the webhooks
+        /// A separate listener for /metrics, /status and the probes' detail (the public /readyz then says its status word only); empty serves them with the webhooks
         admin_addr: Option<SocketAddr> = ADMIN_ADDR("")
             check::optional(check::from_str("an address like 127.0.0.1:9090, or empty for none"));
         /// Largest webhook body accepted, in bytes (413 beyond)
@@ -436,6 +436,8 @@ settings! {
         tls_cert_file: Option<PathBuf> = KAFKA_TLS_CERT_FILE("") check::optional(check::pem_file());
         /// Client private key (PEM, PKCS#8) for mutual TLS, with KAFKA_TLS_CERT_FILE
         tls_key_file: Option<PathBuf> = KAFKA_TLS_KEY_FILE("") check::optional(check::pem_file());
+        /// Keys that sign every record payhook publishes and that the consumer verifies, comma-separated id:secret (the first signs, every one listed verifies); empty: records are neither signed nor verified
+        signing_keys: Vec<EnvelopeKey> = ENVELOPE_SIGNING_KEYS("", secret) check::envelope_keys();
         /// Longest wait for the broker's acknowledgement before a webhook gets 503
         publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
         /// How long an idle producer lane waits for more records before sending

@@ -2,9 +2,12 @@
 //! sections once, so the partition loop, its sink and the committer read
 //! one small struct.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use crate::config::{ConsumerSettings, DatabaseSettings, FirstStart, KafkaSettings};
+use crate::{
+    config::{ConsumerSettings, DatabaseSettings, FirstStart, KafkaSettings},
+    kafka::{envelope::Remap, signing::Signer},
+};
 
 /// Settings for one topic's consumer.
 #[derive(Clone, Debug)]
@@ -33,6 +36,13 @@ pub struct ConsumerConfig {
     pub publish_timeout: Duration,
     /// `CONSUMER_FIRST_START`.
     pub first_start: FirstStart,
+    /// `ENVELOPE_SIGNING_KEYS`: with keys, a record whose signature does
+    /// not hold is dead-lettered before it is decoded.
+    pub signer: Option<Signer>,
+    /// The providers' mappings, to map a provider's payload again instead
+    /// of trusting the record's `mapped` field; set by the service
+    /// ([`Self::with_remap`]).
+    pub remap: Option<Arc<dyn Remap>>,
 }
 
 impl ConsumerConfig {
@@ -62,6 +72,14 @@ impl ConsumerConfig {
             db_deadline: crate::db::Session::from_config(db).client_deadline(),
             publish_timeout: kafka.publish_timeout,
             first_start: consumer.first_start,
+            signer: Signer::new(kafka.signing_keys.clone()),
+            remap: None,
         }
+    }
+
+    /// Maps providers' payloads again with `remap`.
+    pub fn with_remap(mut self, remap: Arc<dyn Remap>) -> Self {
+        self.remap = Some(remap);
+        self
     }
 }

@@ -98,7 +98,7 @@ use crate::{
     domain::orders::{Outcome, SourcePosition},
     kafka::{
         KafkaError,
-        envelope::{Envelope, Event, HEADER_EVENT_ID},
+        envelope::{Checks, DecodeError, Envelope, Event, HEADER_EVENT_ID},
         record_digest,
     },
 };
@@ -809,8 +809,16 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
                 partition: self.partition,
                 offset: r.offset,
             };
-            let decoded = Envelope::decode(r.record.value.as_deref())
-                .and_then(|e| e.into_event_within(source, self.cfg.occurred_at_max_future));
+            let decoded = self.check_signature(&r.record).and_then(|()| {
+                Envelope::decode(r.record.value.as_deref())?.checked(
+                    source,
+                    Checks {
+                        max_future: self.cfg.occurred_at_max_future,
+                        record_timestamp: Some(r.record.timestamp),
+                        remap: self.cfg.remap.as_deref(),
+                    },
+                )
+            });
             match decoded {
                 Ok(ev) => chunk.push(ev),
                 Err(source) => {
@@ -825,6 +833,15 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
             }
         }
         (chunk, None)
+    }
+
+    /// With `ENVELOPE_SIGNING_KEYS`, the record must carry a signature of
+    /// one of them (checked before anything reads the value).
+    fn check_signature(&self, record: &Record) -> Result<(), DecodeError> {
+        match &self.cfg.signer {
+            Some(signer) => Ok(signer.verify(record)?),
+            None => Ok(()),
+        }
     }
 
     /// The fenced move of a commit that ends with `last`, at `next`.

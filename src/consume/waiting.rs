@@ -51,6 +51,7 @@ use crate::{
     kafka::{
         envelope::{Envelope, Event, HEADER_EVENT_ID, HEADER_TYPE},
         producer::Publish,
+        signing::Signer,
     },
 };
 
@@ -209,6 +210,10 @@ pub struct Sweeper {
     /// The dead-letter topic's `max.message.bytes`.
     pub dead_letter_max_bytes: usize,
     pub events: WaitingEvents,
+    /// `ENVELOPE_SIGNING_KEYS`: the record inside the dead letter is signed
+    /// again (its signature was checked when it was parked; the parked row
+    /// keeps only its key and value), so `dlq replay` can send it back.
+    pub signer: Option<Signer>,
 }
 
 /// Disputes dead-lettered per sweep at most; the next sweep goes on.
@@ -288,7 +293,11 @@ impl Sweeper {
         };
         error!(provider_event_id = %w.provider_event_id, object_ids = ?w.object_ids,
                dlq = %self.dlq_topic, "dispute's payment never arrived; dead-lettering it");
-        let letter = dlq::dead_letter(&record_of(w), &f, self.dead_letter_max_bytes);
+        let mut original = record_of(w);
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut original);
+        }
+        let letter = dlq::dead_letter(&original, &f, self.dead_letter_max_bytes);
         self.publisher.publish(&self.dlq_topic, letter).await?;
         Ok(())
     }

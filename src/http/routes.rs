@@ -37,10 +37,7 @@
 //! as usual, and if a bound runs out first hyper closes it. A client that
 //! sent `Expect: 100-continue` has sent nothing yet and is not asked to.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -53,6 +50,7 @@ use crate::consume::health::PartitionReport;
 use crate::kafka::{
     envelope::{Envelope, EventType},
     producer::Publish,
+    signing::Signer,
 };
 use crate::metrics::{IgnoredLabels, Metrics, ScopeLabels, WebhookLabels};
 use crate::providers::{
@@ -84,6 +82,8 @@ pub struct AppState {
     pub ops_on_public: bool,
     /// `/webhooks/stripe` and `/webhooks/adyen`, when switched on.
     pub providers: providers::Endpoints,
+    /// `ENVELOPE_SIGNING_KEYS`: signs every record published.
+    pub signer: Option<Signer>,
 }
 
 /// One webhook endpoint: where its events go and how they are signed.
@@ -229,8 +229,10 @@ where
             | "/webhooks/adyen",
             _,
         ) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        // With an admin listener, the public probe says the word only: the
+        // detail (broker errors, stalled partitions' errors) is for operators.
         ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
-            Ok(probe(state, parts.uri.path()).await)
+            Ok(probe(state, parts.uri.path(), state.ops_on_public).await)
         }
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/metrics" | "/status", m) if state.ops_on_public => ops(state, m, parts.uri.path()).await,
@@ -244,7 +246,9 @@ where
 pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let result = match (path, req.method()) {
-        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => Ok(probe(&state, path).await),
+        ("/healthz" | "/readyz", &Method::GET | &Method::HEAD) => {
+            Ok(probe(&state, path, true).await)
+        }
         ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/metrics" | "/status", m) => ops(&state, m, path).await,
         _ => Err(ApiError::NotFound),
@@ -252,12 +256,28 @@ pub async fn handle_admin<B>(state: Arc<AppState>, req: Request<B>) -> Response<
     result.unwrap_or_else(ApiError::into_response)
 }
 
-async fn probe(state: &AppState, path: &str) -> Response<Body> {
+/// `/healthz`, or `/readyz` with its detail or (`detail` false) its status
+/// word only.
+async fn probe(state: &AppState, path: &str, detail: bool) -> Response<Body> {
     if path == "/healthz" {
-        json_response(StatusCode::OK, &json!({"status": "ok"}))
-    } else {
-        readyz(state).await
+        return json_response(StatusCode::OK, &json!({"status": "ok"}));
     }
+    let full = readyz(state).await;
+    if detail {
+        return full;
+    }
+    let status = full.status();
+    let word = match status {
+        StatusCode::OK if state.readiness.unhealthy_partitions().is_empty() => "ready",
+        StatusCode::OK => "degraded",
+        _ => "unavailable",
+    };
+    let mut body = json!({"status": word});
+    if status != StatusCode::OK {
+        body["error"] = json!("not_ready");
+        body["detail"] = json!("not ready (the admin listener's /readyz says why)");
+    }
+    json_response(status, &body)
 }
 
 /// `/metrics` and `/status`.
@@ -458,7 +478,10 @@ where
     let name = provider.name();
     // The provider checks the signature on the bytes as received before
     // anything looks inside them, then splits and maps.
-    let accepted = match provider.accept(&parts.headers, &body, unix_now()) {
+    // One instant: the signatures' clock, the mapping's and the envelope's
+    // (the consumer maps the payload again at the envelope's timestamp).
+    let accepted_at = chrono::Utc::now();
+    let accepted = match provider.accept(&parts.headers, &body, accepted_at.timestamp()) {
         Ok(a) => a,
         Err(Refusal::Unauthorized(reason)) => {
             warn!(provider = name, %reason, "webhook signature refused");
@@ -489,7 +512,8 @@ where
         };
         let refuse_if_late = item.refuse_if_after;
         out_of_scope.extend(item.out_of_scope);
-        let env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
+        let mut env = Envelope::from_provider(kind, &item.key, item.raw, name, item.mapping);
+        env.timestamp = accepted_at;
         // The consumer checks the same bound against the same timestamp.
         if let Some(occurred_at) = refuse_if_late {
             occurred_at.check_not_after(env.timestamp, state.occurred_at_max_future)?;
@@ -497,11 +521,13 @@ where
         envelopes.push((topic.as_str(), env));
     }
     let started = std::time::Instant::now();
-    let published = futures::future::join_all(
-        envelopes
-            .iter()
-            .map(|(topic, env)| state.publisher.publish(topic, env.to_record())),
-    )
+    let published = futures::future::join_all(envelopes.iter().map(|(topic, env)| {
+        let mut record = env.to_record();
+        if let Some(signer) = &state.signer {
+            signer.sign(&mut record);
+        }
+        state.publisher.publish(topic, record)
+    }))
     .await;
     if !envelopes.is_empty() {
         state
@@ -558,11 +584,4 @@ where
         header::HeaderValue::from_static(content_type),
     );
     Ok(resp)
-}
-
-/// The local clock in Unix seconds, for signature timestamps.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

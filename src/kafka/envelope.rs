@@ -107,6 +107,58 @@ pub enum DecodeError {
     ObjectIds,
     #[error("{provider} dispute names no order, and its key {key:?} is not among its object_ids")]
     UnresolvableDispute { provider: String, key: String },
+    #[error("signature: {0}")]
+    Signature(#[from] crate::kafka::signing::SignatureFault),
+    #[error("{provider} payload cannot be mapped again: {reason}")]
+    Remap { provider: String, reason: String },
+    #[error(
+        "{provider} payload maps onto {remapped}, but the record is {recorded}: the record was not \
+         written by payhook's edge"
+    )]
+    RemapMismatch {
+        provider: String,
+        remapped: String,
+        recorded: String,
+    },
+}
+
+/// The provider mappings, as the consumer re-derives them from the raw
+/// payload ([`crate::providers::Mappers`] implements it; this layer cannot
+/// name the providers). The envelope's own `mapped` field is never trusted
+/// when a `Remap` is given.
+pub trait Remap: Send + Sync + std::fmt::Debug {
+    /// What `provider`'s `payload` maps onto, mapped as the edge maps it
+    /// when it accepts it at `accepted_at`; `Err` with the reason when the
+    /// provider is unknown or the payload maps onto no event.
+    fn remap(
+        &self,
+        provider: &str,
+        payload: &RawValue,
+        accepted_at: DateTime<Utc>,
+    ) -> Result<Remapped, String>;
+}
+
+/// What a provider's payload maps onto.
+#[derive(Debug)]
+pub struct Remapped {
+    pub kind: EventType,
+    /// The record key it is published under.
+    pub key: String,
+    pub mapping: Mapping,
+}
+
+/// The checks of [`Envelope::checked`] beyond those of the edge.
+#[derive(Clone, Copy, Debug)]
+pub struct Checks<'a> {
+    /// `OCCURRED_AT_MAX_FUTURE`.
+    pub max_future: Duration,
+    /// The broker's timestamp of the record: the envelope's `timestamp` is
+    /// taken as at most this (plus the millisecond the record form drops),
+    /// so a written envelope cannot date itself later to lift the
+    /// `occurred_at` bound.
+    pub record_timestamp: Option<DateTime<Utc>>,
+    /// Re-derive a provider's mapping from its payload.
+    pub remap: Option<&'a dyn Remap>,
 }
 
 /// A decoded record, ready for its service.
@@ -206,6 +258,36 @@ impl Envelope {
         source: SourcePosition,
         max_future: Duration,
     ) -> Result<Event, DecodeError> {
+        self.checked(
+            source,
+            Checks {
+                max_future,
+                record_timestamp: None,
+                remap: None,
+            },
+        )
+    }
+
+    /// [`Self::into_event_within`] for a record read from a topic: the
+    /// envelope's `timestamp` is bounded by the record's, and a provider's
+    /// mapping is derived again from its raw payload (`mapped` and
+    /// `unmappable` are replaced by what the payload maps onto; a payload
+    /// that maps onto another stream or key than the record's is refused).
+    pub fn checked(
+        mut self,
+        source: SourcePosition,
+        checks: Checks<'_>,
+    ) -> Result<Event, DecodeError> {
+        if let Some(ts) = checks.record_timestamp {
+            let bound = ts + chrono::Duration::milliseconds(1);
+            if self.timestamp > bound {
+                self.timestamp = bound;
+            }
+        }
+        if let (Some(remap), Some(provider)) = (checks.remap, self.provider.clone()) {
+            self.remap_with(remap, &provider)?;
+        }
+        let max_future = checks.max_future;
         let kind = EventType::parse(&self.kind).ok_or_else(|| {
             DecodeError::UnknownType(excerpt(&self.kind, EXCERPT_BYTES).into_owned())
         })?;
@@ -311,6 +393,45 @@ impl Envelope {
                 }))
             }
         }
+    }
+}
+
+impl Envelope {
+    /// Replaces `mapped`/`unmappable` with what `remap` derives from the
+    /// payload, after checking it lands on this record's stream and key.
+    fn remap_with(&mut self, remap: &dyn Remap, provider: &str) -> Result<(), DecodeError> {
+        let shown = || excerpt(provider, EXCERPT_BYTES).into_owned();
+        let r = remap
+            .remap(provider, &self.payload, self.timestamp)
+            .map_err(|reason| DecodeError::Remap {
+                provider: shown(),
+                reason: excerpt(&reason, 4 * EXCERPT_BYTES).into_owned(),
+            })?;
+        if r.kind.as_str() != self.kind || r.key != self.key {
+            return Err(DecodeError::RemapMismatch {
+                provider: shown(),
+                remapped: format!(
+                    "{} keyed {:?}",
+                    r.kind.as_str(),
+                    excerpt(&r.key, EXCERPT_BYTES)
+                ),
+                recorded: format!(
+                    "{} keyed {:?}",
+                    excerpt(&self.kind, EXCERPT_BYTES),
+                    excerpt(&self.key, EXCERPT_BYTES)
+                ),
+            });
+        }
+        let again = Self::from_provider(r.kind, &r.key, self.payload.clone(), provider, r.mapping);
+        self.mapped = again.mapped;
+        self.unmappable = again.unmappable;
+        if self.mapped.is_none() && self.unmappable.is_none() {
+            return Err(DecodeError::Remap {
+                provider: shown(),
+                reason: "it maps onto payhook's own format".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -635,5 +756,145 @@ mod tests {
         let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
         env.timestamp = accepted("2026-11-26T09:00:00Z");
         assert!(env.into_event(src()).is_ok());
+    }
+
+    /// A record's broker timestamp bounds its envelope's: an envelope that
+    /// dates itself in year 9999 does not lift the `occurred_at` bound.
+    #[test]
+    fn the_record_timestamp_bounds_the_envelope_timestamp() {
+        let raw = || RawValue::from_string(BODY.to_owned()).unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let checks = |record: &str| Checks {
+            max_future: DEFAULT_OCCURRED_AT_MAX_FUTURE,
+            record_timestamp: Some(at(record)),
+            remap: None,
+        };
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = at("9999-12-31T23:59:59Z");
+        // occurred_at 2026-11-26T10:00:00Z is more than a day after a
+        // record of 2026-11-25T09:00:00Z.
+        match env.checked(src(), checks("2026-11-25T09:00:00Z")) {
+            Err(DecodeError::Payload(e)) => assert_eq!(e.field, Some("occurred_at")),
+            other => panic!("{other:?}"),
+        }
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = at("9999-12-31T23:59:59Z");
+        assert!(env.checked(src(), checks("2026-11-26T09:00:00Z")).is_ok());
+        // The record form keeps milliseconds: a real envelope, a few
+        // hundred microseconds after its record's timestamp, keeps its own.
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = at("2026-11-25T10:00:00.000900Z");
+        assert!(env.checked(src(), checks("2026-11-25T10:00:00Z")).is_ok());
+        let mut env = Envelope::new(EventType::OrderWebhook, "ord_42", raw());
+        env.timestamp = at("2026-11-25T10:00:00.001900Z");
+        assert!(
+            env.checked(src(), checks("2026-11-25T09:59:59.998Z"))
+                .is_err()
+        );
+    }
+
+    /// A fake of the providers' mapping: maps every payload onto one fixed
+    /// event, or refuses.
+    #[derive(Debug)]
+    struct FixedRemap(Result<(EventType, &'static str, serde_json::Value), &'static str>);
+
+    impl Remap for FixedRemap {
+        fn remap(
+            &self,
+            provider: &str,
+            payload: &RawValue,
+            _accepted_at: DateTime<Utc>,
+        ) -> Result<Remapped, String> {
+            assert_eq!(provider, "stripe");
+            assert_eq!(payload.get(), STRIPE_BODY);
+            match &self.0 {
+                Ok((kind, key, v)) => Ok(Remapped {
+                    kind: *kind,
+                    key: (*key).to_owned(),
+                    mapping: Mapping::Mapped(v.clone()),
+                }),
+                Err(e) => Err((*e).to_owned()),
+            }
+        }
+    }
+
+    fn payment_json(status: &str) -> serde_json::Value {
+        serde_json::json!({"provider_event_id": "evt_1", "order_id": "ord_42",
+            "user_id": "u", "status": status, "amount": 5, "currency": "EUR",
+            "occurred_at": "2026-11-26T10:00:00Z", "object_ids": ["pi_1"]})
+    }
+
+    #[test]
+    fn with_a_remap_the_mapped_field_is_never_trusted() {
+        fn checks(remap: &FixedRemap) -> Checks<'_> {
+            Checks {
+                max_future: DEFAULT_OCCURRED_AT_MAX_FUTURE,
+                record_timestamp: None,
+                remap: Some(remap),
+            }
+        }
+        // The record says "succeeded"; its payload maps onto "failed".
+        let forged = || {
+            provider_env(
+                EventType::OrderWebhook,
+                "ord_42",
+                Mapping::Mapped(payment_json("succeeded")),
+            )
+        };
+        let honest = FixedRemap(Ok((
+            EventType::OrderWebhook,
+            "ord_42",
+            payment_json("failed"),
+        )));
+        match forged().checked(src(), checks(&honest)).unwrap() {
+            Event::Payment(p) => assert_eq!(p.webhook.status.as_str(), "failed"),
+            other => panic!("{other:?}"),
+        }
+        // No remap: the old behaviour, the field is read.
+        match forged().into_event(src()).unwrap() {
+            Event::Payment(p) => assert_eq!(p.webhook.status.as_str(), "succeeded"),
+            other => panic!("{other:?}"),
+        }
+        // A payload that maps onto another key or stream is refused.
+        let other_key = FixedRemap(Ok((
+            EventType::OrderWebhook,
+            "ord_43",
+            payment_json("failed"),
+        )));
+        let e = forged().checked(src(), checks(&other_key)).unwrap_err();
+        assert!(matches!(e, DecodeError::RemapMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("ord_43"), "{e}");
+        let other_stream = FixedRemap(Ok((
+            EventType::DisputeWebhook,
+            "ord_42",
+            payment_json("failed"),
+        )));
+        assert!(matches!(
+            forged().checked(src(), checks(&other_stream)),
+            Err(DecodeError::RemapMismatch { .. })
+        ));
+        // A payload that maps onto nothing is refused with the reason, even
+        // when the record claims a mapping.
+        let refused = FixedRemap(Err("its type \"x\" maps onto no payhook event"));
+        let e = forged().checked(src(), checks(&refused)).unwrap_err();
+        assert!(matches!(e, DecodeError::Remap { .. }), "{e}");
+        assert!(e.to_string().contains("maps onto no payhook event"), "{e}");
+        // A pending dispute is parked with the mapping derived, not the
+        // record's (it is decoded again later without a remap).
+        let dispute = serde_json::json!({"provider_event_id": "evt_d", "status": "opened",
+            "amount": 5, "currency": "EUR", "occurred_at": "2026-11-26T10:00:00Z",
+            "object_ids": ["pi_1"]});
+        let mut claimed = dispute.clone();
+        claimed["status"] = "won".into();
+        let env = provider_env(EventType::DisputeWebhook, "pi_1", Mapping::Mapped(claimed));
+        let remap = FixedRemap(Ok((EventType::DisputeWebhook, "pi_1", dispute)));
+        match env.checked(src(), checks(&remap)).unwrap() {
+            Event::PendingChargeback(d) => {
+                assert_eq!(d.event.webhook.status.as_str(), "opened");
+                let parked = Envelope::decode(Some(d.record_value.as_bytes())).unwrap();
+                assert!(parked.mapped.unwrap().get().contains("\"opened\""));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

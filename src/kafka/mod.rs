@@ -25,6 +25,7 @@ pub mod admin;
 pub mod envelope;
 pub mod partitioner;
 pub mod producer;
+pub mod signing;
 pub mod topics;
 
 use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};

@@ -10,6 +10,7 @@ use crate::{
     kafka::{
         Kafka, KafkaError,
         producer::{Producer, ProducerConfig, PublishError, Published},
+        signing::Signer,
     },
 };
 
@@ -29,6 +30,10 @@ pub struct ReplaySelection {
     /// ...at offsets `from..=to` of the dead-letter topic.
     pub from: Option<i64>,
     pub to: Option<i64>,
+    /// With `ENVELOPE_SIGNING_KEYS`, also replay (and sign anew) dead
+    /// letters whose record's signature does not hold: unsigned, or signed
+    /// with a key no longer listed. The operator vouches for them.
+    pub resign: bool,
 }
 
 impl ReplaySelection {
@@ -74,6 +79,7 @@ pub async fn replay(
         .into_iter()
         .filter(|d| selection.matches(d))
         .collect();
+    let signer = Signer::new(cfg.kafka.signing_keys.clone());
     let mut topics: Vec<String> = Vec::new();
     for d in &chosen {
         if let Some(what) = d.truncated() {
@@ -87,6 +93,27 @@ pub async fn replay(
             partition: d.partition,
             offset: d.offset,
         })?;
+        // Only payhook's own topics: a dead letter's headers are data, and
+        // may name any topic.
+        if t != cfg.kafka.orders_topic && t != cfg.kafka.disputes_topic {
+            return Err(ReplayError::ForeignTopic {
+                partition: d.partition,
+                offset: d.offset,
+                topic: shown(t, 64),
+            });
+        }
+        // What is replayed is signed anew: it must have been signed by
+        // payhook before, unless the operator vouches for it.
+        if let Some(signer) = &signer
+            && !selection.resign
+            && let Err(fault) = signer.verify(&d.original())
+        {
+            return Err(ReplayError::Unverified {
+                partition: d.partition,
+                offset: d.offset,
+                reason: fault.to_string(),
+            });
+        }
         if !topics.iter().any(|x| x == t) {
             topics.push(t.to_owned());
         }
@@ -117,7 +144,11 @@ pub async fn replay(
     // One at a time, in order: replayed events keep their relative order.
     for letter in chosen {
         let topic = letter.source_topic().unwrap_or_default().to_owned();
-        let published = producer.publish(&topic, letter.original()).await?;
+        let mut record = letter.original();
+        if let Some(signer) = &signer {
+            signer.sign(&mut record);
+        }
+        let published = producer.publish(&topic, record).await?;
         out.push(Replayed {
             letter,
             published: Some(published),
@@ -146,6 +177,24 @@ pub enum ReplayError {
         offset: i64,
         what: String,
     },
+    #[error(
+        "dead letter {partition}/{offset} names source topic {topic:?}, which is neither \
+         KAFKA_ORDERS_TOPIC nor KAFKA_DISPUTES_TOPIC: payhook replays only to its own topics"
+    )]
+    ForeignTopic {
+        partition: i32,
+        offset: i64,
+        topic: String,
+    },
+    #[error(
+        "dead letter {partition}/{offset}: {reason}. Replaying signs it anew; if you know it is \
+         genuine, replay it with --resign"
+    )]
+    Unverified {
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("publishing: {0}")]
@@ -162,11 +211,11 @@ pub fn print(letters: &[DeadLetter], full: bool) {
     for d in letters {
         let source = format!(
             "{}/{}/{}",
-            d.source_topic().unwrap_or("?"),
+            shown(d.source_topic().unwrap_or("?"), 64),
             d.source_partition().map_or("?".into(), |p| p.to_string()),
             d.source_offset().map_or("?".into(), |o| o.to_string())
         );
-        let mut msg = d.error_message().unwrap_or("").to_owned();
+        let mut msg = shown(d.error_message().unwrap_or(""), usize::MAX);
         if !full && msg.chars().count() > 80 {
             msg = msg.chars().take(79).collect::<String>() + "…";
         }
@@ -174,15 +223,35 @@ pub fn print(letters: &[DeadLetter], full: bool) {
             "{:<12} {:<28} {:<10} {:>8}  {:<24} {:<36} {:<16} {}",
             format!("{}/{}", d.partition, d.offset),
             source,
-            d.error_class().unwrap_or("?"),
+            shown(d.error_class().unwrap_or("?"), 16),
             d.attempts().map_or("?".into(), |a| a.to_string()),
-            d.first_failure().unwrap_or("?"),
+            shown(d.first_failure().unwrap_or("?"), 40),
             d.event_id().map_or("-".into(), |e| e.to_string()),
-            d.key(),
+            shown(&d.key(), 256),
             msg
         );
     }
     println!("{} dead letter(s)", letters.len());
+}
+
+/// `text` as one line a terminal shows as it is: control characters (line
+/// breaks, escape sequences, bidi overrides) escaped, at most `max` chars.
+/// A dead letter's key, headers and error hold what a writer sent.
+pub fn shown(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What a replay did (or, on a dry run, would do), one line each.
@@ -194,7 +263,7 @@ pub fn print_replayed(done: &[Replayed]) {
                 "replayed {}/{} -> {} partition {} offset {}",
                 d.partition,
                 d.offset,
-                d.source_topic().unwrap_or("?"),
+                shown(d.source_topic().unwrap_or("?"), 64),
                 p.partition,
                 p.offset
             ),
@@ -202,7 +271,7 @@ pub fn print_replayed(done: &[Replayed]) {
                 "would replay {}/{} -> {}",
                 d.partition,
                 d.offset,
-                d.source_topic().unwrap_or("?")
+                shown(d.source_topic().unwrap_or("?"), 64)
             ),
         }
     }

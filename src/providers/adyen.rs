@@ -65,8 +65,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment, rfc3339,
-    signature::SignatureError,
+    Accepted, Intake, Mapped, MappedItem, Mapping, Provider, Refusal, Stream, dispute, payment,
+    rfc3339, signature::SignatureError,
 };
 pub use crate::config::keys::{HmacKey, HmacKeyError};
 use crate::domain::{ValidationError, json::parse_json_body, types::OccurredAt};
@@ -88,6 +88,13 @@ fn sign(key: &HmacKey, signing_string: &str) -> [u8; 32] {
 pub struct Adyen {
     /// Verified with its active keys, or unsigned (chosen explicitly).
     pub intake: Intake<Vec<HmacKey>>,
+    pub mapping: AdyenMapping,
+}
+
+/// How Adyen items map onto payhook's events: the same at the edge and in
+/// the consumer, which maps the stored item again ([`super::Mappers`]).
+#[derive(Clone, Debug)]
+pub struct AdyenMapping {
     /// The `additionalData` key that holds the user id.
     pub user_id_key: String,
     /// Merchant accounts whose items may move orders
@@ -203,7 +210,40 @@ fn meaning(item: &Value, code: &str) -> Meaning {
     }
 }
 
-impl Adyen {
+impl AdyenMapping {
+    /// Maps one notification item (already verified by the endpoint) as
+    /// if accepted at `now` (Unix seconds).
+    pub fn map_item(&self, item: &Value, now: i64) -> Mapped {
+        let code = item
+            .get("eventCode")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match self.map(item, code, meaning(item, code), now) {
+            Some((stream, key, mapping)) => {
+                // Scope last: another merchant account's item is
+                // acknowledged, never applied.
+                let psp = text(item.get("pspReference"));
+                let (mapping, out_of_scope) = match self.out_of_scope(item, code, &psp) {
+                    Some(reason) => (Mapping::Unmappable(reason), Some("merchant_account")),
+                    None => (mapping, None),
+                };
+                Mapped::Item(MappedItem {
+                    stream,
+                    key,
+                    mapping,
+                    out_of_scope,
+                })
+            }
+            None => Mapped::Ignored(if code.is_empty() {
+                "other".into()
+            } else if matches!(code, "CANCELLATION" | "REFUND" | "CANCEL_OR_REFUND") {
+                format!("{code}:false")
+            } else {
+                code.to_owned()
+            }),
+        }
+    }
+
     /// Why `item` is outside what this endpoint applies: a merchant account
     /// `ADYEN_MERCHANT_ACCOUNTS` does not list. (The list is empty only with
     /// unsigned intake, where every account is taken.)
@@ -398,35 +438,9 @@ impl Provider for Adyen {
         }
         let mut out = Accepted::default();
         for (w, item) in batch.items.iter().zip(&parsed) {
-            let code = item
-                .get("eventCode")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            match self.map(item, code, meaning(item, code), now) {
-                Some((stream, key, mapping)) => {
-                    // Scope last: another merchant account's item is
-                    // acknowledged, never applied.
-                    let psp = text(item.get("pspReference"));
-                    let (mapping, out_of_scope) = match self.out_of_scope(item, code, &psp) {
-                        Some(reason) => (Mapping::Unmappable(reason), Some("merchant_account")),
-                        None => (mapping, None),
-                    };
-                    out.items.push(Item {
-                        stream,
-                        key,
-                        raw: w.item.to_owned(),
-                        mapping,
-                        refuse_if_after: None,
-                        out_of_scope,
-                    })
-                }
-                None => out.ignored.push(if code.is_empty() {
-                    "other".into()
-                } else if matches!(code, "CANCELLATION" | "REFUND" | "CANCEL_OR_REFUND") {
-                    format!("{code}:false")
-                } else {
-                    code.to_owned()
-                }),
+            match self.mapping.map_item(item, now) {
+                Mapped::Item(m) => out.items.push(m.item(w.item.to_owned())),
+                Mapped::Ignored(t) => out.ignored.push(t),
             }
         }
         Ok(out)
@@ -482,8 +496,10 @@ mod tests {
             } else {
                 Intake::Verify(keys(verify))
             },
-            user_id_key: "shopperReference".into(),
-            merchant_accounts: vec!["Shop".into()],
+            mapping: AdyenMapping {
+                user_id_key: "shopperReference".into(),
+                merchant_accounts: vec!["Shop".into()],
+            },
         }
     }
 
@@ -771,7 +787,7 @@ mod tests {
         assert!(matches!(&out.items[1].mapping, Mapping::Unmappable(r) if r.contains("ShopUS")));
         // Listing it takes it.
         let mut both = adyen(&[KEY_B]);
-        both.merchant_accounts.push("ShopUS".into());
+        both.mapping.merchant_accounts.push("ShopUS".into());
         let mut other = item("AUTHORISATION", "true", "2");
         other["merchantAccountCode"] = json!("ShopUS");
         sign_item(KEY_B, &mut other);

@@ -33,10 +33,13 @@ use hyper::{HeaderMap, StatusCode};
 use serde_json::{Value, value::RawValue};
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::types::Mapping;
 use crate::domain::{
     ValidationError, disputes::ChargebackWebhook, orders::PaymentWebhook, types::OccurredAt,
 };
+use crate::kafka::envelope::{EventType, Remap, Remapped};
 use signature::SignatureError;
 
 /// Which stream (and so which Kafka topic and service) an event belongs to.
@@ -69,6 +72,38 @@ pub struct Item {
     /// account or merchant account): it is [`Mapping::Unmappable`] with the
     /// reason, and counted under this label.
     pub out_of_scope: Option<&'static str>,
+}
+
+/// What a provider maps one event onto (at the edge, and again in the
+/// consumer through [`Mappers`]).
+#[derive(Debug)]
+pub enum Mapped {
+    Item(MappedItem),
+    /// A type payhook maps onto nothing: acknowledged, not published.
+    Ignored(String),
+}
+
+/// One mapped event, before its raw bytes are attached.
+#[derive(Debug)]
+pub struct MappedItem {
+    pub stream: Stream,
+    pub key: String,
+    pub mapping: Mapping,
+    pub out_of_scope: Option<&'static str>,
+}
+
+impl MappedItem {
+    /// The [`Item`] to publish, carrying `raw`.
+    fn item(self, raw: Box<RawValue>) -> Item {
+        Item {
+            stream: self.stream,
+            key: self.key,
+            raw,
+            mapping: self.mapping,
+            refuse_if_after: None,
+            out_of_scope: self.out_of_scope,
+        }
+    }
 }
 
 /// What a provider made of a request.
@@ -157,19 +192,82 @@ impl Endpoints {
             webhooks.tolerance,
         );
         let adyen_keys = Some(webhooks.adyen_keys()).filter(|k| !k.is_empty());
+        let mappers = Mappers::from_config(webhooks);
         Self {
             stripe: intake(stripe, unsigned).map(|intake| stripe::Stripe {
                 intake,
+                mapping: mappers.stripe,
+            }),
+            adyen: intake(adyen_keys, unsigned).map(|intake| adyen::Adyen {
+                intake,
+                mapping: mappers.adyen,
+            }),
+        }
+    }
+}
+
+/// Every provider's mapping, whichever endpoints are on: what the consumer
+/// uses to map a provider's stored payload again instead of trusting the
+/// `mapped` field of the record ([`Remap`]).
+#[derive(Clone, Debug)]
+pub struct Mappers {
+    pub stripe: stripe::StripeMapping,
+    pub adyen: adyen::AdyenMapping,
+}
+
+impl Mappers {
+    pub fn from_config(webhooks: &crate::config::WebhookSettings) -> Self {
+        Self {
+            stripe: stripe::StripeMapping {
                 order_id_key: webhooks.stripe_order_id_key.clone(),
                 user_id_key: webhooks.stripe_user_id_key.clone(),
                 livemode: webhooks.stripe_livemode,
                 accounts: webhooks.stripe_accounts.clone(),
-            }),
-            adyen: intake(adyen_keys, unsigned).map(|intake| adyen::Adyen {
-                intake,
+            },
+            adyen: adyen::AdyenMapping {
                 user_id_key: webhooks.adyen_user_id_key.clone(),
                 merchant_accounts: webhooks.adyen_merchant_accounts.clone(),
+            },
+        }
+    }
+}
+
+impl Remap for Mappers {
+    fn remap(
+        &self,
+        provider: &str,
+        payload: &RawValue,
+        accepted_at: DateTime<Utc>,
+    ) -> Result<Remapped, String> {
+        let mapped = match provider {
+            "stripe" => self
+                .stripe
+                .map(payload.get().as_bytes())
+                .map_err(|e| e.to_string())?,
+            "adyen" => {
+                let item: Value = serde_json::from_str(payload.get()).map_err(|e| e.to_string())?;
+                self.adyen.map_item(&item, accepted_at.timestamp())
+            }
+            other => {
+                return Err(format!(
+                    "unknown provider {:?}",
+                    crate::logging::excerpt(other, 64)
+                ));
+            }
+        };
+        match mapped {
+            Mapped::Item(m) => Ok(Remapped {
+                kind: match m.stream {
+                    Stream::Orders => EventType::OrderWebhook,
+                    Stream::Disputes => EventType::DisputeWebhook,
+                },
+                key: m.key,
+                mapping: m.mapping,
             }),
+            Mapped::Ignored(t) => Err(format!(
+                "its type {:?} maps onto no payhook event",
+                crate::logging::excerpt(&t, 64)
+            )),
         }
     }
 }

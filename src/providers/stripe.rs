@@ -47,8 +47,8 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    Accepted, Intake, Item, Mapping, Provider, Refusal, Stream, dispute, payment, raw_of, rfc3339,
-    signature::Verifier,
+    Accepted, Intake, Mapped, MappedItem, Mapping, Provider, Refusal, Stream, dispute, payment,
+    raw_of, rfc3339, signature::Verifier,
 };
 use crate::domain::{ValidationError, json::parse_json_body};
 
@@ -57,6 +57,13 @@ use crate::domain::{ValidationError, json::parse_json_body};
 pub struct Stripe {
     /// Verified with its secrets, or unsigned (chosen explicitly).
     pub intake: Intake<Verifier>,
+    pub mapping: StripeMapping,
+}
+
+/// How Stripe events map onto payhook's: the same at the edge and in the
+/// consumer, which maps the stored payload again ([`super::Mappers`]).
+#[derive(Clone, Debug)]
+pub struct StripeMapping {
     /// The `metadata` key that holds payhook's order id.
     pub order_id_key: String,
     /// The `metadata` key that holds the user id.
@@ -142,7 +149,7 @@ impl Common<'_> {
     }
 }
 
-impl Stripe {
+impl StripeMapping {
     fn payment(&self, c: &Common<'_>, event_type: &str, status: &str) -> (String, Mapping) {
         let o = c.object;
         // A payment intent names its latest charge; a charge its intent.
@@ -233,7 +240,7 @@ impl Stripe {
     }
 }
 
-impl Stripe {
+impl StripeMapping {
     /// Why `event` is outside what this endpoint applies, if it is: its
     /// mode, or its connected account.
     fn out_of_scope(&self, event: &Value, id: &str, t: &str) -> Option<(&'static str, String)> {
@@ -271,16 +278,10 @@ impl Stripe {
     }
 }
 
-impl Provider for Stripe {
-    fn name(&self) -> &'static str {
-        "stripe"
-    }
-
-    fn accept(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {
-        if let Some(v) = self.intake.keys() {
-            v.verify(headers, body, now)
-                .map_err(Refusal::Unauthorized)?;
-        }
+impl StripeMapping {
+    /// Maps one Stripe event (the whole body); its signature is checked
+    /// before, by the endpoint.
+    pub fn map(&self, body: &[u8]) -> Result<Mapped, ValidationError> {
         let event = parse_json_body(body)?;
         let id = event
             .get("id")
@@ -305,10 +306,6 @@ impl Provider for Stripe {
             created,
             object,
         };
-        let ignored = || Accepted {
-            items: Vec::new(),
-            ignored: vec![event_type.to_owned()],
-        };
         let (stream, (key, mapping)) = match payment_status(event_type) {
             // A partial refund leaves the payment captured; the refund
             // itself is counted.
@@ -320,7 +317,7 @@ impl Provider for Stripe {
             }
             Some(status) => (Stream::Orders, self.payment(&c, event_type, status)),
             None if is_dispute(event_type) => (Stream::Disputes, self.dispute(&c, event_type)),
-            None => return Ok(ignored()),
+            None => return Ok(Mapped::Ignored(event_type.to_owned())),
         };
         // Scope last: an event of another mode or account is acknowledged,
         // never applied.
@@ -328,16 +325,34 @@ impl Provider for Stripe {
             Some((label, reason)) => (Mapping::Unmappable(reason), Some(label)),
             None => (mapping, None),
         };
-        Ok(Accepted {
-            items: vec![Item {
-                stream,
-                key,
-                raw: raw_of(body)?,
-                mapping,
-                refuse_if_after: None,
-                out_of_scope,
-            }],
-            ignored: Vec::new(),
+        Ok(Mapped::Item(MappedItem {
+            stream,
+            key,
+            mapping,
+            out_of_scope,
+        }))
+    }
+}
+
+impl Provider for Stripe {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn accept(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Accepted, Refusal> {
+        if let Some(v) = self.intake.keys() {
+            v.verify(headers, body, now)
+                .map_err(Refusal::Unauthorized)?;
+        }
+        Ok(match self.mapping.map(body)? {
+            Mapped::Item(m) => Accepted {
+                items: vec![m.item(raw_of(body)?)],
+                ignored: Vec::new(),
+            },
+            Mapped::Ignored(t) => Accepted {
+                items: Vec::new(),
+                ignored: vec![t],
+            },
         })
     }
 
@@ -377,11 +392,13 @@ mod tests {
             } else {
                 Intake::Unsigned
             },
-            order_id_key: "order_id".into(),
-            user_id_key: "user_id".into(),
-            // The fixtures are test-mode events.
-            livemode: false,
-            accounts: Vec::new(),
+            mapping: StripeMapping {
+                order_id_key: "order_id".into(),
+                user_id_key: "user_id".into(),
+                // The fixtures are test-mode events.
+                livemode: false,
+                accounts: Vec::new(),
+            },
         }
     }
 
@@ -411,7 +428,7 @@ mod tests {
         h
     }
 
-    fn one(a: Accepted) -> Item {
+    fn one(a: Accepted) -> super::super::Item {
         assert!(a.ignored.is_empty(), "{:?}", a.ignored);
         assert_eq!(a.items.len(), 1);
         a.items.into_iter().next().unwrap()
@@ -523,7 +540,7 @@ mod tests {
         };
         let test = stripe(false);
         let mut live = stripe(false);
-        live.livemode = true;
+        live.mapping.livemode = true;
         assert_eq!(scope(&test, json!({})), Ok(()));
         let (label, reason) = scope(&live, json!({})).unwrap_err();
         assert_eq!(label, "livemode");
@@ -553,7 +570,7 @@ mod tests {
             "{reason}"
         );
         let mut connect = stripe(false);
-        connect.accounts = vec!["acct_a".into(), "acct_b".into()];
+        connect.mapping.accounts = vec!["acct_a".into(), "acct_b".into()];
         assert_eq!(scope(&connect, json!({"account": "acct_b"})), Ok(()));
         assert_eq!(scope(&connect, json!({})), Ok(()));
         assert_eq!(
@@ -624,7 +641,7 @@ mod tests {
         assert_eq!(m["order_id"], "ord_1");
         // Configured keys are the ones looked up.
         let mut custom = stripe(false);
-        custom.order_id_key = "payhook_order".into();
+        custom.mapping.order_id_key = "payhook_order".into();
         let body = event(
             "evt_3",
             "payment_intent.succeeded",

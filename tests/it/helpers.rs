@@ -172,6 +172,20 @@ impl Env {
         records: Vec<(Option<&str>, Vec<u8>)>,
         timestamp: chrono::DateTime<chrono::Utc>,
     ) {
+        let records = records
+            .into_iter()
+            .map(|(key, value)| rskafka::record::Record {
+                key: key.map(|k| k.as_bytes().to_vec()),
+                value: Some(value),
+                headers: Default::default(),
+                timestamp,
+            })
+            .collect();
+        self.produce_records(topic, records).await;
+    }
+
+    /// Writes whole records (headers and timestamp as given) to `topic`.
+    pub async fn produce_records(&self, topic: &str, records: Vec<rskafka::record::Record>) {
         let (producer, lanes) = payhook::kafka::producer::Producer::start(
             &self.kafka,
             &[topic],
@@ -186,13 +200,7 @@ impl Env {
         .await
         .unwrap();
         // One at a time, so records of one key keep their order.
-        for (key, value) in records {
-            let record = rskafka::record::Record {
-                key: key.map(|k| k.as_bytes().to_vec()),
-                value: Some(value),
-                headers: Default::default(),
-                timestamp,
-            };
+        for record in records {
             producer.publish(topic, record).await.unwrap();
         }
         drop(producer);
@@ -518,21 +526,26 @@ pub fn fake_state(fail: bool) -> (AppState, Arc<Recorder>) {
         readiness: Arc::new(AlwaysReady),
         metrics: payhook::metrics::Metrics::new(),
         ops_on_public: true,
+        signer: None,
         providers: payhook::providers::Endpoints {
             stripe: Some(payhook::providers::stripe::Stripe {
                 intake: Intake::Verify(verifier(Scheme::Stripe, STRIPE_SECRET)),
-                order_id_key: "order_id".into(),
-                user_id_key: "user_id".into(),
-                // The fixtures are test-mode events.
-                livemode: false,
-                accounts: Vec::new(),
+                mapping: payhook::providers::stripe::StripeMapping {
+                    order_id_key: "order_id".into(),
+                    user_id_key: "user_id".into(),
+                    // The fixtures are test-mode events.
+                    livemode: false,
+                    accounts: Vec::new(),
+                },
             }),
             adyen: Some(payhook::providers::adyen::Adyen {
                 intake: Intake::Verify(vec![
                     payhook::providers::adyen::HmacKey::parse(ADYEN_DOC_KEY).unwrap(),
                 ]),
-                user_id_key: "shopperReference".into(),
-                merchant_accounts: vec!["TestMerchant".into()],
+                mapping: payhook::providers::adyen::AdyenMapping {
+                    user_id_key: "shopperReference".into(),
+                    merchant_accounts: vec!["TestMerchant".into()],
+                },
             }),
         },
     };

@@ -23,6 +23,7 @@ mod scope;
 mod secured;
 mod settings;
 mod signatures;
+mod signed_log;
 mod stalls;
 mod startup;
 mod storable;

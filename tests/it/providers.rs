@@ -677,10 +677,12 @@ fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
     };
     let stripe = Stripe {
         intake: payhook::providers::Intake::Unsigned,
-        order_id_key: "order_id".into(),
-        user_id_key: "user_id".into(),
-        livemode: false,
-        accounts: Vec::new(),
+        mapping: payhook::providers::stripe::StripeMapping {
+            order_id_key: "order_id".into(),
+            user_id_key: "user_id".into(),
+            livemode: false,
+            accounts: Vec::new(),
+        },
     };
     let body = stripe_body(event);
     let item = stripe
@@ -918,6 +920,7 @@ async fn a_sweeper_killed_after_its_first_dead_letter_never_lets_a_dispute_be_ap
                 events: payhook::consume::events::WaitingEvents::new(
                     &payhook::metrics::Metrics::new(),
                 ),
+                signer: None,
             }
         };
     let dying = sweeper(

@@ -315,6 +315,11 @@ const SECRET_VALUES: &[(&str, &str, &str)] = &[
         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "<redacted>",
     ),
+    (
+        "ENVELOPE_SIGNING_KEYS",
+        "k1:MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw-0123",
+        "<redacted>",
+    ),
 ];
 
 #[test]

@@ -75,9 +75,14 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `/readyz` with its detail: the admin listener's when there is one.
 async fn readyz(app: &TestApp) -> Value {
+    let url = match app.admin {
+        Some(admin) => format!("http://{admin}/readyz"),
+        None => app.url("/readyz"),
+    };
     app.http
-        .get(app.url("/readyz"))
+        .get(url)
         .send()
         .await
         .unwrap()
@@ -646,8 +651,14 @@ async fn a_first_start_that_cannot_see_offset_0_is_reported_or_stops() {
     client.delete_records(4, 10_000).await.unwrap();
     let topic = env.orders_topic.clone();
 
-    // CONSUMER_FIRST_START=stop: it stops and says why.
-    let app = env.start(&[("CONSUMER_FIRST_START", "stop")]).await;
+    // CONSUMER_FIRST_START=stop: it stops and says why, on the admin
+    // listener; the public probe says the word only.
+    let app = env
+        .start(&[
+            ("CONSUMER_FIRST_START", "stop"),
+            ("ADMIN_ADDR", "127.0.0.1:0"),
+        ])
+        .await;
     let v = wait_readyz(&app, "stopped at first start", |v| {
         stopped_reason(v, &topic, 0).is_some()
     })
@@ -656,6 +667,13 @@ async fn a_first_start_that_cannot_see_offset_0_is_reported_or_stops() {
     assert!(
         reason.contains("never consumed") && reason.contains("records 0..=3 were deleted"),
         "{reason}"
+    );
+    assert_eq!(v["status"], "degraded", "{v}");
+    let public = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(public.status(), 200);
+    assert_eq!(
+        public.json::<Value>().await.unwrap(),
+        serde_json::json!({"status": "degraded"})
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.count("SELECT count(*) FROM payment_events").await, 0);

@@ -308,6 +308,8 @@ fn config(max_batch: usize, max_attempts: Option<u32>) -> Arc<ConsumerConfig> {
         db_deadline: Duration::from_secs(5),
         publish_timeout: Duration::from_secs(5),
         first_start: FirstStart::Earliest,
+        signer: None,
+        remap: None,
     })
 }
 
