@@ -25,7 +25,8 @@
 //!   in-process tunnel through which rskafka reaches brokers over TLS
 //!   ([`connect::tunnel`]).
 //! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
-//!   carry out the domain's decisions, stored offsets and partition leases.
+//!   carry out the domain's decisions, stored offsets and partition leases,
+//!   and the clearing of old provider payloads (`PAYLOAD_RETENTION`).
 //! - [`kafka`]: the wire. The client with a deadline on every call, the
 //!   admin connection, the envelope codec, the Java-compatible partitioner,
 //!   the batching producer, topic checks. Knows no Postgres and no provider.
@@ -40,8 +41,8 @@
 //! - [`http`]: the transport. A bare hyper 1 server; routes, limits and
 //!   timeouts, and the single place that maps errors to HTTP answers
 //!   ([`http::error`]).
-//! - [`app`]: `serve`: build the pieces from the configuration, run them,
-//!   stop them in order.
+//! - [`app`]: `serve`: build the pieces from the configuration, run them
+//!   (the payload retention job among them), stop them in order.
 //! - [`ops`]: the operator commands (`migrate`, `topics`, `status`,
 //!   `offsets reset`, `dlq list|replay`, `healthcheck`).
 //! - `main.rs`: the command line only ([`config::cli`] turns every setting
