@@ -23,7 +23,8 @@
 //! - [`connect`]: settings into secured connections: TLS (the pure-Rust
 //!   graviola provider) and SASL for Kafka, TLS for Postgres.
 //! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
-//!   carry out the domain's decisions, stored offsets and partition leases.
+//!   carry out the domain's decisions, stored offsets and partition leases,
+//!   and the clearing of old provider payloads (`PAYLOAD_RETENTION`).
 //! - [`kafka`]: the wire. The client with a deadline on every call, the
 //!   admin connection, the envelope codec, the Java-compatible partitioner,
 //!   the batching producer, topic checks. Knows no Postgres and no provider.
@@ -38,8 +39,8 @@
 //! - [`http`]: the transport. A bare hyper 1 server; routes, limits and
 //!   timeouts, and the single place that maps errors to HTTP answers
 //!   ([`http::error`]).
-//! - [`app`]: `serve`: build the pieces from the configuration, run them,
-//!   stop them in order.
+//! - [`app`]: `serve`: build the pieces from the configuration, run them
+//!   (the payload retention job among them), stop them in order.
 //! - [`ops`]: the operator commands (`migrate`, `topics`, `status`,
 //!   `offsets reset`, `dlq list|replay`, `healthcheck`).
 //! - `main.rs`: the command line only ([`config::cli`] turns every setting

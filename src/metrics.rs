@@ -116,6 +116,8 @@ pub struct Metrics {
     pub parked_dispute_oldest_seconds: Gauge,
     /// Disputes dead-lettered because their payment never arrived.
     pub parked_disputes_dead_lettered: Counter,
+    /// Stored provider payloads cleared by `PAYLOAD_RETENTION`.
+    pub payloads_cleared: Counter,
 }
 
 impl Default for Metrics {
@@ -260,8 +262,15 @@ impl Metrics {
             "Disputes dead-lettered because their payment did not arrive within DISPUTE_PAYMENT_WAIT",
             parked_disputes_dead_lettered.clone(),
         );
+        let payloads_cleared = Counter::default();
+        registry.register(
+            "payloads_cleared",
+            "Stored provider payloads (payload, payload_raw of an event) cleared because they were older than PAYLOAD_RETENTION",
+            payloads_cleared.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            payloads_cleared,
             first_start_gap,
             webhook_endpoint_unsigned,
             provider_events_ignored,

@@ -1,12 +1,14 @@
 //! Wiring: build the pieces from a [`Config`], run them, stop them in order.
 //!
 //! `serve` = HTTP server + producer + one consumer per topic + the sweep of
-//! disputes waiting for their payment. Shutdown order:
+//! disputes waiting for their payment + (with `PAYLOAD_RETENTION`) the job
+//! that clears old provider payloads ([`retention`]). Shutdown order:
 //! stop accepting and let in-flight requests finish (they get their true
 //! answer), then let the producer send and answer what it has queued, then
 //! let each partition consumer finish its current transaction.
 
 pub mod readiness;
+pub mod retention;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -306,6 +308,19 @@ impl Application {
                 }
                 .run(consumers.clone()),
             );
+            // Provider payloads past PAYLOAD_RETENTION are cleared.
+            if let Some(older_than) = cfg.database.payload_retention {
+                consumer_tasks.spawn(
+                    retention::PayloadRetention {
+                        pool: pool.clone(),
+                        older_than,
+                        interval: cfg.database.payload_retention_interval,
+                        db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
+                        metrics: metrics.clone(),
+                    }
+                    .run(consumers.clone()),
+                );
+            }
         } else {
             // An ingest-only replica: it takes no leases, so the fleet's
             // consumers never count it as a member.

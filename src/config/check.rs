@@ -251,6 +251,23 @@ pub fn duration_or_forever() -> Check<impl Fn(&str) -> Option<Option<Duration>>>
     }
 }
 
+/// `off` (`None`), or a duration of at least a minute.
+pub fn duration_or_off() -> Check<impl Fn(&str) -> Option<Option<Duration>>> {
+    Check {
+        expected: "off, or a duration of at least 1m, like 90days",
+        parse: |s: &str| {
+            if s.eq_ignore_ascii_case("off") {
+                Some(None)
+            } else {
+                humantime::parse_duration(s)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(60))
+                    .map(Some)
+            }
+        },
+    }
+}
+
 /// The path of a file that exists (a PEM certificate or key).
 pub fn pem_file() -> Check<impl Fn(&str) -> Option<std::path::PathBuf>> {
     Check {

@@ -391,6 +391,10 @@ settings! {
         connect_timeout: Duration = DATABASE_CONNECT_TIMEOUT("5s") check::duration();
         /// TCP keepalive idle time on database connections (then 1s probes, 3 misses)
         keepalive: Duration = DATABASE_KEEPALIVE("10s") check::duration();
+        /// Clear the provider's stored payload (payload, payload_raw) of events stored longer ago than this; off: keep them
+        payload_retention: Option<Duration> = PAYLOAD_RETENTION("off") check::duration_or_off();
+        /// How often stored payloads older than PAYLOAD_RETENTION are cleared
+        payload_retention_interval: Duration = PAYLOAD_RETENTION_INTERVAL("1h") check::duration();
     }
     /// The brokers, the topics, and how payhook produces and fetches.
     Kafka => kafka: KafkaSettings {
@@ -980,6 +984,40 @@ mod tests {
         for bad in ["0s", "30s", "400d", "soon"] {
             let e = cfg(&[("OCCURRED_AT_MAX_FUTURE", bad)]).unwrap_err();
             assert_eq!(e.0[0].var, "OCCURRED_AT_MAX_FUTURE", "{bad}");
+        }
+    }
+
+    #[test]
+    fn payload_retention_is_off_by_default_and_at_least_a_minute() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.database.payload_retention, None);
+        assert_eq!(
+            c.database.payload_retention_interval,
+            Duration::from_secs(3600)
+        );
+        let c = cfg(&[
+            ("PAYLOAD_RETENTION", "90days"),
+            ("PAYLOAD_RETENTION_INTERVAL", "5m"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database.payload_retention,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(
+            c.database.payload_retention_interval,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            cfg(&[("PAYLOAD_RETENTION", "OFF")])
+                .unwrap()
+                .database
+                .payload_retention,
+            None
+        );
+        for bad in ["30s", "0s", "forever", "soon"] {
+            let e = cfg(&[("PAYLOAD_RETENTION", bad)]).unwrap_err();
+            assert_eq!(e.0[0].var, "PAYLOAD_RETENTION", "{bad}");
         }
     }
 

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scoped_payments",
         include_str!("../../sql/0006_scoped_payments.sql"),
     ),
+    (
+        7,
+        "payload_retention",
+        include_str!("../../sql/0007_payload_retention.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.

@@ -9,11 +9,14 @@
 //!   tokens), heartbeats and expiry.
 //! - [`parked`]: disputes waiting for their payment, and the lookups that
 //!   resolve a provider's object ids to an order.
+//! - [`retention`]: clearing stored provider payloads older than
+//!   `PAYLOAD_RETENTION`.
 
 pub mod leases;
 pub mod migrations;
 pub mod offsets;
 pub mod parked;
+pub mod retention;
 pub mod store;
 
 use std::{future::Future, time::Duration};

@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod providers;
+mod retention;
 mod scope;
 mod secured;
 mod settings;

@@ -396,6 +396,34 @@ fn every_secret_setting_is_read_from_its_file() {
 }
 
 #[test]
+fn the_secrets_from_files_table_lists_every_secret() {
+    let section = CONFIGURATION_DOC
+        .split("\n### Secrets from files\n")
+        .nth(1)
+        .expect("docs/configuration.md has a ### Secrets from files section");
+    let section = section.split("\n#").next().unwrap();
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (
+                cells[0].trim_matches('`').to_owned(),
+                cells[1].trim_matches('`').to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = SETTINGS
+        .iter()
+        .filter_map(|s| s.file_env.map(|f| (s.env.to_owned(), f.to_owned())))
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "docs/configuration.md, ### Secrets from files"
+    );
+}
+
+#[test]
 fn a_secret_given_as_a_flag_is_warned_about_and_never_shown() {
     // Logged once logging is up: `migrate` against a port nothing listens
     // on fails after its warnings.
