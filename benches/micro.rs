@@ -1,6 +1,7 @@
 //! Micro benchmarks (criterion) of the CPU work on each webhook's path:
-//! partitioner, envelope encode and decode, validation, and signature
-//! verification (both schemes).
+//! partitioner, envelope encode and decode, validation, signature
+//! verification (both schemes), and signing and verifying a record (the
+//! signed log).
 
 use std::{hint::black_box, num::NonZeroU32, time::Duration};
 
@@ -11,10 +12,12 @@ use sha2::Sha256;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use payhook::{
+    config::keys::EnvelopeKey,
     domain::orders::{PaymentWebhook, SourcePosition},
     kafka::{
         envelope::{Envelope, EventType},
         partitioner::partition_for_key,
+        signing::Signer,
     },
     providers::signature::{Scheme, SigningKey, Verifier},
 };
@@ -125,6 +128,31 @@ fn benches(c: &mut Criterion) {
                 .verify(black_box(&headers), black_box(BODY.as_bytes()), now)
                 .expect("valid")
         });
+    });
+
+    // The signed log (ENVELOPE_SIGNING_KEYS): the edge signs each record,
+    // the consumer verifies it.
+    let signer = Signer::new(vec![
+        EnvelopeKey::parse("k1:0123456789abcdef0123456789abcdef-bench").expect("key"),
+    ])
+    .expect("a key");
+    let unsigned = Envelope::new(
+        EventType::OrderWebhook,
+        "ord_31415",
+        RawValue::from_string(BODY.to_owned()).expect("json"),
+    )
+    .to_record();
+    g.bench_function("record_sign", |b| {
+        b.iter(|| {
+            let mut r = unsigned.clone();
+            signer.sign(black_box(&mut r));
+            r
+        });
+    });
+    let mut signed = unsigned.clone();
+    signer.sign(&mut signed);
+    g.bench_function("record_verify", |b| {
+        b.iter(|| signer.verify(black_box(&signed)).expect("valid"));
     });
     g.finish();
 }
