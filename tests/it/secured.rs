@@ -712,8 +712,8 @@ async fn run_binary(env: &Env, settings: &Settings, until: &str) -> String {
 }
 
 /// Everything the payhook binary prints (at debug level) while it serves
-/// over SASL and verify-full TLS, and when logins are refused or a setting
-/// is wrong: no password may appear in it.
+/// over SASL (plaintext and TLS) and verify-full TLS, and when logins are
+/// refused or a setting is wrong: no password may appear in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_log_line_holds_a_password() {
     let env = Env::new().await;
@@ -727,6 +727,21 @@ async fn no_log_line_holds_a_password() {
     };
     let serving = run_binary(&env, &secured(&sasl_password(), &url), "payhook serving").await;
     assert!(serving.contains("payhook stopped"), "{serving}");
+    // SASL over TLS: the tunnel carries the SASL exchange.
+    let serving_tls = run_binary(
+        &env,
+        &sasl_ssl("SCRAM-SHA-512", &sasl_password())
+            .with("DATABASE_URL", &url)
+            .with("DATABASE_SSLMODE", "verify-full")
+            .with("DATABASE_TLS_CA_FILE", &ca),
+        "payhook serving",
+    )
+    .await;
+    assert!(
+        serving_tls.contains("payhook stopped")
+            && serving_tls.contains("TLS tunnel: connected to broker"),
+        "{serving_tls}"
+    );
     let kafka_refused = run_binary(
         &env,
         &secured("wrong-kafka-password-1", &url),
@@ -752,7 +767,14 @@ async fn no_log_line_holds_a_password() {
     .await;
     assert!(config_error.contains("DATABASE_SSLMODE"), "{config_error}");
 
-    let logs = [serving, kafka_refused, db_refused, config_error].join("\n");
+    let logs = [
+        serving,
+        serving_tls,
+        kafka_refused,
+        db_refused,
+        config_error,
+    ]
+    .join("\n");
     for secret in [
         sasl_password(),
         pg_tls_password(),
