@@ -275,7 +275,15 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTo
                 _ = stop.cancelled() => {}
                 r = serve(&shared, local, peer) => if let Err(e) = r {
                     tracing::warn!("TLS tunnel: {e}");
-                    if !matches!(*e, TunnelError::ForeignPeer { .. } | TunnelError::PeerCheck { .. }) {
+                    // What start-up reports: why a broker could not be
+                    // reached, not a client that went away.
+                    if matches!(
+                        *e,
+                        TunnelError::NotABroker { .. }
+                            | TunnelError::Connect { .. }
+                            | TunnelError::Timeout { .. }
+                            | TunnelError::Tls { .. }
+                    ) {
                         *shared.last_failure.lock().expect("not poisoned") = Some(e);
                     }
                 }
