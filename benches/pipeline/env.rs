@@ -171,8 +171,12 @@ async fn admin() -> tokio_postgres::Client {
 
 /// The order an event belongs to: spread over [`ORDERS`] orders.
 pub fn order_of(n: u64) -> String {
-    // A multiplicative hash, so consecutive events hit unrelated orders.
-    format!("ord_{:05}", n.wrapping_mul(2_654_435_761) % ORDERS)
+    format!("ord_{:05}", order_number(n))
+}
+
+/// A multiplicative hash, so consecutive events hit unrelated orders.
+fn order_number(n: u64) -> u64 {
+    n.wrapping_mul(2_654_435_761) % ORDERS
 }
 
 /// A payment webhook body of about 400 bytes, as a provider would send it:
@@ -190,7 +194,9 @@ pub fn payment_body(run: &str, n: u64) -> String {
         run = run,
         n = n,
         order = order_of(n),
-        user = n % 100_000,
+        // One user per order: an order is pinned to its first event's user
+        // (generic events), so another user would be dead-lettered.
+        user = order_number(n),
         status = statuses[(n % 4) as usize],
         amount = 500 + n % 100_000,
         h = (n / 3600) % 24,
