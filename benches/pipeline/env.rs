@@ -194,11 +194,12 @@ pub fn payment_body(run: &str, n: u64) -> String {
         run = run,
         n = n,
         order = order_of(n),
-        // One user per order: an order is pinned to its first event's user
-        // (generic events), so another user would be dead-lettered.
+        // One user and one amount per order: a generic event's order is
+        // pinned to its first event's user,
         user = order_number(n),
         status = statuses[(n % 4) as usize],
-        amount = 500 + n % 100_000,
+        // and to its first event's amount.
+        amount = 500 + order_number(n),
         h = (n / 3600) % 24,
         m = (n / 60) % 60,
         s = n % 60,
