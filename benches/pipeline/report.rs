@@ -105,18 +105,9 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The machine, for the JSON files ([`crate::machine`]).
 pub fn machine() -> Value {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    });
-    json!({
-        "cores": cores,
-        "memory": mem_kib.map(|k| format!("{:.1} GiB", k as f64 / (1024.0 * 1024.0))),
-    })
+    crate::machine::Machine::detect().json()
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
