@@ -4,8 +4,6 @@
 //! run, and the steal beside every row, so a reader can tell a slow machine
 //! from a noisy one.
 
-use std::time::Instant;
-
 use serde_json::{Value, json};
 
 /// What this machine is.
@@ -94,7 +92,6 @@ impl CpuTimes {
 /// hypervisor stole.
 pub struct MachineWindow {
     start: Option<CpuTimes>,
-    started: Instant,
 }
 
 /// What a [`MachineWindow`] saw.
@@ -104,14 +101,12 @@ pub struct MachineUse {
     pub busy: f64,
     /// Share of all cores' time the hypervisor ran someone else (0–1).
     pub steal: f64,
-    pub seconds: f64,
 }
 
 impl MachineWindow {
     pub fn start() -> Self {
         Self {
             start: CpuTimes::read(),
-            started: Instant::now(),
         }
     }
 
@@ -124,7 +119,6 @@ impl MachineWindow {
         (total > 0.0).then(|| MachineUse {
             busy: busy / total,
             steal: steal / total,
-            seconds: self.started.elapsed().as_secs_f64(),
         })
     }
 }

@@ -136,7 +136,7 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
         if r.has_extras() {
             let cpu = r.cpu_s_per_1k.unwrap_or_default();
             println!(
-                "{:<28} e2e p50 {} p99 {} ms; p99/no-op {}; drain {} s; CPU s/1k: payhook {} broker {} postgres {} no-op {} load {}",
+                "{:<28} e2e p50 {} p99 {} ms; p99/no-op {}; drain {} s; CPU s/1k: payhook {} broker {} postgres {} no-op {} load {}; {}",
                 "",
                 opt(r.e2e_p50_ms, 2),
                 opt(r.e2e_p99_ms, 2),
@@ -147,6 +147,7 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
                 opt(cpu.postgres, 3),
                 opt(cpu.noop, 3),
                 opt(cpu.load, 3),
+                cpu.machine.map_or_else(String::new, |m| m.note()),
             );
         }
     }
@@ -170,6 +171,8 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
                 "postgres": c.postgres,
                 "noop": c.noop,
                 "load": c.load,
+                "machine_busy": c.machine.map(|m| m.busy),
+                "machine_steal": c.machine.map(|m| m.steal),
             })),
             "p99_ratio_to_noop": r.p99_ratio_to_noop,
             "drain_s": r.drain_s,

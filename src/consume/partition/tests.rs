@@ -260,11 +260,11 @@ impl Sink for MemorySink {
                         pinned: "1".into(),
                         found: "2".into(),
                         event: "generic event e".into(),
-                        read_at: SourcePosition {
+                        read_at: Box::new(SourcePosition {
                             topic: "t".into(),
                             partition: 0,
                             offset,
-                        },
+                        }),
                     },
                 ))))
             }
