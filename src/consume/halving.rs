@@ -13,7 +13,10 @@
 //! then the named one alone, so a partition full of such records costs about
 //! three transactions per record instead of `2·log2(n)`. It is still blamed
 //! only once it failed on its own: a name that turns out wrong costs a
-//! transaction, then halving goes on.
+//! transaction, then halving goes on. After such a failure the next runs
+//! are short (twice the records that went before the named one, at least
+//! 16) and double with each run that commits, so a partition dense with
+//! such records re-applies a few records per failure, not a full batch.
 //!
 //! [`Halving`] is the bookkeeping: the loop asks it how many records the
 //! next transaction takes, and tells it how each one went. The loop's unit
@@ -44,7 +47,15 @@ pub enum Blame {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Halving {
     suspect: Option<Suspect>,
+    /// After a failure that named its record: how many records a run takes
+    /// until runs commit again (see [`Self::failed`]); `None`: a full batch.
+    probe: Option<usize>,
 }
+
+/// The shortest run after a named failure.
+const MIN_PROBE: usize = 16;
+/// A probe that grew this long is dropped: full batches again.
+const MAX_PROBE: usize = 1 << 16;
 
 impl Halving {
     /// Whether a failing record is being isolated. Its transactions are
@@ -68,7 +79,7 @@ impl Halving {
                     (in_run / 2).max(1)
                 }
             },
-            _ => max_batch.max(1),
+            _ => self.probe.unwrap_or(max_batch).min(max_batch).max(1),
         };
         want.min(rest.len())
     }
@@ -76,6 +87,13 @@ impl Halving {
     /// The run ending before `next` committed: the failure, if any, is after
     /// it.
     pub fn committed(&mut self, next: i64) {
+        if self.suspect.is_none() {
+            // A run of the probe's length went through: longer ones again.
+            self.probe = self
+                .probe
+                .map(|p| p.saturating_mul(2))
+                .filter(|&p| p < MAX_PROBE);
+        }
         self.suspect = self.suspect.and_then(|s| {
             let rest = Suspect {
                 from: next,
@@ -89,13 +107,22 @@ impl Halving {
     /// The run `[first, next)` of `n` records failed, naming the record at
     /// `named` if the failure said which one it was.
     pub fn failed(&mut self, first: i64, next: i64, n: usize, named: Option<i64>) -> Blame {
+        let named = named.filter(|&o| (first..next).contains(&o));
+        if let (Some(o), true) = (named, n > 1) {
+            // Records that fail by name tend to come in runs (a provider's
+            // bad day): until runs commit again, take about twice the
+            // records that went before this one, so a partition dense with
+            // them is not re-applied a full batch at a time per record.
+            let before = usize::try_from(o - first).unwrap_or(usize::MAX);
+            self.probe = Some(before.saturating_add(1).saturating_mul(2).max(MIN_PROBE));
+        }
         if n > 1 {
             // Each failure shrinks the next run (the records before the
             // name are fewer than the run), so following names ends.
             self.suspect = Some(Suspect {
                 from: first,
                 to: next,
-                named: named.filter(|&o| (first..next).contains(&o)),
+                named,
             });
             Blame::Run
         } else {
@@ -190,6 +217,27 @@ mod tests {
         h.committed(5);
         assert!(h.isolating());
         assert_eq!(h.next_len(&all[5..], 2000), 2);
+    }
+
+    #[test]
+    fn after_a_named_failure_runs_are_short_then_grow_back() {
+        let all = records(0..100_000);
+        let mut h = Halving::default();
+        h.failed(0, 2000, 2000, Some(9));
+        h.committed(9);
+        h.failed(9, 10, 1, Some(9));
+        // Twice the 9 before it, at least 16: 20.
+        assert_eq!(h.next_len(&all[10..], 2000), 20);
+        h.committed(30);
+        assert_eq!(h.next_len(&all[30..], 2000), 40);
+        h.committed(70);
+        assert_eq!(h.next_len(&all[70..], 2000), 80);
+        for _ in 0..10 {
+            h.committed(1000);
+        }
+        // Grown past the batch, then dropped.
+        assert_eq!(h.next_len(&all[1000..], 2000), 2000);
+        assert_eq!(h, Halving::default());
     }
 
     #[test]

@@ -430,16 +430,33 @@ async fn records_a_failure_names_are_set_apart_in_a_few_transactions_each() {
             let applied = h.lp.sink.applied.lock().unwrap().clone();
             let want: Vec<i64> = (0..2000).filter(|o| o % 10 != 7).collect();
             assert_eq!(applied, want);
-            (h.lp.sink.dead(), h.txs().len())
+            let txs = h.txs();
+            // Records re-applied in transactions that failed.
+            let wasted: i64 = txs
+                .iter()
+                .filter(|t| !t.committed)
+                .map(|t| t.offsets.end - t.offsets.start)
+                .sum();
+            (h.lp.sink.dead(), txs.len(), wasted)
         }
     };
-    let (dead, named_txs) = run(true).await;
+    let (dead, named_txs, named_wasted) = run(true).await;
     assert_eq!(dead, bad);
     // Per bad record: the failed run, the run before it, itself alone.
     assert!(named_txs <= 3 * bad.len() + 1, "{named_txs} transactions");
-    let (dead, halving_txs) = run(false).await;
+    // The first full batch, then short runs while they are dense: about
+    // twice the gap per failure, not a full batch.
+    assert!(
+        named_wasted <= 2000 + 25 * bad.len() as i64,
+        "{named_wasted} records in failed transactions"
+    );
+    let (dead, halving_txs, halving_wasted) = run(false).await;
     assert_eq!(dead, bad);
     assert!(halving_txs > 2 * named_txs, "{halving_txs} vs {named_txs}");
+    assert!(
+        halving_wasted > 10 * named_wasted,
+        "{halving_wasted} vs {named_wasted}"
+    );
 }
 
 #[tokio::test]
