@@ -7,12 +7,8 @@
 # self-contained libc, so no C toolchain touches what ships. (The image's
 # `cc` still links cargo's build scripts and proc macros, which run here and
 # are not shipped.) scripts/check-static, run by scripts/test, builds the
-# same binary the same way and checks it is statically linked.
-#
-# `--build-arg FEATURES=kafka-tls` adds TLS to Kafka, which compiles C
-# (rskafka's ring): that build installs musl-tools and lets cc through
-# (see docs/security.md, "Which build needs what"). Not built in CI's image
-# step, which has no Docker engine; scripts/test builds the feature natively.
+# same binary the same way and checks it is statically linked. TLS to Kafka
+# and to Postgres is in it (rustls on graviola, pure Rust).
 FROM rust:1-slim-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl
 ENV CC=/bin/false \
@@ -29,16 +25,9 @@ COPY src ./src
 COPY sql ./sql
 COPY benches ./benches
 COPY tests ./tests
-ARG FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    if [ -n "$FEATURES" ]; then \
-      apt-get update && apt-get install -y --no-install-recommends musl-tools && \
-      env -u CC -u CXX cargo build --release --locked --target x86_64-unknown-linux-musl \
-        --bin payhook --features "$FEATURES"; \
-    else \
-      cargo build --release --locked --target x86_64-unknown-linux-musl --bin payhook; \
-    fi \
+    cargo build --release --locked --target x86_64-unknown-linux-musl --bin payhook \
     && cp target/x86_64-unknown-linux-musl/release/payhook /payhook
 
 # Runtime: nothing but the binary and the CA bundle (for TLS to brokers and

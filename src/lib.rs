@@ -21,7 +21,9 @@
 //!   event-order rule, and the services that decide what a batch of events
 //!   changes, over a storage trait. No I/O.
 //! - [`connect`]: settings into secured connections: TLS (the pure-Rust
-//!   graviola provider) and SASL for Kafka, TLS for Postgres.
+//!   graviola provider) and SASL for Kafka, TLS for Postgres, and the
+//!   in-process tunnel through which rskafka reaches brokers over TLS
+//!   ([`connect::tunnel`]).
 //! - [`db`]: the Postgres pool, migrations from `sql/`, the repositories that
 //!   carry out the domain's decisions, stored offsets and partition leases,
 //!   and the clearing of old provider payloads (`PAYLOAD_RETENTION`).

@@ -14,6 +14,12 @@
 //!   ([`crate::commits`]);
 //! - `idle`: `payhook serve` with `CONSUMER_ENABLED=false` on a database and
 //!   topics of its own where nobody consumes (closed loop only).
+//! - `tls`: `payhook serve`, consumers on, as `on` but reaching the broker
+//!   over TLS (`KAFKA_SECURITY_PROTOCOL=ssl`, the broker's SSL listener,
+//!   through payhook's tunnel), at 64 in flight and 2,000/s; right after
+//!   `on`, so the two are measured back to back. Rows `on-tls ...`; skipped
+//!   with a note when there is no SSL listener and CA (`scripts/services`
+//!   makes both; `PAYHOOK_TEST_KAFKA_SSL`, `PAYHOOK_TEST_TLS_DIR`).
 //!
 //! Per row besides events/s and ingest latency: CPU seconds per 1,000
 //! accepted events for payhook, the broker, Postgres, the no-op server and
@@ -59,6 +65,8 @@ use crate::{
 
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
 const RATES: [u64; 3] = [1_000, 2_000, 5_000];
+/// The cases of the `tls` part.
+const TLS_CASES: [Load; 2] = [Load::Closed(64), Load::Open(2_000)];
 /// The longest wait for the consumer to apply a case's events.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -292,7 +300,7 @@ fn in_flight() -> Vec<usize> {
 }
 
 /// Which parts run: all, or for experiments `PAYHOOK_BENCH_USERS=idle,on`
-/// (of `noop`, `on`, `sustain`, `idle`).
+/// (of `noop`, `on`, `tls`, `sustain`, `idle`).
 fn part(name: &str) -> bool {
     std::env::var("PAYHOOK_BENCH_USERS").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
 }
@@ -348,39 +356,34 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     let (on_rows, sustain_rows) = if !part("on") && !part("sustain") {
         (Vec::new(), Vec::new())
     } else {
-        let env = BenchEnv::new("users-on").await;
-        let db = env.client().await;
-        let mut commits = CommitLog::start(&env, &db).await;
-        let log = LogEnd::new(&env).await;
-        let applied = Applied {
-            env: &env,
-            db: &db,
-            log: &log,
-        };
-        let addr = free_addr();
-        let mut child = Proc(spawn_payhook(&env, profile, &addr.to_string(), &[]));
-        wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
-        let server = ("on", addr, procs.payhook(child.pid()));
-        let on_applied = Some((&applied, &mut commits));
         let loads = if part("on") { cases() } else { Vec::new() };
-        let rows = run_cases(profile, &procs, server, loads, on_applied).await;
-        let sustain = Sustain {
-            profile,
-            procs: &procs,
-            who: procs.payhook(child.pid()),
-            addr,
-            applied: &applied,
-        };
-        let sustain_rows = if part("sustain") {
-            sustain.search(&mut commits).await
-        } else {
-            Vec::new()
-        };
-        drop(child);
-        commits.stop();
-        drop(db);
-        env.cleanup().await;
-        (rows, sustain_rows)
+        consumers_on(profile, &procs, "on", &[], loads, part("sustain")).await
+    };
+
+    // The same over TLS, right after.
+    let tls_rows = if !part("tls") {
+        Vec::new()
+    } else {
+        match tls_settings() {
+            Ok(settings) => {
+                let settings: Vec<(&str, &str)> =
+                    settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                consumers_on(
+                    profile,
+                    &procs,
+                    "on-tls",
+                    &settings,
+                    TLS_CASES.to_vec(),
+                    false,
+                )
+                .await
+                .0
+            }
+            Err(why) => {
+                println!("users: no TLS rows: {why}");
+                Vec::new()
+            }
+        }
     };
 
     // payhook, consumers idle.
@@ -422,9 +425,86 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
     };
     let mut rows: Vec<Row> = noop_rows.iter().map(|(_, r)| r.clone()).collect();
     rows.extend(on_rows.into_iter().map(against_noop));
+    rows.extend(tls_rows.into_iter().map(against_noop));
     rows.extend(idle_rows.into_iter().map(against_noop));
     rows.extend(sustain_rows);
     rows
+}
+
+/// payhook with consumers on, started with `extra` settings on a database
+/// and topics of its own: `loads` as rows named `<label> <load>`, then, with
+/// `sustain`, the sustained-throughput search.
+async fn consumers_on(
+    profile: &Profile,
+    procs: &Procs,
+    label: &str,
+    extra: &[(&str, &str)],
+    loads: Vec<Load>,
+    sustain: bool,
+) -> (Vec<(Load, Row)>, Vec<Row>) {
+    let env = BenchEnv::new(&format!("users-{label}")).await;
+    let db = env.client().await;
+    let mut commits = CommitLog::start(&env, &db).await;
+    let log = LogEnd::new(&env).await;
+    let applied = Applied {
+        env: &env,
+        db: &db,
+        log: &log,
+    };
+    let addr = free_addr();
+    let mut child = Proc(spawn_payhook(&env, profile, &addr.to_string(), extra));
+    wait_ready(&mut child, addr, reqwest::StatusCode::OK).await;
+    let server = (label, addr, procs.payhook(child.pid()));
+    let rows = run_cases(
+        profile,
+        procs,
+        server,
+        loads,
+        Some((&applied, &mut commits)),
+    )
+    .await;
+    let sustain_rows = if sustain {
+        Sustain {
+            profile,
+            procs,
+            who: procs.payhook(child.pid()),
+            addr,
+            applied: &applied,
+        }
+        .search(&mut commits)
+        .await
+    } else {
+        Vec::new()
+    };
+    drop(child);
+    commits.stop();
+    drop(db);
+    env.cleanup().await;
+    (rows, sustain_rows)
+}
+
+/// The settings that make payhook reach the broker over TLS: its SSL
+/// listener and the CA of `scripts/services`, if both are there.
+fn tls_settings() -> Result<Vec<(&'static str, String)>, String> {
+    let listener =
+        std::env::var("PAYHOOK_TEST_KAFKA_SSL").unwrap_or_else(|_| "127.0.0.1:9094".into());
+    let dir = std::env::var("PAYHOOK_TEST_TLS_DIR").unwrap_or_else(|_| {
+        match std::env::var("PAYHOOK_SERVICES_DIR") {
+            Ok(d) => format!("{d}/tls"),
+            Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/.services/tls").to_owned(),
+        }
+    });
+    let ca = format!("{dir}/ca.pem");
+    if !std::path::Path::new(&ca).is_file() {
+        return Err(format!("no CA at {ca} (scripts/services up makes it)"));
+    }
+    std::net::TcpStream::connect(&listener)
+        .map_err(|e| format!("no SSL listener at {listener}: {e}"))?;
+    Ok(vec![
+        ("KAFKA_BROKERS", listener),
+        ("KAFKA_SECURITY_PROTOCOL", "ssl".into()),
+        ("KAFKA_TLS_CA_FILE", ca),
+    ])
 }
 
 /// The sustained-throughput search (see the module doc), against the

@@ -235,7 +235,7 @@ impl super::Config {
                 out.push(format!(
                     "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=sasl_plaintext sends \
                      the SASL password in clear text to {}: anyone on the network path can read \
-                     it. Use sasl_ssl (the kafka-tls build), or at least SCRAM-SHA-512",
+                     it. Use sasl_ssl, or at least SCRAM-SHA-512",
                     remote.join(", ")
                 ));
             }

@@ -420,7 +420,7 @@ settings! {
         dlq_retention: Option<Duration> = KAFKA_DLQ_RETENTION("365days") check::duration_or_forever();
         /// serve warns when a source topic deletes records sooner than this (time to fix a stalled partition)
         min_retention: Duration = KAFKA_MIN_RETENTION("7days") check::duration();
-        /// How payhook reaches the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl (ssl needs the kafka-tls build)
+        /// How payhook reaches the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl (TLS through payhook's in-process tunnel)
         security_protocol: SecurityProtocol = KAFKA_SECURITY_PROTOCOL("plaintext")
             Check { expected: "plaintext, ssl, sasl_plaintext or sasl_ssl", parse: SecurityProtocol::parse };
         /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512

@@ -3,10 +3,11 @@
 //!
 //! - [`tls_config`]: a rustls client configuration from a CA file (or
 //!   Mozilla's roots, compiled in) and an optional client certificate.
-//! - [`kafka_security`]: rskafka's SASL settings and, in the `kafka-tls`
-//!   build, its TLS settings; refuses a setting the binary was built
-//!   without, naming the cargo feature. payhook's own admin connection
-//!   ([`crate::kafka::admin`]) uses the same settings.
+//! - [`kafka_security`]: rskafka's SASL settings and the TLS configuration
+//!   for Kafka. payhook's own admin connection ([`crate::kafka::admin`])
+//!   uses the same settings.
+//! - [`tunnel`]: how rskafka gets TLS without a C compiler: an in-process
+//!   SOCKS5 server on loopback that wraps each broker connection in TLS.
 //! - The Postgres side lives in [`crate::db::pool_from_config`], which asks
 //!   [`postgres_tls`] for its TLS connector.
 //!
@@ -32,15 +33,12 @@ use rustls::{
 
 use crate::config::{DatabaseTls, KafkaSecurity, SaslMechanism, SslMode};
 
+pub mod tunnel;
+
 /// Why a secured connection could not even be set up. Never holds a
 /// password or key material: only paths and what was wrong with them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error(
-        "{setting} needs TLS to Kafka, which this binary was built without; \
-         rebuild with `cargo build --release --features kafka-tls`"
-    )]
-    FeatureMissing { setting: String },
     #[error(
         "this CPU lacks {missing}, which the TLS crypto provider (graviola) needs; \
          TLS is not available on this machine with this build"
@@ -259,8 +257,9 @@ pub fn postgres_tls(
     )))
 }
 
-/// What rskafka needs beyond the broker list: SASL settings and, in the
-/// `kafka-tls` build, a TLS configuration.
+/// What rskafka needs beyond the broker list: SASL settings and, for `ssl`
+/// and `sasl_ssl`, the TLS configuration its connections get through the
+/// [`tunnel`].
 #[derive(Clone)]
 pub struct KafkaTransport {
     pub sasl: Option<rskafka::client::SaslConfig>,
@@ -288,8 +287,6 @@ impl KafkaTransport {
 }
 
 /// Turns `KAFKA_SECURITY_PROTOCOL` and friends into rskafka's settings.
-/// TLS settings in a build without the `kafka-tls` feature stop here, with
-/// the feature's name.
 pub fn kafka_security(sec: &KafkaSecurity) -> Result<KafkaTransport, ConnectError> {
     use rskafka::client::{Credentials, SaslConfig};
     let sasl = sec.sasl.as_ref().map(|s| {
@@ -301,11 +298,6 @@ pub fn kafka_security(sec: &KafkaSecurity) -> Result<KafkaTransport, ConnectErro
         }
     });
     let tls = if sec.protocol.uses_tls() {
-        if !cfg!(feature = "kafka-tls") {
-            return Err(ConnectError::FeatureMissing {
-                setting: format!("KAFKA_SECURITY_PROTOCOL={}", sec.protocol.as_str()),
-            });
-        }
         let client_auth = sec
             .tls_client_auth
             .as_ref()
@@ -364,23 +356,5 @@ mod tests {
         assert!(!text.contains("TOPSECRET"), "{text}");
         assert!(text.contains("private key"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn tls_to_kafka_without_the_feature_names_it() {
-        let sec = KafkaSecurity {
-            protocol: crate::config::SecurityProtocol::SaslSsl,
-            ..KafkaSecurity::plaintext()
-        };
-        let r = kafka_security(&sec);
-        if cfg!(feature = "kafka-tls") {
-            assert!(r.is_ok(), "{r:?}");
-        } else {
-            let e = r.unwrap_err().to_string();
-            assert!(
-                e.contains("--features kafka-tls") && e.contains("sasl_ssl"),
-                "{e}"
-            );
-        }
     }
 }

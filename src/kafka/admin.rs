@@ -238,6 +238,12 @@ impl Admin {
 
     /// How many brokers the cluster has.
     pub async fn broker_count(&mut self) -> Result<usize, AdminError> {
+        Ok(self.broker_addresses().await?.len())
+    }
+
+    /// Every broker of the cluster as its metadata names it (`host:port`):
+    /// where rskafka will connect.
+    pub async fn broker_addresses(&mut self) -> Result<Vec<String>, AdminError> {
         let resp = self
             .call(
                 "reading the cluster's brokers",
@@ -247,7 +253,11 @@ impl Admin {
                     .with_allow_auto_topic_creation(false),
             )
             .await?;
-        Ok(resp.brokers.len())
+        Ok(resp
+            .brokers
+            .iter()
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect())
     }
 
     /// The smallest replica count over `topic`'s partitions, or `None` when

@@ -20,6 +20,11 @@
 //! rskafka 0.6 retries broker calls forever by default and has no request
 //! timeout; [`Kafka`] builds its client with a bounded backoff and every call
 //! here is wrapped in [`bounded`].
+//!
+//! With `KAFKA_SECURITY_PROTOCOL=ssl|sasl_ssl`, rskafka reaches the brokers
+//! through a [`Tunnel`] (TLS on the pure-Rust graviola provider, started
+//! with the [`Kafka`] and stopped when its last clone is dropped); rskafka
+//! itself speaks plaintext Kafka and SASL into it.
 
 pub mod admin;
 pub mod envelope;
@@ -32,7 +37,10 @@ use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};
 
 use crate::{
     config::KafkaSettings,
-    connect::{self, ConnectError, KafkaTransport},
+    connect::{
+        self, ConnectError, KafkaTransport,
+        tunnel::{BrokerLookup, Tunnel, TunnelError, TunnelSettings},
+    },
 };
 use admin::AdminError;
 
@@ -72,12 +80,21 @@ pub enum KafkaError {
         reason: AdminError,
         protocol: &'static str,
     },
+    #[error("{0}")]
+    Tunnel(#[source] TunnelError),
+    #[error("{first}; the TLS tunnel says: {reason}")]
+    TunnelRefused {
+        first: Box<KafkaError>,
+        #[source]
+        reason: Arc<TunnelError>,
+    },
 }
 
 async fn build_client(
     brokers: &[String],
     request_timeout: Duration,
     transport: &KafkaTransport,
+    tunnel: Option<&Tunnel>,
 ) -> Result<Client, KafkaError> {
     // rskafka's default backoff never gives up. Give its internal retries
     // a deadline a little under ours, so a call fails with the broker's
@@ -94,15 +111,8 @@ async fn build_client(
     if let Some(sasl) = &transport.sasl {
         builder = builder.sasl_config(sasl.clone());
     }
-    #[cfg(feature = "kafka-tls")]
-    if let Some(tls) = &transport.tls {
-        builder = builder.tls_config(tls.clone());
-    }
-    #[cfg(not(feature = "kafka-tls"))]
-    if transport.tls.is_some() {
-        return Err(KafkaError::Connect(connect::ConnectError::FeatureMissing {
-            setting: "TLS to Kafka".into(),
-        }));
+    if let Some(tunnel) = tunnel {
+        builder = builder.socks5_proxy(tunnel.addr().to_string());
     }
     bounded(
         "connecting to the brokers",
@@ -170,17 +180,57 @@ pub async fn bounded<T>(
     }
 }
 
+/// Starts the TLS tunnel for `transport`, or `None` when it has no TLS.
+/// The tunnel learns the brokers the metadata names from payhook's admin
+/// connection, which does its own TLS.
+async fn start_tunnel(
+    brokers: &[String],
+    request_timeout: Duration,
+    transport: &KafkaTransport,
+) -> Result<Option<Arc<Tunnel>>, KafkaError> {
+    let Some(tls) = &transport.tls else {
+        return Ok(None);
+    };
+    let lookup: BrokerLookup = {
+        let brokers = brokers.to_vec();
+        let transport = transport.clone();
+        Arc::new(move || {
+            let brokers = brokers.clone();
+            let transport = transport.clone();
+            Box::pin(async move {
+                let mut admin =
+                    admin::Admin::connect(&brokers, &transport, request_timeout).await?;
+                Ok(admin.broker_addresses().await?)
+            })
+        })
+    };
+    let tunnel = Tunnel::start(TunnelSettings {
+        bootstrap: brokers.to_vec(),
+        tls: Arc::clone(tls),
+        // Half the request timeout for dialling and half for the handshake,
+        // so the tunnel's own reason arrives before the caller gives up.
+        timeout: request_timeout / 2,
+        brokers: lookup,
+    })
+    .await
+    .map_err(KafkaError::Tunnel)?;
+    Ok(Some(Arc::new(tunnel)))
+}
+
 /// A connected Kafka client with the request timeout that bounds its calls.
 ///
-/// It remembers how it was made (brokers, SASL, TLS), so
+/// It remembers how it was made (brokers, SASL, TLS and its tunnel), so
 /// [`Kafka::reconnect`] can build a fresh client on new connections when
-/// the old ones stop working.
+/// the old ones stop working. The tunnel stops when the last clone is
+/// dropped: keep the `Kafka` while using a
+/// [`partition_client`](Self::partition_client) it gave.
 #[derive(Clone)]
 pub struct Kafka {
     client: Arc<Client>,
     request_timeout: Duration,
     brokers: Arc<[String]>,
     transport: KafkaTransport,
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 // Hand-written: rskafka's client and SASL settings would print the SASL
@@ -215,9 +265,24 @@ impl Kafka {
     /// protocol) and reports it.
     pub async fn from_config(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
         let transport = connect::kafka_security(&kafka.security())?;
-        match Self::connect_with(&kafka.brokers, kafka.request_timeout, transport.clone()).await {
+        let tunnel = start_tunnel(&kafka.brokers, kafka.request_timeout, &transport).await?;
+        match Self::connect_via(
+            &kafka.brokers,
+            kafka.request_timeout,
+            transport.clone(),
+            tunnel.clone(),
+        )
+        .await
+        {
             Ok(k) => Ok(k),
             Err(e) => {
+                // The tunnel names the broker and the TLS reason.
+                if let Some(reason) = tunnel.and_then(|t| t.last_failure()) {
+                    return Err(KafkaError::TunnelRefused {
+                        first: Box::new(e),
+                        reason,
+                    });
+                }
                 let reason =
                     admin::diagnose(&kafka.brokers, &transport, kafka.request_timeout).await;
                 Err(match reason {
@@ -238,12 +303,23 @@ impl Kafka {
         request_timeout: Duration,
         transport: KafkaTransport,
     ) -> Result<Self, KafkaError> {
-        let client = build_client(brokers, request_timeout, &transport).await?;
+        let tunnel = start_tunnel(brokers, request_timeout, &transport).await?;
+        Self::connect_via(brokers, request_timeout, transport, tunnel).await
+    }
+
+    async fn connect_via(
+        brokers: &[String],
+        request_timeout: Duration,
+        transport: KafkaTransport,
+        tunnel: Option<Arc<Tunnel>>,
+    ) -> Result<Self, KafkaError> {
+        let client = build_client(brokers, request_timeout, &transport, tunnel.as_deref()).await?;
         Ok(Self {
             client: Arc::new(client),
             request_timeout,
             brokers: brokers.into(),
             transport,
+            tunnel,
         })
     }
 
@@ -257,7 +333,13 @@ impl Kafka {
     /// [`partition_client`](Self::partition_client) from the returned value
     /// instead of retrying on the old one.
     pub async fn reconnect(&self) -> Result<Self, KafkaError> {
-        Self::connect_with(&self.brokers, self.request_timeout, self.transport.clone()).await
+        Self::connect_via(
+            &self.brokers,
+            self.request_timeout,
+            self.transport.clone(),
+            self.tunnel.clone(),
+        )
+        .await
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -834,6 +834,33 @@ async fn broker_stopped() {
     scenario("broker stopped", Fault::StopBroker, webhooks_per_scenario()).await;
 }
 
+/// The broker stopped and started again while payhook speaks SASL_SSL to it
+/// (SCRAM-SHA-512 over TLS, through payhook's tunnel): the private broker's
+/// SASL_SSL listener, its own CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_stopped_over_sasl_ssl() {
+    let _services = services_for_one_scenario().await;
+    let tls_dir = root().join(".services/faults/tls");
+    let sasl_ssl = [
+        ("KAFKA_BROKERS", format!("127.0.0.1:{}", KAFKA_PORT + 4)),
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl".into()),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+        ("KAFKA_SASL_USERNAME", "payhook".into()),
+        ("KAFKA_SASL_PASSWORD", "payhook-secret".into()),
+        (
+            "KAFKA_TLS_CA_FILE",
+            tls_dir.join("ca.pem").display().to_string(),
+        ),
+    ];
+    scenario_over(
+        "broker, sasl_ssl",
+        Fault::StopBroker,
+        webhooks_per_scenario(),
+        &sasl_ssl,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopped() {
     let _services = services_for_one_scenario().await;
@@ -893,8 +920,22 @@ enum Fault {
 
 /// Runs the load, injects `fault` part-way through, and audits the books.
 async fn scenario(name: &'static str, fault: Fault, total: usize) {
+    scenario_over(name, fault, total, &[]).await;
+}
+
+/// [`scenario`] with payhook's settings changed by `settings` (how it
+/// reaches the broker, for one).
+async fn scenario_over(
+    name: &'static str,
+    fault: Fault,
+    total: usize,
+    settings: &[(&'static str, String)],
+) {
     let stage = Stage::new(name).await;
     let mut app = Payhook::new(&stage);
+    app.env
+        .retain(|(k, _)| !settings.iter().any(|(s, _)| s == k));
+    app.env.extend(settings.iter().cloned());
     if matches!(fault, Fault::Kill | Fault::Terminate) {
         // A slow consumer (a transaction per record), so that there is a
         // backlog to be interrupted.

@@ -15,8 +15,8 @@
 //! | `PAYHOOK_TEST_TLS_DIR` | `$PAYHOOK_SERVICES_DIR/tls`, else `.services/tls` (CA, client certificate, an unrelated CA) |
 //!
 //! The database host and port are those of `PAYHOOK_TEST_DATABASE_URL`. TLS
-//! to Kafka (SSL, SASL_SSL) is only in the `kafka-tls` build; the default
-//! build checks that asking for it stops start-up with the feature's name.
+//! to Kafka (SSL, SASL_SSL) goes through payhook's tunnel
+//! (`payhook::connect::tunnel`), in the default build.
 
 use std::{
     collections::HashMap,
@@ -224,100 +224,296 @@ async fn a_plaintext_client_on_the_sasl_listener_is_refused() {
     env.cleanup().await;
 }
 
-#[cfg(not(feature = "kafka-tls"))]
-#[tokio::test]
-async fn tls_to_kafka_needs_the_kafka_tls_build() {
-    for protocol in ["ssl", "sasl_ssl"] {
-        let mut map: HashMap<String, String> = HashMap::new();
-        map.insert("KAFKA_SECURITY_PROTOCOL".into(), protocol.into());
-        map.insert("KAFKA_SASL_USERNAME".into(), "u".into());
-        map.insert("KAFKA_SASL_PASSWORD".into(), "p".into());
-        map.insert("WEBHOOK_VERIFY".into(), "off".into());
-        map.insert(
-            "DATABASE_URL".into(),
-            format!("{}?connect_timeout=1", admin_url()),
-        );
-        map.insert("RUN_MIGRATIONS".into(), "false".into());
-        let cfg = Config::from_map(&map).unwrap();
-        let e = Application::build(cfg).await.unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("KAFKA_SECURITY_PROTOCOL={protocol}"))
-                && e.contains("--features kafka-tls"),
-            "{e}"
-        );
-    }
+// ------------------------------------------------------------ kafka TLS ---
+
+/// `ssl` to `brokers` (the SSL listener unless told), trusting `ca`.
+fn ssl_to(brokers: &str, ca: &str) -> Settings {
+    Settings::new(&[
+        ("KAFKA_BROKERS", brokers),
+        ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ("KAFKA_TLS_CA_FILE", &tls_file(ca)),
+        ("KAFKA_REQUEST_TIMEOUT", "5s"),
+    ])
 }
 
-#[cfg(feature = "kafka-tls")]
-mod kafka_tls {
-    //! TLS to Kafka: only in the `kafka-tls` build.
+fn ssl_broker() -> String {
+    var("PAYHOOK_TEST_KAFKA_SSL", "127.0.0.1:9094")
+}
 
-    use super::*;
+fn sasl_ssl(mechanism: &str, password: &str) -> Settings {
+    Settings::new(&[
+        (
+            "KAFKA_BROKERS",
+            &var("PAYHOOK_TEST_KAFKA_SASL_SSL", "127.0.0.1:9096"),
+        ),
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_SASL_MECHANISM", mechanism),
+        ("KAFKA_SASL_USERNAME", &sasl_user()),
+        ("KAFKA_SASL_PASSWORD", password),
+        ("KAFKA_TLS_CA_FILE", &tls_file("ca.pem")),
+        ("KAFKA_REQUEST_TIMEOUT", "5s"),
+    ])
+}
 
-    fn ssl(ca: &str) -> Settings {
-        Settings::new(&[
-            (
-                "KAFKA_BROKERS",
-                &var("PAYHOOK_TEST_KAFKA_SSL", "127.0.0.1:9094"),
-            ),
-            ("KAFKA_SECURITY_PROTOCOL", "ssl"),
-            ("KAFKA_TLS_CA_FILE", &tls_file(ca)),
-            ("KAFKA_REQUEST_TIMEOUT", "5s"),
-        ])
+/// The default build speaks TLS to Kafka (through payhook's tunnel): one
+/// webhook is published and applied over each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_and_sasl_ssl_publish_and_consume() {
+    let env = Env::new().await;
+    round_trip(&env, &ssl_to(&ssl_broker(), "ca.pem"), "ord_ssl").await;
+    // Bootstrapped by a name the metadata does not use (it names
+    // 127.0.0.1): the tunnel must learn the broker from the cluster.
+    let port = ssl_broker().rsplit_once(':').unwrap().1.to_owned();
+    round_trip(
+        &env,
+        &ssl_to(&format!("localhost:{port}"), "ca.pem"),
+        "ord_ssl_by_name",
+    )
+    .await;
+    // Mutual TLS (the listener asks for a client certificate;
+    // `mutual_tls_presents_the_client_certificate` shows it is sent).
+    let mtls = ssl_to(&ssl_broker(), "ca.pem")
+        .with("KAFKA_TLS_CERT_FILE", &tls_file("client.pem"))
+        .with("KAFKA_TLS_KEY_FILE", &tls_file("client.key"));
+    round_trip(&env, &mtls, "ord_mtls").await;
+    for mech in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let order = format!("ord_ssl_{}", mech.replace('-', "_").to_lowercase());
+        round_trip(&env, &sasl_ssl(mech, &sasl_password()), &order).await;
     }
+    env.cleanup().await;
+}
 
-    fn sasl_ssl(mechanism: &str, password: &str) -> Settings {
-        Settings::new(&[
-            (
-                "KAFKA_BROKERS",
-                &var("PAYHOOK_TEST_KAFKA_SASL_SSL", "127.0.0.1:9096"),
-            ),
-            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
-            ("KAFKA_SASL_MECHANISM", mechanism),
-            ("KAFKA_SASL_USERNAME", &sasl_user()),
-            ("KAFKA_SASL_PASSWORD", password),
-            ("KAFKA_TLS_CA_FILE", &tls_file("ca.pem")),
-            ("KAFKA_REQUEST_TIMEOUT", "5s"),
-        ])
-    }
+/// Builds an app that must be refused within `within`, and returns why.
+async fn refused_within(env: &Env, settings: &Settings, within: Duration) -> String {
+    let t = Instant::now();
+    let e = refused(env, settings).await.to_string();
+    assert!(t.elapsed() < within, "refused after {:?}: {e}", t.elapsed());
+    e
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ssl_and_sasl_ssl_publish_and_consume() {
-        let env = Env::new().await;
-        round_trip(&env, &ssl("ca.pem"), "ord_ssl").await;
-        // Mutual TLS: the listener asks for a client certificate.
-        let mtls = ssl("ca.pem")
-            .with("KAFKA_TLS_CERT_FILE", &tls_file("client.pem"))
-            .with("KAFKA_TLS_KEY_FILE", &tls_file("client.key"));
-        round_trip(&env, &mtls, "ord_mtls").await;
-        for mech in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
-            let order = format!("ord_ssl_{}", mech.replace('-', "_").to_lowercase());
-            round_trip(&env, &sasl_ssl(mech, &sasl_password()), &order).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_broker_certificate_is_refused() {
+    let env = Env::new().await;
+    let e = refused_within(
+        &env,
+        &ssl_to(&ssl_broker(), "other-ca.pem"),
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("kafka, untrusted CA: {e}");
+    assert!(
+        e.contains(&format!(
+            "TLS handshake with broker {}: invalid peer certificate: UnknownIssuer",
+            ssl_broker()
+        )),
+        "no clear reason: {e}"
+    );
+    env.cleanup().await;
+}
+
+/// A plain TCP relay from `127.0.0.2` (not a name on the broker's
+/// certificate, which has 127.0.0.1 and localhost) to `upstream`.
+async fn relay_from_another_address(upstream: String) -> String {
+    let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let up = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(up).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
         }
-        env.cleanup().await;
-    }
+    });
+    addr.to_string()
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_untrusted_broker_certificate_is_refused() {
-        let env = Env::new().await;
-        let e = refused(&env, &ssl("other-ca.pem")).await.to_string();
-        eprintln!("kafka, untrusted CA: {e}");
-        assert!(
-            e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
-            "no clear reason: {e}"
-        );
-        env.cleanup().await;
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_for_another_name_is_refused() {
+    let env = Env::new().await;
+    let elsewhere = relay_from_another_address(ssl_broker()).await;
+    let e = refused_within(&env, &ssl_to(&elsewhere, "ca.pem"), Duration::from_secs(10)).await;
+    eprintln!("kafka, certificate for another name: {e}");
+    assert!(
+        e.contains(&format!("TLS handshake with broker {elsewhere}: "))
+            && e.contains("not valid for name"),
+        "no clear reason: {e}"
+    );
+    env.cleanup().await;
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_wrong_password_over_sasl_ssl_is_refused_and_never_printed() {
-        let env = Env::new().await;
-        let wrong = "not-the-password-0815";
-        let e = refused(&env, &sasl_ssl("SCRAM-SHA-256", wrong)).await;
-        let text = format!("{e} {e:?}");
-        assert!(!text.contains(wrong), "{text}");
-        assert!(text.to_lowercase().contains("authentication"), "{text}");
-        env.cleanup().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_listener_behind_ssl_is_refused() {
+    let env = Env::new().await;
+    let plaintext = crate::helpers::brokers();
+    let e = refused_within(&env, &ssl_to(&plaintext, "ca.pem"), Duration::from_secs(10)).await;
+    eprintln!("kafka, ssl to a plaintext listener: {e}");
+    assert!(
+        e.contains(&format!("TLS handshake with broker {plaintext}: "))
+            && e.contains("another security protocol"),
+        "no clear reason: {e}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_over_sasl_ssl_is_refused_and_never_printed() {
+    let env = Env::new().await;
+    let wrong = "not-the-password-0815";
+    let e = refused(&env, &sasl_ssl("SCRAM-SHA-256", wrong)).await;
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(text.to_lowercase().contains("authentication"), "{text}");
+    env.cleanup().await;
+}
+
+/// rskafka writes a request larger than its 8 KiB buffer as two writes (the
+/// length, then the rest) on a socket without `TCP_NODELAY`; Nagle holds the
+/// rest until the length is acknowledged, which a delayed acknowledgement
+/// puts off by 40 ms. The tunnel acknowledges at once (`TCP_QUICKACK`), so
+/// through it such a produce takes about a millisecond (45 ms straight to
+/// the plaintext listener, whose kernel delays the acknowledgement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_two_writes_is_not_held_back_by_the_tunnel() {
+    use payhook::{connect::KafkaTransport, kafka::Kafka};
+    use rskafka::{client::partition::Compression, record::Record};
+    let env = Env::new().await;
+    let ca = tls_file("ca.pem");
+    let tls = payhook::connect::tls_config(
+        Some(std::path::Path::new(&ca)),
+        None,
+        payhook::connect::Verify::Full,
+    )
+    .unwrap();
+    let transport = KafkaTransport {
+        sasl: None,
+        tls: Some(tls),
+    };
+    let kafka = Kafka::connect_with(&[ssl_broker()], Duration::from_secs(10), transport)
+        .await
+        .unwrap();
+    let client = kafka.partition_client(&env.orders_topic, 0).await.unwrap();
+    let mut took = Vec::new();
+    for _ in 0..21 {
+        let record = Record {
+            key: None,
+            value: Some(vec![b'x'; 9000]),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        };
+        let t = Instant::now();
+        client
+            .produce(vec![record], Compression::NoCompression)
+            .await
+            .unwrap();
+        took.push(t.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "9,000-byte produce through the tunnel: median {:?}",
+        took[10]
+    );
+    assert!(took[10] < Duration::from_millis(20), "{took:?}");
+    env.cleanup().await;
+}
+
+/// A TLS server of the test's own that **requires** a client certificate
+/// signed by the test CA (the broker's SSL listener only asks for one), and
+/// echoes what it reads. The tunnel reaches it with the client certificate,
+/// and is refused without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_client_certificate() {
+    use payhook::connect::{
+        Verify, crypto_provider, tls_config,
+        tunnel::{BrokerLookup, Tunnel, TunnelSettings},
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = crypto_provider().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls_file("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(tls_file("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(tls_file("server.key")).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                        if tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let ca = tls_file("ca.pem");
+    let (cert, key) = (tls_file("client.pem"), tls_file("client.key"));
+    for with_cert in [true, false] {
+        let client_auth =
+            with_cert.then(|| (std::path::Path::new(&cert), std::path::Path::new(&key)));
+        let tls = tls_config(Some(std::path::Path::new(&ca)), client_auth, Verify::Full).unwrap();
+        let lookup: BrokerLookup = Arc::new(|| Box::pin(async { Ok(Vec::new()) }));
+        let tunnel = Tunnel::start(TunnelSettings {
+            bootstrap: vec![echo.to_string()],
+            tls,
+            timeout: Duration::from_secs(5),
+            brokers: lookup,
+        })
+        .await
+        .unwrap();
+        let mut s = TcpStream::connect(tunnel.addr()).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut method = [0u8; 2];
+        s.read_exact(&mut method).await.unwrap();
+        let host = echo.ip().to_string();
+        let mut req = vec![5, 1, 0, 3, host.len() as u8];
+        req.extend_from_slice(host.as_bytes());
+        req.extend_from_slice(&echo.port().to_be_bytes());
+        s.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.unwrap();
+        // TLS 1.3: the server checks the certificate after the client
+        // finished its side of the handshake, so a missing certificate
+        // shows on the first read.
+        assert_eq!(reply[1], 0, "SOCKS5 reply {reply:?}");
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("no answer and not closed");
+        if with_cert {
+            r.unwrap();
+            assert_eq!(&got, b"ping");
+        } else {
+            assert!(r.is_err(), "echoed without a client certificate");
+        }
     }
 }
 
@@ -516,8 +712,8 @@ async fn run_binary(env: &Env, settings: &Settings, until: &str) -> String {
 }
 
 /// Everything the payhook binary prints (at debug level) while it serves
-/// over SASL and verify-full TLS, and when logins are refused or a setting
-/// is wrong: no password may appear in it.
+/// over SASL (plaintext and TLS) and verify-full TLS, and when logins are
+/// refused or a setting is wrong: no password may appear in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_log_line_holds_a_password() {
     let env = Env::new().await;
@@ -531,6 +727,21 @@ async fn no_log_line_holds_a_password() {
     };
     let serving = run_binary(&env, &secured(&sasl_password(), &url), "payhook serving").await;
     assert!(serving.contains("payhook stopped"), "{serving}");
+    // SASL over TLS: the tunnel carries the SASL exchange.
+    let serving_tls = run_binary(
+        &env,
+        &sasl_ssl("SCRAM-SHA-512", &sasl_password())
+            .with("DATABASE_URL", &url)
+            .with("DATABASE_SSLMODE", "verify-full")
+            .with("DATABASE_TLS_CA_FILE", &ca),
+        "payhook serving",
+    )
+    .await;
+    assert!(
+        serving_tls.contains("payhook stopped")
+            && serving_tls.contains("TLS tunnel: connected to broker"),
+        "{serving_tls}"
+    );
     let kafka_refused = run_binary(
         &env,
         &secured("wrong-kafka-password-1", &url),
@@ -556,7 +767,14 @@ async fn no_log_line_holds_a_password() {
     .await;
     assert!(config_error.contains("DATABASE_SSLMODE"), "{config_error}");
 
-    let logs = [serving, kafka_refused, db_refused, config_error].join("\n");
+    let logs = [
+        serving,
+        serving_tls,
+        kafka_refused,
+        db_refused,
+        config_error,
+    ]
+    .join("\n");
     for secret in [
         sasl_password(),
         pg_tls_password(),
