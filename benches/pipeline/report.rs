@@ -30,6 +30,9 @@ pub struct Row {
     /// Anything else worth printing (errors, memory); kept out of the
     /// fixed JSON fields but written as `"note"`.
     pub note: String,
+    /// When a case ran several times (`PAYHOOK_BENCH_REPEAT`): every run,
+    /// this row being the median one by events/s.
+    pub runs: Vec<Row>,
 }
 
 impl Row {
@@ -47,7 +50,38 @@ impl Row {
             p99_ratio_to_noop: None,
             drain_s: None,
             note: String::new(),
+            runs: Vec::new(),
         }
+    }
+
+    /// The median of `runs` by events/s, carrying them all. Its ratios are
+    /// set afterwards, against the no-op server's median.
+    pub fn median_of(mut runs: Vec<Row>) -> Row {
+        runs.sort_by(|a, b| {
+            a.events_per_s
+                .unwrap_or(0.0)
+                .total_cmp(&b.events_per_s.unwrap_or(0.0))
+        });
+        let mut median = runs[runs.len() / 2].clone();
+        if runs.len() > 1 {
+            median.runs = runs;
+        }
+        median
+    }
+
+    /// `min–median–max` of one figure over the runs, for the terminal.
+    pub fn spread(&self, figure: impl Fn(&Row) -> Option<f64>, digits: usize) -> String {
+        let mut v: Vec<f64> = self.runs.iter().filter_map(&figure).collect();
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort_by(f64::total_cmp);
+        format!(
+            "{:.digits$}–{:.digits$}–{:.digits$}",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        )
     }
 
     /// A row that only carries a note.
@@ -150,6 +184,22 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
                 cpu.machine.map_or_else(String::new, |m| m.note()),
             );
         }
+        if !r.runs.is_empty() {
+            let cpu = |f: fn(&CpuPer1k) -> Option<f64>| {
+                move |r: &Row| r.cpu_s_per_1k.as_ref().and_then(f)
+            };
+            println!(
+                "{:<28} {} runs, min–median–max: events/s {}; p99 ms {}; e2e p99 ms {}; CPU s/1k payhook {} broker {} postgres {}",
+                "",
+                r.runs.len(),
+                r.spread(|r| r.events_per_s, 0),
+                r.spread(|r| r.p99_ms, 2),
+                r.spread(|r| r.e2e_p99_ms, 1),
+                r.spread(cpu(|c| c.payhook), 3),
+                r.spread(cpu(|c| c.broker), 3),
+                r.spread(cpu(|c| c.postgres), 3),
+            );
+        }
     }
     let doc = json!({
         "bench": bench,
@@ -177,6 +227,16 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
             "p99_ratio_to_noop": r.p99_ratio_to_noop,
             "drain_s": r.drain_s,
             "note": if r.note.is_empty() { Value::Null } else { json!(r.note) },
+            "runs": r.runs.iter().map(|x| json!({
+                "events_per_s": x.events_per_s,
+                "p50_ms": x.p50_ms,
+                "p99_ms": x.p99_ms,
+                "e2e_p99_ms": x.e2e_p99_ms,
+                "cpu_s_per_1k": x.cpu_s_per_1k.map(|c| json!({
+                    "payhook": c.payhook, "broker": c.broker, "postgres": c.postgres,
+                    "machine_steal": c.machine.map(|m| m.steal),
+                })),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     let dir = target_dir().join("bench");
