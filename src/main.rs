@@ -262,12 +262,16 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn serve(cfg: Config) -> ExitCode {
+    // Installed before anything starts: a SIGTERM from the moment the
+    // process runs is a graceful stop, never the default kill (an
+    // orchestrator may stop a pod that is still starting).
+    let signals = Signals::install();
     let app = match app::Application::build(cfg).await {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signals(shutdown.clone()));
+    tokio::spawn(on_signals(signals, shutdown.clone()));
     match app.run_until_stopped(shutdown).await {
         app::Stopped::Cleanly => ExitCode::SUCCESS,
         app::Stopped::TimedOut => ExitCode::FAILURE,
@@ -275,33 +279,50 @@ async fn serve(cfg: Config) -> ExitCode {
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
-async fn on_signals(shutdown: CancellationToken) {
-    wait_for_signal().await;
+async fn on_signals(mut signals: Signals, shutdown: CancellationToken) {
+    signals.next().await;
     info!("shutting down (send the signal again to exit at once)");
     shutdown.cancel();
-    wait_for_signal().await;
+    signals.next().await;
     warn!("second signal: exiting now");
     std::process::exit(130);
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        _ => {
-            error!("cannot install signal handlers; only Ctrl-C stops payhook");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+/// SIGTERM and SIGINT, caught from the moment [`Signals::install`] runs.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self {
+                streams: Some((term, int)),
+            },
+            _ => {
+                error!("cannot install signal handlers; only Ctrl-C stops payhook");
+                Self { streams: None }
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Self {
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

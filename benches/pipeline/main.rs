@@ -36,6 +36,7 @@ mod env;
 mod fleet;
 mod ingest;
 mod load;
+mod machine;
 mod noop;
 mod procstat;
 mod report;
@@ -160,10 +161,11 @@ fn main() {
                 .try_init();
         }
         let profile = Profile::from_env();
+        let machine = machine::Machine::detect();
         println!(
-            "pipeline bench, {} profile, {} cores; services shared with everything else on this machine",
+            "pipeline bench, {} profile, on {}; services shared with everything else on this machine",
             profile.name,
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            machine.line()
         );
 
         let want_produce = on("ceilings") || on("ingest");

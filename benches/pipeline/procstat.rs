@@ -165,12 +165,15 @@ pub struct CpuPer1k {
     pub postgres: Option<f64>,
     pub noop: Option<f64>,
     pub load: Option<f64>,
+    /// The whole machine over the same window: how busy, how much stolen.
+    pub machine: Option<crate::machine::MachineUse>,
 }
 
 /// The processes of a case and their tick counts at its start.
 pub struct CpuWindow {
     tck: f64,
     slots: [(Option<Who>, Option<u64>); 5],
+    machine: crate::machine::MachineWindow,
 }
 
 impl CpuWindow {
@@ -180,6 +183,7 @@ impl CpuWindow {
         Self {
             tck,
             slots: who.map(|w| (w, w.and_then(Who::read))),
+            machine: crate::machine::MachineWindow::start(),
         }
     }
 
@@ -197,6 +201,7 @@ impl CpuWindow {
             postgres: g,
             noop: n,
             load: l,
+            machine: self.machine.end(),
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Row {
     /// Anything else worth printing (errors, memory); kept out of the
     /// fixed JSON fields but written as `"note"`.
     pub note: String,
+    /// When a case ran several times (`PAYHOOK_BENCH_REPEAT`): every run,
+    /// this row being the median one by events/s.
+    pub runs: Vec<Row>,
 }
 
 impl Row {
@@ -47,7 +50,38 @@ impl Row {
             p99_ratio_to_noop: None,
             drain_s: None,
             note: String::new(),
+            runs: Vec::new(),
         }
+    }
+
+    /// The median of `runs` by events/s, carrying them all. Its ratios are
+    /// set afterwards, against the no-op server's median.
+    pub fn median_of(mut runs: Vec<Row>) -> Row {
+        runs.sort_by(|a, b| {
+            a.events_per_s
+                .unwrap_or(0.0)
+                .total_cmp(&b.events_per_s.unwrap_or(0.0))
+        });
+        let mut median = runs[runs.len() / 2].clone();
+        if runs.len() > 1 {
+            median.runs = runs;
+        }
+        median
+    }
+
+    /// `min–median–max` of one figure over the runs, for the terminal.
+    pub fn spread(&self, figure: impl Fn(&Row) -> Option<f64>, digits: usize) -> String {
+        let mut v: Vec<f64> = self.runs.iter().filter_map(&figure).collect();
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort_by(f64::total_cmp);
+        format!(
+            "{:.digits$}–{:.digits$}–{:.digits$}",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        )
     }
 
     /// A row that only carries a note.
@@ -105,18 +139,9 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The machine, for the JSON files ([`crate::machine`]).
 pub fn machine() -> Value {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    });
-    json!({
-        "cores": cores,
-        "memory": mem_kib.map(|k| format!("{:.1} GiB", k as f64 / (1024.0 * 1024.0))),
-    })
+    crate::machine::Machine::detect().json()
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -145,7 +170,7 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
         if r.has_extras() {
             let cpu = r.cpu_s_per_1k.unwrap_or_default();
             println!(
-                "{:<28} e2e p50 {} p99 {} ms; p99/no-op {}; drain {} s; CPU s/1k: payhook {} broker {} postgres {} no-op {} load {}",
+                "{:<28} e2e p50 {} p99 {} ms; p99/no-op {}; drain {} s; CPU s/1k: payhook {} broker {} postgres {} no-op {} load {}; {}",
                 "",
                 opt(r.e2e_p50_ms, 2),
                 opt(r.e2e_p99_ms, 2),
@@ -156,6 +181,23 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
                 opt(cpu.postgres, 3),
                 opt(cpu.noop, 3),
                 opt(cpu.load, 3),
+                cpu.machine.map_or_else(String::new, |m| m.note()),
+            );
+        }
+        if !r.runs.is_empty() {
+            let cpu = |f: fn(&CpuPer1k) -> Option<f64>| {
+                move |r: &Row| r.cpu_s_per_1k.as_ref().and_then(f)
+            };
+            println!(
+                "{:<28} {} runs, min–median–max: events/s {}; p99 ms {}; e2e p99 ms {}; CPU s/1k payhook {} broker {} postgres {}",
+                "",
+                r.runs.len(),
+                r.spread(|r| r.events_per_s, 0),
+                r.spread(|r| r.p99_ms, 2),
+                r.spread(|r| r.e2e_p99_ms, 1),
+                r.spread(cpu(|c| c.payhook), 3),
+                r.spread(cpu(|c| c.broker), 3),
+                r.spread(cpu(|c| c.postgres), 3),
             );
         }
     }
@@ -179,10 +221,22 @@ pub fn publish(bench: &str, profile: &str, rows: &[Row]) {
                 "postgres": c.postgres,
                 "noop": c.noop,
                 "load": c.load,
+                "machine_busy": c.machine.map(|m| m.busy),
+                "machine_steal": c.machine.map(|m| m.steal),
             })),
             "p99_ratio_to_noop": r.p99_ratio_to_noop,
             "drain_s": r.drain_s,
             "note": if r.note.is_empty() { Value::Null } else { json!(r.note) },
+            "runs": r.runs.iter().map(|x| json!({
+                "events_per_s": x.events_per_s,
+                "p50_ms": x.p50_ms,
+                "p99_ms": x.p99_ms,
+                "e2e_p99_ms": x.e2e_p99_ms,
+                "cpu_s_per_1k": x.cpu_s_per_1k.map(|c| json!({
+                    "payhook": c.payhook, "broker": c.broker, "postgres": c.postgres,
+                    "machine_steal": c.machine.map(|m| m.steal),
+                })),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     let dir = target_dir().join("bench");

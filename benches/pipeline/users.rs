@@ -31,6 +31,14 @@
 //! `ratio_to_ceiling` is its events/s over the no-op's, `p99_ratio_to_noop`
 //! its ingest p99 over the no-op's.
 //!
+//! Each case runs `PAYHOOK_BENCH_REPEAT` times (3 by default), back to
+//! back; its row is the median run by events/s, printed with the
+//! min–median–max of events/s, p99, e2e p99 and CPU per 1,000 events over
+//! the runs, the no-op server's median for the same load, and the machine's
+//! busy and steal share ([`crate::machine`]). The ratios (events/s and p99
+//! over the no-op's, CPU seconds per 1,000 events) are what to compare
+//! between machines; absolute figures only with the machine they came from.
+//!
 //! Sustained throughput (consumers on): open loop at rate R for
 //! `Profile::sustain` after the warm-up, sampling the orders topic's lag
 //! (log end − stored next offsets, summed over the partitions) every
@@ -299,6 +307,17 @@ fn in_flight() -> Vec<usize> {
     crate::in_flight_from_env().unwrap_or_else(|| IN_FLIGHT.to_vec())
 }
 
+/// How many times each case runs: `PAYHOOK_BENCH_REPEAT`, 3 by default.
+/// Figures from one run of a few seconds on a shared machine wander; the
+/// median of three, shown with its spread, says how much.
+fn repeat() -> usize {
+    std::env::var("PAYHOOK_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
+
 /// Which parts run: all, or for experiments `PAYHOOK_BENCH_USERS=idle,on`
 /// (of `noop`, `on`, `tls`, `sustain`, `idle`).
 fn part(name: &str) -> bool {
@@ -317,23 +336,30 @@ async fn run_cases(
 ) -> Vec<(Load, Row)> {
     let mut rows = Vec::new();
     for load in loads {
-        let run = run_tag();
-        let keep_acks = applied.is_some();
-        // payhook's own producer figures (the no-op server has none).
-        let before = crate::scrape::Producer::read(addr).await;
-        let m = measure(
-            procs,
-            who,
-            &run,
-            load.drive(addr, &run, profile, keep_acks),
-            applied.as_mut().map(|(a, c)| (*a, &mut **c)),
-        )
-        .await;
-        let mut row = m.row(format!("{label} {}", load.name()));
-        if let (Some(before), Some(after)) = (before, crate::scrape::Producer::read(addr).await) {
-            row.note = format!("{}; {}", row.note, after.since(&before));
+        // Each case `repeat` times, back to back; the row is the median run,
+        // with the spread of all of them.
+        let mut runs = Vec::new();
+        for _ in 0..repeat() {
+            let run = run_tag();
+            let keep_acks = applied.is_some();
+            // payhook's own producer figures (the no-op server has none).
+            let before = crate::scrape::Producer::read(addr).await;
+            let m = measure(
+                procs,
+                who,
+                &run,
+                load.drive(addr, &run, profile, keep_acks),
+                applied.as_mut().map(|(a, c)| (*a, &mut **c)),
+            )
+            .await;
+            let mut row = m.row(format!("{label} {}", load.name()));
+            if let (Some(before), Some(after)) = (before, crate::scrape::Producer::read(addr).await)
+            {
+                row.note = format!("{}; {}", row.note, after.since(&before));
+            }
+            runs.push(row);
         }
-        rows.push((load, row));
+        rows.push((load, Row::median_of(runs)));
     }
     rows
 }
@@ -421,6 +447,13 @@ pub async fn run(profile: &Profile) -> Vec<Row> {
             (Some(p), Some(b)) if b > 0.0 => Some(p / b),
             _ => None,
         };
+        // The ceiling beside the row, so it can be read on its own.
+        row.note = format!(
+            "{}; no-op here: {:.0}/s, p99 {:.2} ms",
+            row.note,
+            base.events_per_s.unwrap_or(0.0),
+            base.p99_ms.unwrap_or(0.0)
+        );
         row
     };
     let mut rows: Vec<Row> = noop_rows.iter().map(|(_, r)| r.clone()).collect();

@@ -97,6 +97,22 @@ impl ProcessError {
             | Self::DeadLetter { .. } => ErrorClass::Transient,
         }
     }
+
+    /// The offset in `topic`/`partition` of the record this failure names,
+    /// when it names one there (a pin conflict says which event it
+    /// refused; in a transaction shared by several partitions it may be
+    /// another's): the search for the failing record can go straight to it
+    /// ([`super::halving`]).
+    pub fn names_record(&self, topic: &str, partition: i32) -> Option<i64> {
+        match self {
+            Self::Db(DbError::Conflict(c))
+                if c.read_at.topic == topic && c.read_at.partition == partition =>
+            {
+                Some(c.read_at.offset)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a SQLSTATE says about the record being written (see the module

@@ -753,7 +753,12 @@ impl<L: Log, S: Sink> PartitionLoop<L, S> {
                 Applied::Failed(e) => {
                     let class = e.class();
                     self.events.apply_failed(class);
-                    match self.state.halving.failed(first, next, n) {
+                    match self.state.halving.failed(
+                        first,
+                        next,
+                        n,
+                        e.names_record(&self.cfg.topic, self.partition),
+                    ) {
                         Blame::Run => {
                             self.events.run_failed(first, n, class, &e);
                             match class {

@@ -277,6 +277,9 @@ pub struct Conflict {
     pub found: String,
     /// The refused event: `<provider> event <provider_event_id>`.
     pub event: String,
+    /// Where the refused event was read, so the consumer can set it apart
+    /// without searching for it.
+    pub read_at: Box<SourcePosition>,
 }
 
 impl Pins {
@@ -290,6 +293,7 @@ impl Pins {
             pinned,
             found,
             event: format!("{} event {}", e.provider(), w.provider_event_id),
+            read_at: Box::new(e.source.clone()),
         };
         if let Some(u) = &w.user_id {
             match &self.user_id {

@@ -158,3 +158,55 @@ async fn serve_refuses_a_database_that_is_not_utf8() {
         .unwrap();
     env.cleanup().await;
 }
+
+/// A SIGTERM that arrives while `serve` is still starting (an orchestrator
+/// stopping a pod that has not come up yet) is a graceful stop: payhook
+/// exits 0 having logged that it stopped, not killed by the signal's
+/// default action. The signal is sent as soon as the process writes its
+/// first line, during start-up.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_start_up_is_a_graceful_stop() {
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let env = Env::new().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_payhook"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env.config_pairs(&[]) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    // The log is on stderr.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("payhook wrote nothing within 30 s")
+        .unwrap()
+        .expect("payhook wrote nothing");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut rest = vec![first];
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
+    {
+        rest.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("payhook did not exit within 60 s of SIGTERM")
+        .unwrap();
+    let log = rest.join("\n");
+    assert_eq!(status.signal(), None, "killed by the signal:\n{log}");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("payhook stopped"), "{log}");
+    env.cleanup().await;
+}

@@ -158,6 +158,8 @@ struct MemorySink {
     dead: Mutex<Vec<(i64, String)>>,
     /// Offsets of every event applied, in commit order.
     applied: Mutex<Vec<i64>>,
+    /// Permanent failures name their record, as a pin conflict does.
+    named: Mutex<bool>,
 }
 
 impl MemorySink {
@@ -250,6 +252,22 @@ impl Sink for MemorySink {
             return Err(ProcessError::LeaseLost { epoch: 1 });
         }
         match fails {
+            Some((offset, ErrorClass::Permanent)) if *self.named.lock().unwrap() => {
+                Err(ProcessError::Db(DbError::Conflict(Box::new(
+                    crate::domain::orders::Conflict {
+                        order_id: "ord".into(),
+                        field: "amount",
+                        pinned: "1".into(),
+                        found: "2".into(),
+                        event: "generic event e".into(),
+                        read_at: Box::new(SourcePosition {
+                            topic: "t".into(),
+                            partition: 0,
+                            offset,
+                        }),
+                    },
+                ))))
+            }
             Some((offset, ErrorClass::Permanent)) => Err(ProcessError::Decode {
                 offset,
                 source: DecodeError::NoValue,
@@ -393,6 +411,52 @@ async fn halving_blames_exactly_the_bad_records_in_few_transactions() {
     h.until(10, 20).await;
     let ranges: Vec<Range<i64>> = h.txs().into_iter().map(|t| t.offsets).collect();
     assert_eq!(ranges, vec![0..4, 4..8, 8..10]);
+}
+
+/// A partition where one record in ten contradicts its order: each is
+/// reached by name, in about three transactions, not by halving.
+#[tokio::test]
+async fn records_a_failure_names_are_set_apart_in_a_few_transactions_each() {
+    let bad: Vec<i64> = (0..2000).filter(|o| o % 10 == 7).collect();
+    let pairs: Vec<(i64, ErrorClass)> = bad.iter().map(|o| (*o, ErrorClass::Permanent)).collect();
+    let run = |named: bool| {
+        let pairs = pairs.clone();
+        async move {
+            let sink = MemorySink::failing(&pairs);
+            *sink.named.lock().unwrap() = named;
+            let mut h = harness(ScriptedLog::with(records(2000)), sink, config(2000, None));
+            h.until(2000, 5000).await;
+            assert_eq!(h.lp.state.position.next, 2000);
+            let applied = h.lp.sink.applied.lock().unwrap().clone();
+            let want: Vec<i64> = (0..2000).filter(|o| o % 10 != 7).collect();
+            assert_eq!(applied, want);
+            let txs = h.txs();
+            // Records re-applied in transactions that failed.
+            let wasted: i64 = txs
+                .iter()
+                .filter(|t| !t.committed)
+                .map(|t| t.offsets.end - t.offsets.start)
+                .sum();
+            (h.lp.sink.dead(), txs.len(), wasted)
+        }
+    };
+    let (dead, named_txs, named_wasted) = run(true).await;
+    assert_eq!(dead, bad);
+    // Per bad record: the failed run, the run before it, itself alone.
+    assert!(named_txs <= 3 * bad.len() + 1, "{named_txs} transactions");
+    // The first full batch, then short runs while they are dense: about
+    // twice the gap per failure, not a full batch.
+    assert!(
+        named_wasted <= 2000 + 25 * bad.len() as i64,
+        "{named_wasted} records in failed transactions"
+    );
+    let (dead, halving_txs, halving_wasted) = run(false).await;
+    assert_eq!(dead, bad);
+    assert!(halving_txs > 2 * named_txs, "{halving_txs} vs {named_txs}");
+    assert!(
+        halving_wasted > 10 * named_wasted,
+        "{halving_wasted} vs {named_wasted}"
+    );
 }
 
 #[tokio::test]
