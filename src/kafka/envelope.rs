@@ -196,20 +196,28 @@ impl Envelope {
         mapping: Mapping,
     ) -> Self {
         let mut e = Self::new(kind, key, payload);
+        e.set_mapping(provider, mapping);
+        e
+    }
+
+    /// `provider`, `mapped` and `unmappable` as `mapping` says (payhook's
+    /// own format: none of them).
+    fn set_mapping(&mut self, provider: &str, mapping: Mapping) {
+        self.mapped = None;
+        self.unmappable = None;
         match mapping {
             Mapping::Generic => {}
             Mapping::Mapped(v) => {
-                e.provider = Some(provider.to_owned());
-                e.mapped = serde_json::value::to_raw_value(&v).ok();
+                self.provider = Some(provider.to_owned());
+                self.mapped = serde_json::value::to_raw_value(&v).ok();
             }
             Mapping::Unmappable(reason) => {
-                e.provider = Some(provider.to_owned());
+                self.provider = Some(provider.to_owned());
                 // It may quote the provider's input: an excerpt, within
                 // the envelope's bound for mapped fields.
-                e.unmappable = Some(excerpt(&reason, 4 * EXCERPT_BYTES).into_owned());
+                self.unmappable = Some(excerpt(&reason, 4 * EXCERPT_BYTES).into_owned());
             }
         }
-        e
     }
 
     /// The Kafka record: key = order id, value = envelope JSON, headers
@@ -422,9 +430,7 @@ impl Envelope {
                 ),
             });
         }
-        let again = Self::from_provider(r.kind, &r.key, self.payload.clone(), provider, r.mapping);
-        self.mapped = again.mapped;
-        self.unmappable = again.unmappable;
+        self.set_mapping(provider, r.mapping);
         if self.mapped.is_none() && self.unmappable.is_none() {
             return Err(DecodeError::Remap {
                 provider: shown(),
