@@ -238,16 +238,7 @@ pub fn auto_or(range: RangeInclusive<i16>) -> Check<impl Fn(&str) -> Option<Opti
 pub fn duration_or_forever() -> Check<impl Fn(&str) -> Option<Option<Duration>>> {
     Check {
         expected: "a duration like 365days, or forever",
-        parse: |s: &str| {
-            if s.eq_ignore_ascii_case("forever") {
-                Some(None)
-            } else {
-                humantime::parse_duration(s)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .map(Some)
-            }
-        },
+        parse: |s: &str| duration_or_word(s, "forever", Duration::from_nanos(1)),
     }
 }
 
@@ -255,16 +246,19 @@ pub fn duration_or_forever() -> Check<impl Fn(&str) -> Option<Option<Duration>>>
 pub fn duration_or_off() -> Check<impl Fn(&str) -> Option<Option<Duration>>> {
     Check {
         expected: "off, or a duration of at least 1m, like 90days",
-        parse: |s: &str| {
-            if s.eq_ignore_ascii_case("off") {
-                Some(None)
-            } else {
-                humantime::parse_duration(s)
-                    .ok()
-                    .filter(|d| *d >= Duration::from_secs(60))
-                    .map(Some)
-            }
-        },
+        parse: |s: &str| duration_or_word(s, "off", Duration::from_secs(60)),
+    }
+}
+
+/// `word` (any case) as `None`, or a duration of at least `min`.
+fn duration_or_word(s: &str, word: &str, min: Duration) -> Option<Option<Duration>> {
+    if s.eq_ignore_ascii_case(word) {
+        Some(None)
+    } else {
+        humantime::parse_duration(s)
+            .ok()
+            .filter(|d| *d >= min)
+            .map(Some)
     }
 }
 
