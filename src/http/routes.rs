@@ -47,11 +47,7 @@ use tracing::{debug, info, warn};
 
 use super::error::{ApiError, Body, json_response};
 use crate::consume::health::PartitionReport;
-use crate::kafka::{
-    envelope::{Envelope, EventType},
-    producer::Publish,
-    signing::Signer,
-};
+use crate::kafka::{envelope::Envelope, producer::Publish, signing::Signer};
 use crate::metrics::{IgnoredLabels, Metrics, ScopeLabels, WebhookLabels};
 use crate::providers::{
     self, Intake, Provider, Refusal, Stream, generic::Generic, signature::Verifier,
@@ -262,22 +258,7 @@ async fn probe(state: &AppState, path: &str, detail: bool) -> Response<Body> {
     if path == "/healthz" {
         return json_response(StatusCode::OK, &json!({"status": "ok"}));
     }
-    let full = readyz(state).await;
-    if detail {
-        return full;
-    }
-    let status = full.status();
-    let word = match status {
-        StatusCode::OK if state.readiness.unhealthy_partitions().is_empty() => "ready",
-        StatusCode::OK => "degraded",
-        _ => "unavailable",
-    };
-    let mut body = json!({"status": word});
-    if status != StatusCode::OK {
-        body["error"] = json!("not_ready");
-        body["detail"] = json!("not ready (the admin listener's /readyz says why)");
-    }
-    json_response(status, &body)
+    readyz(state, detail).await
 }
 
 /// `/metrics` and `/status`.
@@ -343,13 +324,18 @@ pub trait Readiness: Send + Sync + std::fmt::Debug {
 /// webhooks needs only the broker, and refusing them would not move a stuck
 /// partition. They turn `status` into `degraded` and are listed under
 /// `partitions`, with the offset each is stuck on and why; the
-/// `payhook_consumer_stalled` / `_stopped` gauges carry the same.
-async fn readyz(state: &AppState) -> Response<Body> {
+/// `payhook_consumer_stalled` / `_stopped` gauges carry the same. Without
+/// `detail` (the public listener when there is an admin listener) only the
+/// status word is given, and a 503's fixed `error` and `detail`.
+async fn readyz(state: &AppState, detail: bool) -> Response<Body> {
     let down = state.readiness.down().await;
     let stuck = state.readiness.unhealthy_partitions();
     if down.is_empty() {
         if stuck.is_empty() {
             return json_response(StatusCode::OK, &json!({"status": "ready"}));
+        }
+        if !detail {
+            return json_response(StatusCode::OK, &json!({"status": "degraded"}));
         }
         return json_response(
             StatusCode::OK,
@@ -364,6 +350,16 @@ async fn readyz(state: &AppState) -> Response<Body> {
     for (what, why) in &down {
         warn!(error = %why, "readiness: {what} is down");
         map.insert((*what).into(), json!(why));
+    }
+    if !detail {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "status": "unavailable",
+                "error": "not_ready",
+                "detail": "not ready (the admin listener's /readyz says why)",
+            }),
+        );
     }
     let names: Vec<&str> = down.iter().map(|(w, _)| *w).collect();
     // The same `error`/`detail` shape as every other refusal.
@@ -506,9 +502,10 @@ where
     let mut envelopes: Vec<(&str, Envelope)> = Vec::with_capacity(accepted.items.len());
     let mut out_of_scope = Vec::new();
     for item in accepted.items {
-        let (kind, topic) = match item.stream {
-            Stream::Orders => (EventType::OrderWebhook, &state.orders.topic),
-            Stream::Disputes => (EventType::DisputeWebhook, &state.chargebacks.topic),
+        let kind = item.stream.event_type();
+        let topic = match item.stream {
+            Stream::Orders => &state.orders.topic,
+            Stream::Disputes => &state.chargebacks.topic,
         };
         let refuse_if_late = item.refuse_if_after;
         out_of_scope.extend(item.out_of_scope);

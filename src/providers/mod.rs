@@ -51,6 +51,16 @@ pub enum Stream {
     Disputes,
 }
 
+impl Stream {
+    /// The envelope type of this stream's events.
+    pub fn event_type(self) -> EventType {
+        match self {
+            Self::Orders => EventType::OrderWebhook,
+            Self::Disputes => EventType::DisputeWebhook,
+        }
+    }
+}
+
 /// One event of a request, ready to publish.
 #[derive(Debug)]
 pub struct Item {
@@ -257,10 +267,7 @@ impl Remap for Mappers {
         };
         match mapped {
             Mapped::Item(m) => Ok(Remapped {
-                kind: match m.stream {
-                    Stream::Orders => EventType::OrderWebhook,
-                    Stream::Disputes => EventType::DisputeWebhook,
-                },
+                kind: m.stream.event_type(),
                 key: m.key,
                 mapping: m.mapping,
             }),

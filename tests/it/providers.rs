@@ -672,8 +672,8 @@ where
 /// the topic.
 fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
     use payhook::{
-        kafka::envelope::{Envelope, EventType},
-        providers::{Provider, Stream, stripe::Stripe},
+        kafka::envelope::Envelope,
+        providers::{Provider, stripe::Stripe},
     };
     let stripe = Stripe {
         intake: payhook::providers::Intake::Unsigned,
@@ -690,10 +690,7 @@ fn decoded(event: &Value, offset: i64) -> payhook::kafka::envelope::Event {
         .unwrap()
         .items
         .remove(0);
-    let kind = match item.stream {
-        Stream::Orders => EventType::OrderWebhook,
-        Stream::Disputes => EventType::DisputeWebhook,
-    };
+    let kind = item.stream.event_type();
     let env = Envelope::from_provider(kind, &item.key, item.raw, "stripe", item.mapping);
     Envelope::decode(env.to_record().value.as_deref())
         .unwrap()
