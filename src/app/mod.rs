@@ -188,7 +188,7 @@ impl Application {
             occurred_at_max_future: cfg.http.occurred_at_max_future,
             metrics,
             ops_on_public: admin_listener.is_none(),
-            signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
+            signer: crate::kafka::signing::Signer::from_config(&cfg.kafka),
             providers: intakes.providers.clone(),
         });
         Ok(Self {
@@ -304,7 +304,7 @@ impl Application {
                     db_deadline: db::Session::from_config(&cfg.database).client_deadline(),
                     dead_letter_max_bytes,
                     events: crate::consume::events::WaitingEvents::new(&metrics),
-                    signer: crate::kafka::signing::Signer::new(cfg.kafka.signing_keys.clone()),
+                    signer: state.signer.clone(),
                 }
                 .run(consumers.clone()),
             );
@@ -510,6 +510,8 @@ fn exposure_warnings(cfg: &Config) -> Vec<String> {
 mod tests {
     use std::collections::HashMap;
 
+    use super::*;
+
     #[test]
     fn an_open_listener_and_unsigned_topics_are_warned_of() {
         let key = format!("k:{}", "s".repeat(32));
@@ -533,8 +535,6 @@ mod tests {
             .is_empty()
         );
     }
-
-    use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
         let map: HashMap<String, String> = pairs

@@ -72,7 +72,7 @@ impl ConsumerConfig {
             db_deadline: crate::db::Session::from_config(db).client_deadline(),
             publish_timeout: kafka.publish_timeout,
             first_start: consumer.first_start,
-            signer: Signer::new(kafka.signing_keys.clone()),
+            signer: Signer::from_config(kafka),
             remap: None,
         }
     }

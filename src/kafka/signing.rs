@@ -65,6 +65,11 @@ impl Signer {
         (!keys.is_empty()).then_some(Self { keys })
     }
 
+    /// The configured keys' signer (`ENVELOPE_SIGNING_KEYS`), if any.
+    pub fn from_config(kafka: &crate::config::KafkaSettings) -> Option<Self> {
+        Self::new(kafka.signing_keys.clone())
+    }
+
     /// The id of the key that signs.
     pub fn signing_key_id(&self) -> &str {
         self.keys[0].id()

@@ -79,7 +79,7 @@ pub async fn replay(
         .into_iter()
         .filter(|d| selection.matches(d))
         .collect();
-    let signer = Signer::new(cfg.kafka.signing_keys.clone());
+    let signer = Signer::from_config(&cfg.kafka);
     let mut topics: Vec<String> = Vec::new();
     for d in &chosen {
         if let Some(what) = d.truncated() {
