@@ -28,6 +28,21 @@ async fn kept_columns(env: &Env, table: &str, ids: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// The three old events' payloads are cleared, and the clearing stamped.
+async fn assert_old_payloads_cleared(env: &Env) {
+    for (table, id) in [
+        ("payment_events", "evt_r1"),
+        ("payment_events", "evt_rs1"),
+        ("chargeback_events", "cb_r1"),
+    ] {
+        assert_eq!(
+            payload_state(env, table, id).await,
+            (false, false, true),
+            "{id}"
+        );
+    }
+}
+
 /// (payload is there, payload_raw is there, payload_cleared_at is set) of
 /// one event.
 async fn payload_state(env: &Env, table: &str, id: &str) -> (bool, bool, bool) {
@@ -134,17 +149,7 @@ async fn old_payloads_are_cleared_recent_ones_kept_and_nothing_else_changes() {
         assert!(Instant::now() < deadline, "old payloads never cleared");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (table, id) in [
-        ("payment_events", "evt_r1"),
-        ("payment_events", "evt_rs1"),
-        ("chargeback_events", "cb_r1"),
-    ] {
-        assert_eq!(
-            payload_state(&env, table, id).await,
-            (false, false, true),
-            "{id}"
-        );
-    }
+    assert_old_payloads_cleared(&env).await;
     assert_eq!(
         payload_state(&env, "payment_events", "evt_r2").await,
         (true, false, false),
@@ -180,17 +185,7 @@ async fn old_payloads_are_cleared_recent_ones_kept_and_nothing_else_changes() {
     assert_eq!(stripe(&app, &stripe_pay).await.0, 202);
     env.wait_caught_up().await;
     assert_eq!(state(&env).await, state_now);
-    for (table, id) in [
-        ("payment_events", "evt_r1"),
-        ("payment_events", "evt_rs1"),
-        ("chargeback_events", "cb_r1"),
-    ] {
-        assert_eq!(
-            payload_state(&env, table, id).await,
-            (false, false, true),
-            "{id}"
-        );
-    }
+    assert_old_payloads_cleared(&env).await;
     assert_eq!(
         env.count(
             "SELECT count(*) FROM payment_events WHERE provider_event_id IN ('evt_r1', 'evt_rs1')"
