@@ -78,6 +78,7 @@ pub struct Metrics {
     pub producer_request_seconds: Histogram,
     /// Records per produce request.
     pub producer_batch_records: Histogram,
+    pub producer_request_partitions: Histogram,
     /// Records handled by the consumer: `applied`, `duplicate`,
     /// `dead_lettered`.
     pub records: Family<RecordLabels, Counter>,
@@ -168,15 +169,22 @@ impl Metrics {
         let producer_request_seconds = Histogram::new(latency_buckets);
         registry.register(
             "producer_request_seconds",
-            "Time of one produce request, from sending it to the broker's acknowledgement",
+            "Time from handing a partition's batch to its broker's sender to the broker's acknowledgement",
             producer_request_seconds.clone(),
         );
         let producer_batch_records =
             Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
         registry.register(
             "producer_batch_records",
-            "Records per produce request",
+            "Records per partition batch (one partition's part of a produce request)",
             producer_batch_records.clone(),
+        );
+        let producer_request_partitions =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
+        registry.register(
+            "producer_request_partitions",
+            "Partition batches per produce request (one request per broker carries every partition with records waiting)",
+            producer_request_partitions.clone(),
         );
         let records = Family::<RecordLabels, Counter>::default();
         registry.register(
@@ -283,6 +291,7 @@ impl Metrics {
             producer_queue_seconds,
             producer_request_seconds,
             producer_batch_records,
+            producer_request_partitions,
             records,
             retries,
             transactions,

@@ -2,6 +2,10 @@
 //! knows Postgres or the providers.
 //!
 //! - [`Kafka`]: the rskafka client, with a deadline on every call.
+//! - [`wire`]: payhook's own connection to a broker (the `kafka-protocol`
+//!   crate; TLS and SASL), which [`admin`] and [`brokers`] talk over.
+//! - [`brokers`]: one produce request per broker, carrying every partition
+//!   with a batch waiting (rskafka sends one partition per request).
 //! - [`admin`]: payhook's own admin connection (the `kafka-protocol` crate)
 //!   for what rskafka cannot ask: topic configurations, broker counts, and
 //!   the reason a connection was refused.
@@ -27,11 +31,13 @@
 //! itself speaks plaintext Kafka and SASL into it.
 
 pub mod admin;
+pub mod brokers;
 pub mod envelope;
 pub mod partitioner;
 pub mod producer;
 pub mod signing;
 pub mod topics;
+pub mod wire;
 
 use std::{future::Future, num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -42,7 +48,7 @@ use crate::{
         tunnel::{BrokerLookup, Tunnel, TunnelError, TunnelSettings},
     },
 };
-use admin::AdminError;
+use wire::WireError;
 
 use rskafka::{
     BackoffConfig,
@@ -73,13 +79,17 @@ pub enum KafkaError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("admin request: {0}")]
-    Admin(#[from] AdminError),
+    Admin(#[from] WireError),
     #[error("{first}; connecting directly with KAFKA_SECURITY_PROTOCOL={protocol} says: {reason}")]
     Refused {
         first: Box<KafkaError>,
-        reason: AdminError,
+        reason: WireError,
         protocol: &'static str,
     },
+    #[error("the broker refused the batch: {}{}", wire::error_name(*.code), .message.as_deref().filter(|m| !m.is_empty()).map(|m| format!(" ({m})")).unwrap_or_default())]
+    Produce { code: i16, message: Option<String> },
+    #[error("the producer's sender for a broker stopped before answering")]
+    SenderStopped,
     #[error("{0}")]
     Tunnel(#[source] TunnelError),
     #[error("{first}; the TLS tunnel says: {reason}")]
@@ -88,6 +98,25 @@ pub enum KafkaError {
         #[source]
         reason: Arc<TunnelError>,
     },
+}
+
+impl KafkaError {
+    /// Whether the broker refused a produce for what its records are
+    /// (too large, invalid, corrupt) or where they go (an invalid topic, or
+    /// one this client may not write): sending them again gets the same
+    /// answer. Timeouts, a leader moving, too few in-sync replicas are not
+    /// refusals.
+    pub fn refuses_record(&self) -> bool {
+        // CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, INVALID_TOPIC_EXCEPTION,
+        // RECORD_LIST_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, INVALID_RECORD.
+        matches!(
+            self,
+            Self::Produce {
+                code: 2 | 10 | 17 | 18 | 29 | 87,
+                ..
+            }
+        )
+    }
 }
 
 async fn build_client(
@@ -340,6 +369,24 @@ impl Kafka {
             self.tunnel.clone(),
         )
         .await
+    }
+
+    /// The producer's view of the cluster: one sender per broker on
+    /// payhook's own connections (same brokers, TLS and SASL), each
+    /// request bounded by `timeout`. Its sender tasks hold `alive`.
+    pub fn brokers(
+        &self,
+        timeout: Duration,
+        metrics: Option<crate::metrics::Metrics>,
+        alive: tokio::sync::mpsc::Sender<()>,
+    ) -> brokers::Brokers {
+        brokers::Brokers::new(
+            Arc::clone(&self.brokers),
+            self.transport.clone(),
+            timeout,
+            metrics,
+            alive,
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -26,10 +26,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use rskafka::{
-    client::partition::{Compression, PartitionClient},
-    record::Record,
-};
+use rskafka::record::Record;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -37,7 +34,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Kafka, KafkaError, bounded, partitioner::partition_for_key};
+use super::{
+    Kafka, KafkaError,
+    brokers::{self, Brokers},
+    partitioner::partition_for_key,
+};
 use crate::metrics::Metrics;
 
 /// Largest record batch a lane builds, counted as [`batch_bytes`] counts
@@ -48,34 +49,6 @@ use crate::metrics::Metrics;
 /// webhook only), and `HTTP_MAX_BODY_BYTES` is checked against that limit
 /// with [`max_batch_bytes_for_body`].
 pub const MAX_BATCH_BYTES: usize = 900 * 1024;
-
-/// rskafka writes each request through an 8 KiB buffer (tokio's `BufStream`
-/// default): the 4-byte length prefix, then the request. A request that
-/// does not fit with its prefix goes out as **two** writes, the prefix alone
-/// and then the rest, and on a socket without `TCP_NODELAY` (rskafka does
-/// not set it) Nagle's algorithm holds the second write until the broker
-/// acknowledges the first, which the broker's kernel delays by its delayed-ACK
-/// timer: 40 ms on Linux. That was the 64-in-flight tail (docs/performance.md,
-/// "The 64-in-flight tail, and why it is gone"). A lane therefore keeps each produce request within one
-/// buffer: more records wait for the next request, which costs a fraction of
-/// a millisecond, instead of 40.
-pub const RSKAFKA_WRITE_BUFFER: usize = 8 * 1024;
-
-/// Room for everything of a Produce request (v3 to v7) besides the record
-/// batch: the length prefix (4), the request header (api key, version,
-/// correlation id, client id `payhook`: 17), transactional id, acks,
-/// timeout, topic and partition counts, the partition index and the
-/// records' length (26), rounded up generously.
-const PRODUCE_REQUEST_OVERHEAD: usize = 96;
-
-/// The largest record batch for `topic` whose Produce request rskafka writes
-/// in a single write (see [`RSKAFKA_WRITE_BUFFER`]). A record that alone is
-/// larger still goes, alone, and pays the delayed acknowledgement.
-pub fn single_write_batch_bytes(topic: &str) -> usize {
-    RSKAFKA_WRITE_BUFFER
-        .saturating_sub(PRODUCE_REQUEST_OVERHEAD + topic.len())
-        .min(MAX_BATCH_BYTES)
-}
 
 /// The fixed part of a v2 record batch: base offset (8), length (4),
 /// leader epoch (4), magic (1), CRC (4), attributes (2), last offset delta
@@ -183,25 +156,7 @@ impl PublishError {
     /// gets the same answer. Timeouts, a leader moving, a full queue are
     /// not refusals.
     pub fn refused(&self) -> bool {
-        use rskafka::client::error::{Error as RsError, ProtocolError as P};
-        match self {
-            Self::Broker(e) => matches!(
-                &**e,
-                KafkaError::Client {
-                    source: RsError::ServerError {
-                        protocol_error: P::MessageTooLarge
-                            | P::RecordListTooLarge
-                            | P::InvalidRecord
-                            | P::CorruptMessage
-                            | P::InvalidTopicException
-                            | P::TopicAuthorizationFailed,
-                        ..
-                    },
-                    ..
-                }
-            ),
-            _ => false,
-        }
+        matches!(self, Self::Broker(e) if e.refuses_record())
     }
 }
 
@@ -320,7 +275,7 @@ impl ProducerTasks {
 
 /// Starts a lane for each of `partitions` of `topic`.
 fn spawn_lanes(
-    kafka: &Kafka,
+    brokers: &Arc<Brokers>,
     topic: &str,
     partitions: impl IntoIterator<Item = i32>,
     cfg: &ProducerConfig,
@@ -331,14 +286,12 @@ fn spawn_lanes(
         .map(|p| {
             let (tx, rx) = mpsc::channel(cfg.queue_per_partition);
             let lane = Lane {
-                kafka: kafka.clone(),
-                topic: topic.to_owned(),
+                brokers: Arc::clone(brokers),
+                topic: topic.into(),
                 partition: p,
-                client: None,
                 linger: cfg.linger,
                 call_timeout: cfg.publish_timeout,
                 metrics: cfg.metrics.clone(),
-                batch_limit: single_write_batch_bytes(topic),
             };
             let alive = alive.clone();
             tokio::spawn(async move {
@@ -357,6 +310,7 @@ async fn refresh(
     inner: Weak<Inner>,
     closed: CancellationToken,
     kafka: Kafka,
+    brokers: Arc<Brokers>,
     cfg: ProducerConfig,
     alive: mpsc::Sender<()>,
 ) {
@@ -382,7 +336,7 @@ async fn refresh(
                 continue;
             }
             let added = spawn_lanes(
-                &kafka,
+                &brokers,
                 &topic,
                 partitions[known..].iter().copied(),
                 &cfg,
@@ -413,6 +367,8 @@ impl Producer {
         cfg: ProducerConfig,
     ) -> Result<(Self, ProducerTasks), KafkaError> {
         let (alive, tasks) = mpsc::channel(1);
+        let brokers =
+            Arc::new(kafka.brokers(cfg.publish_timeout, cfg.metrics.clone(), alive.clone()));
         let mut map = HashMap::new();
         for &topic in topics {
             // A topic created a moment ago may not be in the metadata yet.
@@ -424,7 +380,7 @@ impl Producer {
                     topic: format!("{topic} (partitions are not 0..n: {partitions:?})"),
                 });
             }
-            let lanes = spawn_lanes(kafka, topic, partitions, &cfg, &alive);
+            let lanes = spawn_lanes(&brokers, topic, partitions, &cfg, &alive);
             map.insert(topic.to_owned(), lanes.into());
         }
         let publish_timeout = cfg.publish_timeout;
@@ -436,6 +392,7 @@ impl Producer {
             Arc::downgrade(&inner),
             inner.closed.clone(),
             kafka.clone(),
+            brokers,
             cfg,
             alive,
         ));
@@ -489,19 +446,16 @@ impl Producer {
 }
 
 struct Lane {
-    kafka: Kafka,
-    topic: String,
+    brokers: Arc<Brokers>,
+    topic: Arc<str>,
     partition: i32,
-    client: Option<PartitionClient>,
     linger: Duration,
     call_timeout: Duration,
     metrics: Option<Metrics>,
-    /// [`single_write_batch_bytes`] of the lane's topic.
-    batch_limit: usize,
 }
 
 impl Lane {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
         // The record that did not fit the last batch: it starts the next.
         let mut carried: Option<Pending> = None;
         // Ends when every sender is gone and the queue is empty: everything
@@ -514,7 +468,7 @@ impl Lane {
                     None => break,
                 },
             };
-            let mut batch = Batch::start(first, self.batch_limit);
+            let mut batch = Batch::start(first, MAX_BATCH_BYTES);
             // Let every task that is ready to run (handlers about to publish)
             // run once first: their records join this batch at no timer cost.
             tokio::task::yield_now().await;
@@ -570,9 +524,6 @@ impl Lane {
                 }
                 Err(e) => {
                     warn!(topic = %self.topic, partition = self.partition, records = n, error = %e, "produce failed");
-                    // Reconnect on the next batch: the leader may have moved.
-                    self.client = None;
-                    let e = PublishError::Broker(Arc::new(e));
                     for ack in acks {
                         let _ = ack.send(Err(e.clone()));
                     }
@@ -581,29 +532,19 @@ impl Lane {
         }
     }
 
-    async fn send(&mut self, records: Vec<Record>) -> Result<Vec<i64>, KafkaError> {
+    /// Hands the batch to its leader's sender and waits for the answer:
+    /// the offset of each record, in order.
+    async fn send(&self, records: Vec<Record>) -> Result<Vec<i64>, PublishError> {
+        let n = records.len() as i64;
+        let encoded =
+            brokers::encode_batch(records).map_err(|e| PublishError::Broker(Arc::new(e)))?;
         let deadline = Instant::now() + self.call_timeout;
-        if self.client.is_none() {
-            let c = tokio::time::timeout_at(
-                deadline,
-                self.kafka.partition_client(&self.topic, self.partition),
-            )
+        let base = self
+            .brokers
+            .produce(&self.topic, self.partition, encoded, deadline)
             .await
-            .map_err(|_| KafkaError::Timeout {
-                what: "connecting to the partition leader",
-                after: self.call_timeout,
-            })??;
-            self.client = Some(c);
-        }
-        let client = self.client.as_ref().expect("set above");
-        let left = deadline.saturating_duration_since(Instant::now());
-        let offsets = bounded(
-            "producing",
-            left,
-            client.produce(records, Compression::NoCompression),
-        )
-        .await?;
-        Ok(offsets)
+            .map_err(PublishError::Broker)?;
+        Ok((base..base + n).collect())
     }
 }
 
@@ -681,115 +622,6 @@ mod tests {
         let formed = batches(&sizes, 20_000);
         assert_eq!(formed.concat(), sizes);
         assert!(formed.len() > 100);
-    }
-
-    /// The Produce request rskafka sends for `batch` to `topic`, encoded
-    /// independently (by `kafka-protocol`): v7, as rskafka speaks to Kafka
-    /// 4, uncompressed record batch v2, client id `payhook`.
-    fn produce_request_bytes(topic: &str, batch: &[Pending]) -> usize {
-        use bytes::{Bytes, BytesMut};
-        use kafka_protocol::{
-            messages::{
-                ApiKey, ProduceRequest, RequestHeader, TopicName,
-                produce_request::{PartitionProduceData, TopicProduceData},
-            },
-            protocol::{Encodable, HeaderVersion, StrBytes},
-            records::{
-                Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions,
-                TimestampType,
-            },
-        };
-        let records: Vec<KRecord> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, p)| KRecord {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: p.record.timestamp.timestamp_millis(),
-                key: p.record.key.clone().map(Bytes::from),
-                value: p.record.value.clone().map(Bytes::from),
-                headers: p
-                    .record
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            StrBytes::from_string(k.clone()),
-                            Some(Bytes::from(v.clone())),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        let mut encoded = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut encoded, &records, &options).unwrap();
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(encoded.freeze())),
-                    ]),
-            ]);
-        let mut buf = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(7)
-            .with_correlation_id(1)
-            .with_client_id(Some(StrBytes::from_static_str("payhook")))
-            .encode(&mut buf, ProduceRequest::header_version(7))
-            .unwrap();
-        req.encode(&mut buf, 7).unwrap();
-        buf.len()
-    }
-
-    #[test]
-    fn a_full_lane_batch_is_one_write_for_rskafka() {
-        // Real envelopes of a realistic webhook, under the longest topic
-        // name and a short one.
-        for topic in ["payments.orders".to_owned(), "t".repeat(249)] {
-            let limit = single_write_batch_bytes(&topic);
-            let body = r#"{"provider_event_id":"evt_000000001","order_id":"ord_00001","user_id":"usr_000001","status":"succeeded","amount":1999,"currency":"EUR","occurred_at":"2026-11-26T10:00:00Z","metadata":{"cart":"c_1"}}"#;
-            let envelope = || {
-                let mut p = pending(0);
-                p.record = Envelope::new(
-                    EventType::OrderWebhook,
-                    "ord_00001",
-                    RawValue::from_string(body.to_owned()).unwrap(),
-                )
-                .to_record();
-                p
-            };
-            let mut batch = Batch::start(envelope(), limit);
-            while batch.push(envelope()).is_ok() {}
-            let n = batch.records.len();
-            assert!(n >= 10, "only {n} records fit {limit} bytes");
-            let request = produce_request_bytes(&topic, &batch.records);
-            // The length prefix and the request share rskafka's buffer.
-            assert!(
-                4 + request <= RSKAFKA_WRITE_BUFFER,
-                "{n} records: a {request}-byte request for {} ({limit}-byte batch limit)",
-                topic.len()
-            );
-            // And the limit is not wasteful: one more record would not fit.
-            batch.records.push(envelope());
-            assert!(4 + produce_request_bytes(&topic, &batch.records) > RSKAFKA_WRITE_BUFFER - 400);
-        }
     }
 
     #[test]

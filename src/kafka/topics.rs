@@ -18,8 +18,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{
-    admin::{Admin, AdminError, Created, TopicConfigs},
+    admin::{Admin, Created, TopicConfigs},
     envelope,
+    wire::WireError,
 };
 use crate::{
     config::KafkaSettings,
@@ -251,7 +252,7 @@ pub async fn create_topics(
     let brokers = admin.broker_count().await?;
     let replication = Replication::choose(kafka, brokers);
     if usize::try_from(replication.factor).is_ok_and(|f| f > brokers) {
-        return Err(AdminError::Broker {
+        return Err(WireError::Broker {
             what: "planning the topics",
             error: format!(
                 "KAFKA_REPLICATION_FACTOR={} but the cluster has {brokers} broker(s)",

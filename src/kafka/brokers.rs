@@ -1,0 +1,585 @@
+//! One produce request per broker, carrying every partition that has a
+//! batch waiting.
+//!
+//! rskafka 0.6's `PartitionClient` sends one partition per produce
+//! request. At the rates a provider sends, a partition has one or two
+//! records waiting at a time, so that made one request (and one broker
+//! request-handler pass, one log append with its own fsync bookkeeping,
+//! one response) per one or two webhooks: the broker spent more CPU per
+//! event than payhook. Here each broker has one [`sender`](Sender) task
+//! with its own [`Connection`]: it takes every batch the partition lanes
+//! handed it since its last request and sends them together, one request
+//! at a time. While a request is in flight the next one fills up, so the
+//! number of requests per event falls as the load grows.
+//!
+//! What does not change (see `docs/guarantees.md`):
+//! - **acks=all**: every request asks for `acks=-1`;
+//! - **per-partition order**: a lane hands over its next batch only once
+//!   the previous one is answered, so a request never carries two batches
+//!   of one partition and a partition never has two batches in flight;
+//! - **per-record acknowledgement**: each batch gets its own answer (the
+//!   partition's error code, or the base offset of its records);
+//! - **bounded work**: a sender's queue holds at most one batch per lane,
+//!   and every request (connecting included) is bounded by the request
+//!   timeout, so every batch is answered within a bounded time.
+//!
+//! Where partitions are led comes from the cluster's metadata, read on an
+//! [`Admin`] connection and cached; a batch that fails for any reason but a
+//! refusal of the record itself forgets its partition's leader, so the next
+//! batch asks again (the leader may have moved).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use kafka_protocol::{
+    messages::{
+        ProduceRequest, TopicName,
+        produce_request::{PartitionProduceData, TopicProduceData},
+    },
+    protocol::StrBytes,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, warn};
+
+use super::{
+    KafkaError,
+    admin::Admin,
+    wire::{Connection, WireError},
+};
+use crate::{connect::KafkaTransport, metrics::Metrics};
+
+/// The produce request version: v8 (Kafka 2.4 and later, 4.x included)
+/// answers with the broker's error message per partition.
+const PRODUCE_VERSION: i16 = 8;
+
+/// A sender stops adding batches to a request once it holds this many
+/// bytes of records (a batch that alone is larger still goes, alone). Far
+/// under the broker's `socket.request.max.bytes` (100 MiB by default).
+const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// How many batches may wait for a broker's sender: far more than the
+/// partitions it leads, since each lane has at most one there.
+const SENDER_QUEUE: usize = 4096;
+
+/// Why a batch was not acknowledged, shared by every caller of its request.
+pub type BatchError = Arc<KafkaError>;
+
+/// One partition's encoded record batch, waiting for its broker's sender.
+struct Job {
+    topic: Arc<str>,
+    partition: i32,
+    records: Bytes,
+    done: oneshot::Sender<Result<i64, BatchError>>,
+}
+
+/// The brokers of one cluster, as the producer sees them: where each
+/// partition is led and a sender per broker.
+pub struct Brokers {
+    bootstrap: Arc<[String]>,
+    transport: KafkaTransport,
+    timeout: Duration,
+    metrics: Option<Metrics>,
+    /// Leaders and broker addresses, from the last metadata read.
+    leaders: Mutex<Leaders>,
+    /// One metadata read at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    senders: Mutex<HashMap<i32, Sender>>,
+    /// Held by every sender task: see [`super::producer::ProducerTasks`].
+    alive: mpsc::Sender<()>,
+}
+
+#[derive(Default)]
+struct Leaders {
+    brokers: HashMap<i32, String>,
+    partitions: HashMap<(Arc<str>, i32), i32>,
+}
+
+/// A broker's sender task, as the lanes reach it.
+struct Sender {
+    addr: String,
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Brokers")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Brokers {
+    pub fn new(
+        bootstrap: Arc<[String]>,
+        transport: KafkaTransport,
+        timeout: Duration,
+        metrics: Option<Metrics>,
+        alive: mpsc::Sender<()>,
+    ) -> Self {
+        Self {
+            bootstrap,
+            transport,
+            timeout,
+            metrics,
+            leaders: Mutex::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            senders: Mutex::default(),
+            alive,
+        }
+    }
+
+    /// Sends one partition's record batch with the next request to its
+    /// leader and returns the offset of its first record. Finding the
+    /// leader is bounded by `deadline`; the request itself by the request
+    /// timeout, so this always returns.
+    pub async fn produce(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        records: Bytes,
+        deadline: Instant,
+    ) -> Result<i64, BatchError> {
+        let leader = match tokio::time::timeout_at(deadline, self.leader(topic, partition)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return Err(Arc::new(e)),
+            Err(_) => {
+                return Err(Arc::new(KafkaError::Timeout {
+                    what: "finding the partition leader",
+                    after: self.timeout,
+                }));
+            }
+        };
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            topic: Arc::clone(topic),
+            partition,
+            records,
+            done,
+        };
+        let result = match self.sender(leader) {
+            Some(queue) => match queue.send(job).await {
+                Ok(()) => answer.await.unwrap_or_else(|_| Err(closed())),
+                Err(_) => Err(closed()),
+            },
+            None => Err(Arc::new(KafkaError::Produce {
+                code: 5,
+                message: Some(format!("broker {leader} is not in the metadata")),
+            })),
+        };
+        if let Err(e) = &result
+            && !e.refuses_record()
+        {
+            self.forget(topic, partition);
+        }
+        result
+    }
+
+    /// The leader of a partition: cached, or read from the metadata.
+    async fn leader(&self, topic: &Arc<str>, partition: i32) -> Result<i32, KafkaError> {
+        let key = (Arc::clone(topic), partition);
+        if let Some(l) = self.cached(&key) {
+            return Ok(l);
+        }
+        let _one = self.refreshing.lock().await;
+        // Another lane may have read it while this one waited.
+        if let Some(l) = self.cached(&key) {
+            return Ok(l);
+        }
+        let mut admin = Admin::connect(&self.bootstrap, &self.transport, self.timeout).await?;
+        let found = admin.leaders(topic).await?;
+        let Some(found) = found else {
+            return Err(KafkaError::UnknownTopic {
+                topic: topic.to_string(),
+            });
+        };
+        let mut leaders = self.lock_leaders();
+        leaders.brokers = found.brokers;
+        for (p, l) in found.partitions {
+            match l {
+                Some(l) => leaders.partitions.insert((Arc::clone(topic), p), l),
+                None => leaders.partitions.remove(&(Arc::clone(topic), p)),
+            };
+        }
+        leaders
+            .partitions
+            .get(&key)
+            .copied()
+            .ok_or(KafkaError::Produce {
+                code: 5,
+                message: Some(format!("partition {partition} of {topic} has no leader")),
+            })
+    }
+
+    fn cached(&self, key: &(Arc<str>, i32)) -> Option<i32> {
+        self.lock_leaders().partitions.get(key).copied()
+    }
+
+    fn forget(&self, topic: &Arc<str>, partition: i32) {
+        self.lock_leaders()
+            .partitions
+            .remove(&(Arc::clone(topic), partition));
+    }
+
+    fn lock_leaders(&self) -> std::sync::MutexGuard<'_, Leaders> {
+        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The queue of `broker`'s sender, started on first use and started
+    /// anew when the broker's address changed or its task ended.
+    fn sender(&self, broker: i32) -> Option<mpsc::Sender<Job>> {
+        let addr = self.lock_leaders().brokers.get(&broker)?.clone();
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = senders.get(&broker)
+            && s.addr == addr
+            && !s.queue.is_closed()
+        {
+            return Some(s.queue.clone());
+        }
+        let (queue, rx) = mpsc::channel(SENDER_QUEUE);
+        let task = SenderTask {
+            broker,
+            addr: addr.clone(),
+            transport: self.transport.clone(),
+            timeout: self.timeout,
+            metrics: self.metrics.clone(),
+            conn: None,
+        };
+        let alive = self.alive.clone();
+        tokio::spawn(async move {
+            task.run(rx).await;
+            drop(alive);
+        });
+        senders.insert(
+            broker,
+            Sender {
+                addr,
+                queue: queue.clone(),
+            },
+        );
+        Some(queue)
+    }
+}
+
+fn closed() -> BatchError {
+    Arc::new(KafkaError::SenderStopped)
+}
+
+struct SenderTask {
+    broker: i32,
+    addr: String,
+    transport: KafkaTransport,
+    timeout: Duration,
+    metrics: Option<Metrics>,
+    conn: Option<Connection>,
+}
+
+impl SenderTask {
+    /// Ends when every lane that could send here is gone.
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(j) => j,
+                None => match rx.recv().await {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
+            // Let every lane that is ready hand over its batch first.
+            tokio::task::yield_now().await;
+            let mut bytes = first.records.len();
+            let mut jobs = vec![first];
+            while let Ok(j) = rx.try_recv() {
+                if bytes + j.records.len() > MAX_REQUEST_BYTES {
+                    carried = Some(j);
+                    break;
+                }
+                bytes += j.records.len();
+                jobs.push(j);
+            }
+            self.send(jobs).await;
+        }
+    }
+
+    async fn send(&mut self, jobs: Vec<Job>) {
+        if let Some(m) = &self.metrics {
+            m.producer_request_partitions.observe(jobs.len() as f64);
+        }
+        let req = request(&jobs, self.timeout);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.call(&req)).await;
+        let answer = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return self.fail(jobs, e.into()),
+            Err(_) => {
+                return self.fail(
+                    jobs,
+                    KafkaError::Timeout {
+                        what: "producing",
+                        after: self.timeout,
+                    },
+                );
+            }
+        };
+        debug!(
+            broker = self.broker,
+            partitions = jobs.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "produce request answered"
+        );
+        let mut answers: Vec<(&str, i32, Result<i64, BatchError>)> = Vec::new();
+        for t in &answer.responses {
+            for p in &t.partition_responses {
+                let r = if p.error_code == 0 {
+                    Ok(p.base_offset)
+                } else {
+                    let message = p
+                        .error_message
+                        .as_ref()
+                        .map(|m| m.as_str().to_owned())
+                        .or_else(|| {
+                            p.record_errors.first().and_then(|r| {
+                                r.batch_index_error_message
+                                    .as_ref()
+                                    .map(|m| m.as_str().to_owned())
+                            })
+                        });
+                    Err(Arc::new(KafkaError::Produce {
+                        code: p.error_code,
+                        message,
+                    }))
+                };
+                answers.push((t.name.0.as_str(), p.index, r));
+            }
+        }
+        let mut unanswered = Vec::new();
+        let mut resolved = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let found = answers
+                .iter()
+                .position(|(t, p, _)| *t == &*j.topic && *p == j.partition);
+            match found {
+                Some(i) => resolved.push((j.done, answers.swap_remove(i).2)),
+                None => unanswered.push(j),
+            }
+        }
+        for (done, r) in resolved {
+            let _ = done.send(r);
+        }
+        if !unanswered.is_empty() {
+            // A broker that answers a request without one of its partitions
+            // is not one to keep talking to on this connection.
+            self.fail(
+                unanswered,
+                KafkaError::Admin(WireError::Protocol {
+                    what: "producing",
+                    reason: "the answer does not name every partition of the request".into(),
+                }),
+            );
+        }
+    }
+
+    async fn call(
+        &mut self,
+        req: &ProduceRequest,
+    ) -> Result<kafka_protocol::messages::ProduceResponse, WireError> {
+        if self.conn.is_none() {
+            let conn =
+                Connection::open(&self.addr, &self.transport, self.timeout, "payhook").await?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("set above");
+        conn.call("producing", PRODUCE_VERSION, req).await
+    }
+
+    /// Answers every job with `e` and closes the connection: the next
+    /// request starts on a new one (after a timeout, an answer may still
+    /// be on its way on the old one).
+    fn fail(&mut self, jobs: Vec<Job>, e: KafkaError) {
+        warn!(broker = self.broker, addr = %self.addr, partitions = jobs.len(), error = %e, "produce request failed");
+        self.conn = None;
+        let e = Arc::new(e);
+        for j in jobs {
+            let _ = j.done.send(Err(Arc::clone(&e)));
+        }
+    }
+}
+
+/// The produce request for `jobs`: acks=all, one entry per topic (in order
+/// of first appearance), one partition entry per job.
+fn request(jobs: &[Job], timeout: Duration) -> ProduceRequest {
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for j in jobs {
+        let data = PartitionProduceData::default()
+            .with_index(j.partition)
+            .with_records(Some(j.records.clone()));
+        match topics.iter_mut().find(|t| t.name.0.as_str() == &*j.topic) {
+            Some(t) => t.partition_data.push(data),
+            None => topics.push(
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(j.topic.to_string())))
+                    .with_partition_data(vec![data]),
+            ),
+        }
+    }
+    ProduceRequest::default()
+        .with_acks(-1)
+        // The broker gives up waiting for its replicas a little before this
+        // client gives up on the answer, so its reason arrives.
+        .with_timeout_ms(i32::try_from(timeout.mul_f64(0.8).as_millis()).unwrap_or(i32::MAX))
+        .with_topic_data(topics)
+}
+
+/// Encodes `records` as one uncompressed v2 record batch (as rskafka
+/// does), offsets counted from 0 and the records' own timestamps.
+pub fn encode_batch(records: Vec<rskafka::record::Record>) -> Result<Bytes, KafkaError> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Only the batch's base sequence is written, from the first
+            // record's: -1, as a producer without idempotence sends. The
+            // encoder keeps records in one batch while offset - sequence is
+            // the same for each.
+            sequence: (i as i32).wrapping_sub(1),
+            timestamp: r.timestamp.timestamp_millis(),
+            key: r.key.map(Bytes::from),
+            value: r.value.map(Bytes::from),
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(k, v)| (StrBytes::from_string(k), Some(Bytes::from(v))))
+                .collect(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| {
+        KafkaError::Admin(WireError::Protocol {
+            what: "encoding a record batch",
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{TimeZone, Utc};
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    use super::*;
+
+    fn record(i: u8) -> rskafka::record::Record {
+        rskafka::record::Record {
+            key: Some(vec![b'k', i]),
+            value: Some(vec![i; 10 + usize::from(i)]),
+            headers: BTreeMap::from([("type".to_owned(), vec![b't', i])]),
+            timestamp: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i64::from(i))
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_record_batch_with_every_record_in_order() {
+        let records: Vec<_> = (0..5).map(record).collect();
+        let mut encoded = encode_batch(records.clone()).unwrap();
+        let infos = RecordBatchDecoder::decode_batch_info(&mut encoded.clone()).unwrap();
+        // One batch, not one per record: the broker appends it at once.
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        let set = RecordBatchDecoder::decode(&mut encoded).unwrap();
+        assert_eq!(set.records.len(), 5);
+        for (i, (got, sent)) in set.records.iter().zip(&records).enumerate() {
+            assert_eq!(got.offset, i as i64);
+            assert_eq!(got.producer_id, -1);
+            assert_eq!(got.key.as_deref(), sent.key.as_deref());
+            assert_eq!(got.value.as_deref(), sent.value.as_deref());
+            assert_eq!(got.timestamp, sent.timestamp.timestamp_millis());
+            let headers: Vec<(&str, &[u8])> = got
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref().unwrap()))
+                .collect();
+            assert_eq!(headers, [("type", sent.headers["type"].as_slice())]);
+        }
+        // No idempotence: the batch's base sequence is -1 (bytes 53..57 of
+        // a v2 batch header).
+        let bytes = encode_batch(records).unwrap();
+        assert_eq!(&bytes[53..57], (-1i32).to_be_bytes());
+    }
+
+    #[test]
+    fn a_request_carries_each_batch_under_its_topic_with_acks_all() {
+        let job = |topic: &str, partition| Job {
+            topic: topic.into(),
+            partition,
+            records: Bytes::from(vec![partition as u8]),
+            done: oneshot::channel().0,
+        };
+        let jobs = [job("a", 0), job("b", 3), job("a", 2)];
+        let req = request(&jobs, Duration::from_secs(10));
+        assert_eq!(req.acks, -1);
+        assert_eq!(req.timeout_ms, 8_000);
+        let got: Vec<(&str, Vec<(i32, u8)>)> = req
+            .topic_data
+            .iter()
+            .map(|t| {
+                (
+                    t.name.0.as_str(),
+                    t.partition_data
+                        .iter()
+                        .map(|p| (p.index, p.records.as_ref().unwrap()[0]))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("a", vec![(0, 0), (2, 2)]), ("b", vec![(3, 3)])]);
+    }
+
+    #[test]
+    fn only_refusals_of_the_record_itself_are_final() {
+        use kafka_protocol::ResponseError as R;
+        let refused = [
+            R::CorruptMessage,
+            R::MessageTooLarge,
+            R::InvalidTopicException,
+            R::RecordListTooLarge,
+            R::TopicAuthorizationFailed,
+            R::InvalidRecord,
+        ];
+        for code in 1..=120i16 {
+            let Some(name) = R::try_from_code(code) else {
+                continue;
+            };
+            let e = KafkaError::Produce {
+                code,
+                message: None,
+            };
+            assert_eq!(e.refuses_record(), refused.contains(&name), "{name:?}");
+        }
+    }
+}
