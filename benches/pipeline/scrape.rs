@@ -50,6 +50,7 @@ pub struct Producer {
     queue: Hist,
     request: Hist,
     batch: Hist,
+    requests: Option<Hist>,
 }
 
 impl Producer {
@@ -90,6 +91,8 @@ impl Producer {
             queue: hist("payhook_producer_queue_seconds")?,
             request: hist("payhook_producer_request_seconds")?,
             batch: hist("payhook_producer_batch_records")?,
+            // Builds before one produce request per broker have none.
+            requests: hist("payhook_producer_request_partitions"),
         })
     }
 
@@ -111,14 +114,30 @@ impl Producer {
                 0.0
             }
         };
+        let per = |h: &Hist| if h.count > 0.0 { h.sum / h.count } else { 0.0 };
+        // Before one request per broker, each partition batch was a request.
+        let requests = match (&self.requests, &before.requests) {
+            (Some(now), Some(then)) => now.minus(then),
+            _ => Hist {
+                count: b.count,
+                sum: b.count,
+                buckets: Vec::new(),
+            },
+        };
         format!(
-            "producer: lane queue mean {:.2} ms, p99 ≤ {} ms; broker request mean {:.2} ms, p99 ≤ {} ms; {:.0} requests, {:.1} records each",
+            "producer: lane queue mean {:.2} ms, p99 ≤ {} ms; batch acknowledged mean {:.2} ms, p99 ≤ {} ms; {:.0} partition batches of {:.1} records in {:.0} produce requests ({:.2} per event)",
             mean(&q),
             ms(&q, 0.99),
             mean(&r),
             ms(&r, 0.99),
-            r.count,
-            if b.count > 0.0 { b.sum / b.count } else { 0.0 },
+            b.count,
+            per(&b),
+            requests.count,
+            if b.sum > 0.0 {
+                requests.count / b.sum
+            } else {
+                0.0
+            },
         )
     }
 }

@@ -85,6 +85,7 @@ pub struct Brokers {
     bootstrap: Arc<[String]>,
     transport: KafkaTransport,
     timeout: Duration,
+    linger: Duration,
     metrics: Option<Metrics>,
     /// Leaders and broker addresses, from the last metadata read.
     leaders: Mutex<Leaders>,
@@ -120,6 +121,7 @@ impl Brokers {
         bootstrap: Arc<[String]>,
         transport: KafkaTransport,
         timeout: Duration,
+        linger: Duration,
         metrics: Option<Metrics>,
         alive: mpsc::Sender<()>,
     ) -> Self {
@@ -127,6 +129,7 @@ impl Brokers {
             bootstrap,
             transport,
             timeout,
+            linger,
             metrics,
             leaders: Mutex::default(),
             refreshing: tokio::sync::Mutex::new(()),
@@ -248,6 +251,7 @@ impl Brokers {
             addr: addr.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
+            linger: Linger::new(self.linger),
             metrics: self.metrics.clone(),
             conn: None,
         };
@@ -276,6 +280,7 @@ struct SenderTask {
     addr: String,
     transport: KafkaTransport,
     timeout: Duration,
+    linger: Linger,
     metrics: Option<Metrics>,
     conn: Option<Connection>,
 }
@@ -296,13 +301,29 @@ impl SenderTask {
             tokio::task::yield_now().await;
             let mut bytes = first.records.len();
             let mut jobs = vec![first];
-            while let Ok(j) = rx.try_recv() {
+            let mut take = |j: Job, jobs: &mut Vec<Job>| {
                 if bytes + j.records.len() > MAX_REQUEST_BYTES {
-                    carried = Some(j);
-                    break;
+                    return Some(j);
                 }
                 bytes += j.records.len();
                 jobs.push(j);
+                None
+            };
+            while carried.is_none()
+                && let Ok(j) = rx.try_recv()
+            {
+                carried = take(j, &mut jobs);
+            }
+            if carried.is_none()
+                && let Some(until) = self.linger.until()
+            {
+                let before = jobs.len();
+                while carried.is_none()
+                    && let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await
+                {
+                    carried = take(j, &mut jobs);
+                }
+                self.linger.gathered(jobs.len() - before);
             }
             self.send(jobs).await;
         }
@@ -409,6 +430,58 @@ impl SenderTask {
         for j in jobs {
             let _ = j.done.send(Err(Arc::clone(&e)));
         }
+    }
+}
+
+/// `KAFKA_LINGER`, adapted to the load: how long a sender waits for more
+/// batches before it sends a request.
+///
+/// Waiting pays only when other partitions' batches arrive meanwhile; a
+/// lone caller (one webhook at a time) would only wait. So the sender
+/// lingers while its lingers gather something, and stops once
+/// [`Linger::PATIENCE`] lingers in a row gathered nothing; it then tries
+/// again every [`Linger::PROBE`]th request, so rising load turns it back on.
+#[derive(Debug)]
+struct Linger {
+    linger: Duration,
+    /// Lingers in a row that gathered nothing.
+    idle: u32,
+    /// Requests sent without lingering since the last linger.
+    skipped: u32,
+}
+
+impl Linger {
+    const PATIENCE: u32 = 4;
+    const PROBE: u32 = 128;
+
+    fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            idle: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Until when this request lingers, or `None` to send it now.
+    fn until(&mut self) -> Option<Instant> {
+        if self.linger.is_zero() {
+            return None;
+        }
+        if self.idle >= Self::PATIENCE && self.skipped < Self::PROBE {
+            self.skipped += 1;
+            return None;
+        }
+        self.skipped = 0;
+        Some(Instant::now() + self.linger)
+    }
+
+    /// A linger gathered `n` more batches.
+    fn gathered(&mut self, n: usize) {
+        self.idle = if n == 0 {
+            self.idle.saturating_add(1)
+        } else {
+            0
+        };
     }
 }
 
@@ -558,6 +631,42 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [("a", vec![(0, 0), (2, 2)]), ("b", vec![(3, 3)])]);
+    }
+
+    #[test]
+    fn the_linger_stops_when_it_gathers_nothing_and_probes_to_come_back() {
+        let mut l = Linger::new(Duration::from_millis(2));
+        // Lingers that gather keep it on.
+        for _ in 0..100 {
+            assert!(l.until().is_some());
+            l.gathered(3);
+        }
+        // PATIENCE lingers in a row gathering nothing turn it off...
+        for _ in 0..Linger::PATIENCE {
+            assert!(l.until().is_some());
+            l.gathered(0);
+        }
+        // ...for PROBE requests, then one probe.
+        for _ in 0..Linger::PROBE {
+            assert!(l.until().is_none());
+        }
+        assert!(l.until().is_some());
+        // The probe gathered nothing: off again, for another PROBE.
+        l.gathered(0);
+        assert!(l.until().is_none());
+        for _ in 1..Linger::PROBE {
+            assert!(l.until().is_none());
+        }
+        // This probe gathers: on again at once, for every request.
+        assert!(l.until().is_some());
+        l.gathered(1);
+        for _ in 0..10 {
+            assert!(l.until().is_some());
+            l.gathered(1);
+        }
+        // A linger of 0 never waits.
+        let mut zero = Linger::new(Duration::ZERO);
+        assert!(zero.until().is_none());
     }
 
     #[test]

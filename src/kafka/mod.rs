@@ -377,6 +377,7 @@ impl Kafka {
     pub fn brokers(
         &self,
         timeout: Duration,
+        linger: Duration,
         metrics: Option<crate::metrics::Metrics>,
         alive: tokio::sync::mpsc::Sender<()>,
     ) -> brokers::Brokers {
@@ -384,6 +385,7 @@ impl Kafka {
             Arc::clone(&self.brokers),
             self.transport.clone(),
             timeout,
+            linger,
             metrics,
             alive,
         )

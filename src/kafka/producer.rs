@@ -5,13 +5,16 @@
 //! limit on how many are in flight, so two batches for one partition can be
 //! in flight at once and a retried first batch can land after the second —
 //! breaking per-order ordering — and nothing bounds its memory. Here each
-//! partition has one lane: a bounded queue and a task that sends **one
-//! request at a time**. While a request is in flight new records queue up and
-//! go together in the next one, so batching grows with load by itself. Before
-//! sending, a lane yields once so handlers that are ready to publish can join
-//! the batch; it waits `linger` (default 0) for more only if asked to. A
-//! timer-based linger costs every idle webhook up to 2 ms (tokio's timer has
-//! millisecond ticks) and the bench showed it buys no throughput here.
+//! partition has one lane: a bounded queue and a task that has **one batch
+//! in flight at a time**. While it is in flight new records queue up and go
+//! together in the next batch, so batching grows with load by itself.
+//! Before forming a batch, a lane yields once so handlers that are ready to
+//! publish can join it.
+//!
+//! A lane hands its batch to its leader's sender ([`super::brokers`]), which
+//! sends one produce request per broker carrying every partition with a
+//! batch waiting, lingering up to `KAFKA_LINGER` for more while that
+//! gathers any.
 //!
 //! A webhook is answered 202 only when the broker acknowledged its batch
 //! (rskafka always produces with acks=all). Every publish has a deadline:
@@ -289,7 +292,6 @@ fn spawn_lanes(
                 brokers: Arc::clone(brokers),
                 topic: topic.into(),
                 partition: p,
-                linger: cfg.linger,
                 call_timeout: cfg.publish_timeout,
                 metrics: cfg.metrics.clone(),
             };
@@ -367,8 +369,12 @@ impl Producer {
         cfg: ProducerConfig,
     ) -> Result<(Self, ProducerTasks), KafkaError> {
         let (alive, tasks) = mpsc::channel(1);
-        let brokers =
-            Arc::new(kafka.brokers(cfg.publish_timeout, cfg.metrics.clone(), alive.clone()));
+        let brokers = Arc::new(kafka.brokers(
+            cfg.publish_timeout,
+            cfg.linger,
+            cfg.metrics.clone(),
+            alive.clone(),
+        ));
         let mut map = HashMap::new();
         for &topic in topics {
             // A topic created a moment ago may not be in the metadata yet.
@@ -449,7 +455,6 @@ struct Lane {
     brokers: Arc<Brokers>,
     topic: Arc<str>,
     partition: i32,
-    linger: Duration,
     call_timeout: Duration,
     metrics: Option<Metrics>,
 }
@@ -472,15 +477,6 @@ impl Lane {
             // Let every task that is ready to run (handlers about to publish)
             // run once first: their records join this batch at no timer cost.
             tokio::task::yield_now().await;
-            if !self.linger.is_zero() {
-                let until = Instant::now() + self.linger;
-                while carried.is_none() && !batch.is_full() {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(p)) => carried = batch.push(p).err(),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
             while carried.is_none() && !batch.is_full() {
                 match rx.try_recv() {
                     Ok(p) => carried = batch.push(p).err(),

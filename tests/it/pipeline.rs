@@ -479,3 +479,89 @@ async fn thousands_of_mixed_webhooks_with_duplicates_and_shuffled_times() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// One produce request per broker: concurrent webhooks for many orders go
+/// to the broker in requests that carry several partitions each, and every
+/// record is where its acknowledgement says, each order's in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_requests_carry_several_partitions_and_every_record_lands_where_acknowledged() {
+    let env = Env::new().await;
+    let metrics = payhook::metrics::Metrics::new();
+    let (producer, lanes) = Producer::start(
+        &env.kafka,
+        &[&env.orders_topic],
+        ProducerConfig {
+            linger: Duration::from_millis(2),
+            queue_per_partition: 1024,
+            publish_timeout: Duration::from_secs(10),
+            metadata_refresh: Duration::from_secs(30),
+            metrics: Some(metrics.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    const ORDERS: usize = 40;
+    const EACH: usize = 20;
+    let producer_ref = &producer;
+    let topic = env.orders_topic.as_str();
+    // Each order's events one after the other; the orders concurrently.
+    let acknowledged: Vec<Vec<(String, payhook::kafka::producer::Published)>> =
+        join_all((0..ORDERS).map(|o| async move {
+            let mut out = Vec::new();
+            for i in 0..EACH {
+                let order = format!("ord_{o}");
+                let value = format!("{order}/{i}");
+                let record = rskafka::record::Record {
+                    key: Some(order.clone().into_bytes()),
+                    value: Some(value.clone().into_bytes()),
+                    headers: Default::default(),
+                    timestamp: chrono::Utc::now(),
+                };
+                let at = producer_ref.publish(topic, record).await.unwrap();
+                out.push((value, at));
+            }
+            out
+        }))
+        .await;
+    drop(producer);
+    lanes.drained().await;
+
+    let text = metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let requests = value("payhook_producer_request_partitions_count");
+    let batches_in_requests = value("payhook_producer_request_partitions_sum");
+    let batches = value("payhook_producer_batch_records_count");
+    let records = value("payhook_producer_batch_records_sum");
+    assert_eq!(records, (ORDERS * EACH) as f64);
+    assert_eq!(batches_in_requests, batches);
+    assert!(
+        requests < batches,
+        "{requests} produce requests for {batches} partition batches: none carried two partitions"
+    );
+
+    for (o, events) in acknowledged.iter().enumerate() {
+        let order = format!("ord_{o}");
+        let mut last = None;
+        for (value, at) in events {
+            // Where the partitioner sends the order, after the last one.
+            assert_eq!(
+                at.partition,
+                partition_for_key(order.as_bytes(), NonZeroU32::new(PARTITIONS).unwrap()) as i32
+            );
+            assert!(
+                last < Some(at.offset),
+                "{order}: {value} at {} after {last:?}",
+                at.offset
+            );
+            last = Some(at.offset);
+            let r = env.record_at(topic, at.partition, at.offset).await;
+            assert_eq!(r.key.as_deref(), Some(order.as_bytes()));
+            assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
+        }
+    }
+    env.cleanup().await;
+}

@@ -170,7 +170,7 @@ fn a_flag_wins_over_the_environment_and_the_environment_over_the_default() {
     let out = payhook()
         .args(["config", "--http-addr", "0.0.0.0:9999"])
         .env("HTTP_ADDR", "127.0.0.1:1111")
-        .env("KAFKA_LINGER", "2ms")
+        .env("KAFKA_LINGER", "5ms")
         .output()
         .unwrap();
     assert!(
@@ -184,7 +184,7 @@ fn a_flag_wins_over_the_environment_and_the_environment_over_the_default() {
             || shown.starts_with("HTTP_ADDR=0.0.0.0:9999\n"),
         "{shown}"
     );
-    assert!(shown.contains("\nKAFKA_LINGER=2ms\n"), "{shown}");
+    assert!(shown.contains("\nKAFKA_LINGER=5ms\n"), "{shown}");
     assert!(shown.contains("\nKAFKA_PARTITIONS=8\n"), "{shown}");
     assert_eq!(shown.lines().count(), SETTINGS.len());
 }
