@@ -441,7 +441,7 @@ settings! {
         /// Longest wait for the broker's acknowledgement before a webhook gets 503
         publish_timeout: Duration = KAFKA_PUBLISH_TIMEOUT("5s") check::duration();
         /// How long a broker's sender waits for other partitions' batches before sending a produce request (it stops waiting while waits gather nothing; 0ms: never)
-        linger: Duration = KAFKA_LINGER("2ms")
+        linger: Duration = KAFKA_LINGER("0ms")
             check::duration_within(Duration::ZERO..=Duration::from_secs(1), "a duration of at most 1s, like 0ms, 2ms");
         /// Records queued per partition before callers wait (then 503)
         producer_queue: usize = KAFKA_PRODUCER_QUEUE("4096")
@@ -969,7 +969,7 @@ mod tests {
         assert_eq!(c.kafka.orders_topic, "payments.orders");
         assert_eq!(c.kafka.disputes_topic, "payments.disputes");
         assert_eq!(c.kafka.publish_timeout, Duration::from_secs(5));
-        assert_eq!(c.kafka.linger, Duration::from_millis(2));
+        assert_eq!(c.kafka.linger, Duration::ZERO);
         assert!(c.database.run_migrations);
     }
 

@@ -20,7 +20,7 @@ use kafka_protocol::{
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
 use rskafka::client::SaslConfig;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
 
@@ -61,7 +61,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// One authenticated connection to one broker: one request at a time.
 pub struct Connection {
     client_id: &'static str,
-    stream: Box<dyn Stream>,
+    /// Reads through a buffer: an answer's length and body (and often the
+    /// whole answer) come in one `read`.
+    stream: BufReader<Box<dyn Stream>>,
     correlation_id: i32,
     timeout: Duration,
 }
@@ -113,7 +115,7 @@ impl Connection {
         };
         let mut conn = Self {
             client_id,
-            stream,
+            stream: BufReader::new(stream),
             correlation_id: 0,
             timeout,
         };
@@ -222,20 +224,21 @@ impl Connection {
             .with_request_api_version(version)
             .with_correlation_id(self.correlation_id)
             .with_client_id(Some(StrBytes::from_static_str(self.client_id)));
-        let mut body = BytesMut::new();
+        // The length prefix and the request in one buffer, written at once:
+        // one `write` per request (with TLS, one record), never a prefix
+        // alone for Nagle or a delayed ACK to hold.
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[0; 4]);
         header
-            .encode(&mut body, R::header_version(version))
+            .encode(&mut frame, R::header_version(version))
             .map_err(proto)?;
-        req.encode(&mut body, version).map_err(proto)?;
-        let len = u32::try_from(body.len()).map_err(|_| WireError::Protocol {
+        req.encode(&mut frame, version).map_err(proto)?;
+        let len = u32::try_from(frame.len() - 4).map_err(|_| WireError::Protocol {
             what,
             reason: "request too large".into(),
         })?;
-        self.stream
-            .write_all(&len.to_be_bytes())
-            .await
-            .map_err(io)?;
-        self.stream.write_all(&body).await.map_err(io)?;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&frame).await.map_err(io)?;
         self.stream.flush().await.map_err(io)?;
 
         let mut len = [0u8; 4];
