@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 
 use kafka_protocol::{
     messages::{
-        CreateTopicsRequest, DescribeConfigsRequest, MetadataRequest, TopicName,
+        CreateTopicsRequest, DescribeConfigsRequest, MetadataRequest, MetadataResponse, TopicName,
         create_topics_request::{CreatableTopic, CreatableTopicConfig},
         describe_configs_request::DescribeConfigsResource,
         metadata_request::MetadataRequestTopic,
@@ -128,15 +128,7 @@ impl Admin {
     /// has none). `None` when the broker does not know the topic.
     pub async fn leaders(&mut self, topic: &str) -> Result<Option<Leaders>, WireError> {
         let resp = self
-            .call(
-                "reading partition leaders",
-                METADATA_VERSION,
-                &MetadataRequest::default()
-                    .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                        TopicName(StrBytes::from_string(topic.to_owned())),
-                    ))]))
-                    .with_allow_auto_topic_creation(false),
-            )
+            .topic_metadata("reading partition leaders", METADATA_VERSION, topic)
             .await?;
         let brokers = resp
             .brokers
@@ -169,15 +161,7 @@ impl Admin {
     /// the broker does not know the topic.
     pub async fn replication_factor(&mut self, topic: &str) -> Result<Option<i16>, WireError> {
         let resp = self
-            .call(
-                "reading a topic's replicas",
-                METADATA_VERSION,
-                &MetadataRequest::default()
-                    .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                        TopicName(StrBytes::from_string(topic.to_owned())),
-                    ))]))
-                    .with_allow_auto_topic_creation(false),
-            )
+            .topic_metadata("reading a topic's replicas", METADATA_VERSION, topic)
             .await?;
         let Some(t) = resp.topics.into_iter().next() else {
             return Ok(None);
@@ -195,15 +179,7 @@ impl Admin {
     /// of that name is created), or `None` when it knows no such topic.
     pub async fn topic_id(&mut self, topic: &str) -> Result<Option<uuid::Uuid>, WireError> {
         let resp = self
-            .call(
-                "reading a topic's ID",
-                METADATA_TOPIC_ID_VERSION,
-                &MetadataRequest::default()
-                    .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                        TopicName(StrBytes::from_string(topic.to_owned())),
-                    ))]))
-                    .with_allow_auto_topic_creation(false),
-            )
+            .topic_metadata("reading a topic's ID", METADATA_TOPIC_ID_VERSION, topic)
             .await?;
         let Some(t) = resp.topics.into_iter().next() else {
             return Ok(None);
@@ -297,6 +273,25 @@ impl Admin {
             .into_iter()
             .filter_map(|c| Some((c.name.as_str().to_owned(), c.value?.as_str().to_owned())))
             .collect())
+    }
+
+    /// The cluster's metadata about one topic (never creating it).
+    async fn topic_metadata(
+        &mut self,
+        what: &'static str,
+        version: i16,
+        topic: &str,
+    ) -> Result<MetadataResponse, WireError> {
+        self.call(
+            what,
+            version,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                    TopicName(StrBytes::from_string(topic.to_owned())),
+                ))]))
+                .with_allow_auto_topic_creation(false),
+        )
+        .await
     }
 
     async fn call<R: Request>(
