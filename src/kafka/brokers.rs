@@ -6,11 +6,13 @@
 //! records waiting at a time, so that made one request (and one broker
 //! request-handler pass, one log append with its own fsync bookkeeping,
 //! one response) per one or two webhooks: the broker spent more CPU per
-//! event than payhook. Here each broker has one [`sender`](Sender) task
-//! with its own [`Connection`]: it takes every batch the partition lanes
-//! handed it since its last request and sends them together, one request
-//! at a time. While a request is in flight the next one fills up, so the
-//! number of requests per event falls as the load grows.
+//! event than payhook. Here each broker has one sender ([`BrokerSender`])
+//! with its own [`Connection`]: every batch the partition lanes handed it
+//! since its last request goes in the next one, one request at a time.
+//! The lane that finds no request in flight sends itself (no hand-off, no
+//! extra wake-up when webhooks come one at a time); batches that arrive
+//! while a request is in flight go together in the next, so the number of
+//! requests per event falls as the load grows.
 //!
 //! What does not change (see `docs/guarantees.md`):
 //! - **acks=all**: every request asks for `acks=-1`;
@@ -19,9 +21,9 @@
 //!   of one partition and a partition never has two batches in flight;
 //! - **per-record acknowledgement**: each batch gets its own answer (the
 //!   partition's error code, or the base offset of its records);
-//! - **bounded work**: a sender's queue holds at most one batch per lane,
-//!   and every request (connecting included) is bounded by the request
-//!   timeout, so every batch is answered within a bounded time.
+//! - **bounded work**: a sender holds at most one batch per lane, and every
+//!   request (connecting included) is bounded by the request timeout, so
+//!   every batch is answered within a bounded time.
 //!
 //! Where partitions are led comes from the cluster's metadata, read on an
 //! [`Admin`] connection and cached; a batch that fails for any reason but a
@@ -64,10 +66,6 @@ const PRODUCE_VERSION: i16 = 8;
 /// under the broker's `socket.request.max.bytes` (100 MiB by default).
 const MAX_REQUEST_BYTES: usize = 8 << 20;
 
-/// How many batches may wait for a broker's sender: far more than the
-/// partitions it leads, since each lane has at most one there.
-const SENDER_QUEUE: usize = 4096;
-
 /// Why a batch was not acknowledged, shared by every caller of its request.
 pub type BatchError = Arc<KafkaError>;
 
@@ -92,7 +90,8 @@ pub struct Brokers {
     /// One metadata read at a time.
     refreshing: tokio::sync::Mutex<()>,
     senders: Mutex<HashMap<i32, Sender>>,
-    /// Held by every sender task: see [`super::producer::ProducerTasks`].
+    /// Held by every broker sender (and its drain task): see
+    /// [`super::producer::ProducerTasks`].
     alive: mpsc::Sender<()>,
 }
 
@@ -102,10 +101,28 @@ struct Leaders {
     partitions: HashMap<(Arc<str>, i32), i32>,
 }
 
-/// A broker's sender task, as the lanes reach it.
+/// A broker's sender, as the lanes reach it.
 struct Sender {
     addr: String,
-    queue: mpsc::Sender<Job>,
+    shared: Arc<BrokerSender>,
+}
+
+/// A broker's batches waiting to go, and the one connection they go on.
+///
+/// Whoever finds the connection free sends: the lane that handed over a
+/// batch sends the request itself when no other request is in flight (no
+/// hand-off to another task, no extra wake-up), and takes every batch
+/// waiting at that moment along. While a request is in flight, lanes only
+/// add their batches and wait for their answer; whoever holds the
+/// connection looks again after letting it go, and if batches are waiting a
+/// drain task sends them, so the lane that sent can answer its own caller.
+struct BrokerSender {
+    pending: Mutex<Vec<Job>>,
+    task: tokio::sync::Mutex<SenderTask>,
+    /// A drain task is running (at most one).
+    draining: std::sync::atomic::AtomicBool,
+    /// Held by the drain task while it runs: see [`super::producer::ProducerTasks`].
+    alive: mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for Brokers {
@@ -167,10 +184,11 @@ impl Brokers {
             done,
         };
         let result = match self.sender(leader) {
-            Some(queue) => match queue.send(job).await {
-                Ok(()) => answer.await.unwrap_or_else(|_| Err(closed())),
-                Err(_) => Err(closed()),
-            },
+            Some(sender) => {
+                sender.add(job);
+                sender.send_if_free().await;
+                answer.await.unwrap_or_else(|_| Err(closed()))
+            }
             None => Err(Arc::new(KafkaError::Produce {
                 code: 5,
                 message: Some(format!("broker {leader} is not in the metadata")),
@@ -234,40 +252,109 @@ impl Brokers {
         self.leaders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The queue of `broker`'s sender, started on first use and started
-    /// anew when the broker's address changed or its task ended.
-    fn sender(&self, broker: i32) -> Option<mpsc::Sender<Job>> {
+    /// `broker`'s sender, made on first use and made anew when the
+    /// broker's address changed.
+    fn sender(&self, broker: i32) -> Option<Arc<BrokerSender>> {
         let addr = self.lock_leaders().brokers.get(&broker)?.clone();
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = senders.get(&broker)
             && s.addr == addr
-            && !s.queue.is_closed()
         {
-            return Some(s.queue.clone());
+            return Some(Arc::clone(&s.shared));
         }
-        let (queue, rx) = mpsc::channel(SENDER_QUEUE);
-        let task = SenderTask {
-            broker,
-            addr: addr.clone(),
-            transport: self.transport.clone(),
-            timeout: self.timeout,
-            linger: Linger::new(self.linger),
-            metrics: self.metrics.clone(),
-            conn: None,
-        };
-        let alive = self.alive.clone();
-        tokio::spawn(async move {
-            task.run(rx).await;
-            drop(alive);
+        let shared = Arc::new(BrokerSender {
+            pending: Mutex::default(),
+            task: tokio::sync::Mutex::new(SenderTask {
+                broker,
+                addr: addr.clone(),
+                transport: self.transport.clone(),
+                timeout: self.timeout,
+                linger: Linger::new(self.linger),
+                metrics: self.metrics.clone(),
+                conn: None,
+            }),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            alive: self.alive.clone(),
         });
         senders.insert(
             broker,
             Sender {
                 addr,
-                queue: queue.clone(),
+                shared: Arc::clone(&shared),
             },
         );
-        Some(queue)
+        Some(shared)
+    }
+}
+
+impl BrokerSender {
+    fn add(&self, job: Job) {
+        self.lock_pending().push(job);
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock_pending().is_empty()
+    }
+
+    /// The batches waiting, oldest first, up to [`MAX_REQUEST_BYTES`] (at
+    /// least one); the rest stay.
+    fn take(&self) -> Vec<Job> {
+        let mut pending = self.lock_pending();
+        let mut bytes = 0;
+        let n = pending
+            .iter()
+            .position(|j| {
+                bytes += j.records.len();
+                bytes > MAX_REQUEST_BYTES
+            })
+            .map_or(pending.len(), |i| i.max(1));
+        pending.drain(..n).collect()
+    }
+
+    /// Sends one request with what is waiting, unless a request is in
+    /// flight (its sender will look again when it is done). Then, if more
+    /// is waiting, leaves it to the drain task.
+    async fn send_if_free(self: &Arc<Self>) {
+        let Ok(mut task) = self.task.try_lock() else {
+            return;
+        };
+        task.round(self).await;
+        drop(task);
+        // A lane that added its batch while the request was in flight found
+        // the connection taken and left it to whoever held it: here.
+        if self.has_pending() {
+            self.drain();
+        }
+    }
+
+    /// Starts the drain task unless it runs: it sends until nothing waits.
+    fn drain(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _alive = me.alive.clone();
+            loop {
+                {
+                    let mut task = me.task.lock().await;
+                    while me.has_pending() {
+                        task.round(&me).await;
+                    }
+                }
+                me.draining.store(false, Ordering::Release);
+                // A batch added after the last look, while the connection
+                // was still held, found it taken: look once more.
+                if !me.has_pending() || me.draining.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -286,47 +373,34 @@ struct SenderTask {
 }
 
 impl SenderTask {
-    /// Ends when every lane that could send here is gone.
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut carried: Option<Job> = None;
-        loop {
-            let first = match carried.take() {
-                Some(j) => j,
-                None => match rx.recv().await {
-                    Some(j) => j,
-                    None => break,
-                },
-            };
-            // Let every lane that is ready hand over its batch first.
-            tokio::task::yield_now().await;
-            let mut bytes = first.records.len();
-            let mut jobs = vec![first];
-            let mut take = |j: Job, jobs: &mut Vec<Job>| {
-                if bytes + j.records.len() > MAX_REQUEST_BYTES {
-                    return Some(j);
-                }
-                bytes += j.records.len();
-                jobs.push(j);
-                None
-            };
-            while carried.is_none()
-                && let Ok(j) = rx.try_recv()
-            {
-                carried = take(j, &mut jobs);
-            }
-            if carried.is_none()
-                && let Some(until) = self.linger.until()
-            {
-                let before = jobs.len();
-                while carried.is_none()
-                    && let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await
-                {
-                    carried = take(j, &mut jobs);
-                }
-                self.linger.gathered(jobs.len() - before);
-            }
-            self.send(jobs).await;
+    /// One produce request with the batches waiting (lingering for more
+    /// first, when [`Linger`] says so); nothing when none wait.
+    async fn round(&mut self, from: &BrokerSender) {
+        let mut jobs = from.take();
+        if jobs.is_empty() {
+            return;
         }
+        let bytes: usize = jobs.iter().map(|j| j.records.len()).sum();
+        if bytes < MAX_REQUEST_BYTES
+            && let Some(until) = self.linger.until()
+        {
+            tokio::time::sleep_until(until).await;
+            let before = jobs.len();
+            let mut room = MAX_REQUEST_BYTES - bytes;
+            let mut pending = from.lock_pending();
+            let n = pending
+                .iter()
+                .position(|j| {
+                    let fits = j.records.len() <= room;
+                    room = room.saturating_sub(j.records.len());
+                    !fits
+                })
+                .unwrap_or(pending.len());
+            jobs.extend(pending.drain(..n));
+            drop(pending);
+            self.linger.gathered(jobs.len() - before);
+        }
+        self.send(jobs).await;
     }
 
     async fn send(&mut self, jobs: Vec<Job>) {

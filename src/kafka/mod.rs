@@ -373,7 +373,7 @@ impl Kafka {
 
     /// The producer's view of the cluster: one sender per broker on
     /// payhook's own connections (same brokers, TLS and SASL), each
-    /// request bounded by `timeout`. Its sender tasks hold `alive`.
+    /// request bounded by `timeout`. Its senders hold `alive`.
     pub fn brokers(
         &self,
         timeout: Duration,
