@@ -172,15 +172,14 @@ impl Metrics {
             "Time from handing a partition's batch to its broker's sender to the broker's acknowledgement",
             producer_request_seconds.clone(),
         );
-        let producer_batch_records =
-            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
+        let count_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+        let producer_batch_records = Histogram::new(count_buckets);
         registry.register(
             "producer_batch_records",
             "Records per partition batch (one partition's part of a produce request)",
             producer_batch_records.clone(),
         );
-        let producer_request_partitions =
-            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
+        let producer_request_partitions = Histogram::new(count_buckets);
         registry.register(
             "producer_request_partitions",
             "Partition batches per produce request (one request per broker carries every partition with records waiting)",

@@ -66,6 +66,11 @@ const PRODUCE_VERSION: i16 = 8;
 /// under the broker's `socket.request.max.bytes` (100 MiB by default).
 const MAX_REQUEST_BYTES: usize = 8 << 20;
 
+/// Kafka's LEADER_NOT_AVAILABLE: what a batch gets when the metadata names
+/// no leader (or no address for it); not a refusal, so the leader is asked
+/// again.
+const LEADER_NOT_AVAILABLE: i16 = 5;
+
 /// Why a batch was not acknowledged, shared by every caller of its request.
 pub type BatchError = Arc<KafkaError>;
 
@@ -190,7 +195,7 @@ impl Brokers {
                 answer.await.unwrap_or_else(|_| Err(closed()))
             }
             None => Err(Arc::new(KafkaError::Produce {
-                code: 5,
+                code: LEADER_NOT_AVAILABLE,
                 message: Some(format!("broker {leader} is not in the metadata")),
             })),
         };
@@ -233,7 +238,7 @@ impl Brokers {
             .get(&key)
             .copied()
             .ok_or(KafkaError::Produce {
-                code: 5,
+                code: LEADER_NOT_AVAILABLE,
                 message: Some(format!("partition {partition} of {topic} has no leader")),
             })
     }
@@ -300,18 +305,24 @@ impl BrokerSender {
         !self.lock_pending().is_empty()
     }
 
-    /// The batches waiting, oldest first, up to [`MAX_REQUEST_BYTES`] (at
-    /// least one); the rest stay.
-    fn take(&self) -> Vec<Job> {
+    /// The oldest batches waiting whose records fit in `room` bytes
+    /// together; with `first_alone`, the oldest goes even when it alone
+    /// does not fit. The rest stay.
+    fn take(&self, room: usize, first_alone: bool) -> Vec<Job> {
         let mut pending = self.lock_pending();
         let mut bytes = 0;
-        let n = pending
+        let fit = pending
             .iter()
             .position(|j| {
                 bytes += j.records.len();
-                bytes > MAX_REQUEST_BYTES
+                bytes > room
             })
-            .map_or(pending.len(), |i| i.max(1));
+            .unwrap_or(pending.len());
+        let n = if first_alone {
+            fit.max(1).min(pending.len())
+        } else {
+            fit
+        };
         pending.drain(..n).collect()
     }
 
@@ -376,7 +387,7 @@ impl SenderTask {
     /// One produce request with the batches waiting (lingering for more
     /// first, when [`Linger`] says so); nothing when none wait.
     async fn round(&mut self, from: &BrokerSender) {
-        let mut jobs = from.take();
+        let mut jobs = from.take(MAX_REQUEST_BYTES, true);
         if jobs.is_empty() {
             return;
         }
@@ -385,20 +396,9 @@ impl SenderTask {
             && let Some(until) = self.linger.until()
         {
             tokio::time::sleep_until(until).await;
-            let before = jobs.len();
-            let mut room = MAX_REQUEST_BYTES - bytes;
-            let mut pending = from.lock_pending();
-            let n = pending
-                .iter()
-                .position(|j| {
-                    let fits = j.records.len() <= room;
-                    room = room.saturating_sub(j.records.len());
-                    !fits
-                })
-                .unwrap_or(pending.len());
-            jobs.extend(pending.drain(..n));
-            drop(pending);
-            self.linger.gathered(jobs.len() - before);
+            let more = from.take(MAX_REQUEST_BYTES - bytes, false);
+            self.linger.gathered(more.len());
+            jobs.extend(more);
         }
         self.send(jobs).await;
     }
@@ -705,6 +705,42 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [("a", vec![(0, 0), (2, 2)]), ("b", vec![(3, 3)])]);
+    }
+
+    #[test]
+    fn a_request_takes_the_oldest_batches_that_fit_and_a_large_one_alone() {
+        let (alive, _tasks) = mpsc::channel(1);
+        let sender = BrokerSender {
+            pending: Mutex::default(),
+            task: tokio::sync::Mutex::new(SenderTask {
+                broker: 1,
+                addr: "127.0.0.1:9".into(),
+                transport: KafkaTransport::plaintext(),
+                timeout: Duration::from_secs(1),
+                linger: Linger::new(Duration::ZERO),
+                metrics: None,
+                conn: None,
+            }),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            alive,
+        };
+        let job = |partition: i32, len: usize| Job {
+            topic: "t".into(),
+            partition,
+            records: Bytes::from(vec![0; len]),
+            done: oneshot::channel().0,
+        };
+        let parts = |jobs: Vec<Job>| jobs.iter().map(|j| j.partition).collect::<Vec<_>>();
+        assert!(sender.take(MAX_REQUEST_BYTES, true).is_empty());
+        for (p, len) in [(0, 10), (1, 20), (2, 30), (3, 5)] {
+            sender.add(job(p, len));
+        }
+        // Oldest first, while they fit together; the rest stay, in order.
+        assert_eq!(parts(sender.take(30, false)), [0, 1]);
+        assert_eq!(parts(sender.take(29, false)), Vec::<i32>::new());
+        // A batch larger than the room goes alone when it is first.
+        assert_eq!(parts(sender.take(29, true)), [2]);
+        assert_eq!(parts(sender.take(MAX_REQUEST_BYTES, true)), [3]);
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! gathers any.
 //!
 //! A webhook is answered 202 only when the broker acknowledged its batch
-//! (rskafka always produces with acks=all). Every publish has a deadline:
+//! (every produce request asks for acks=all, see [`super::brokers`]). Every
+//! publish has a deadline:
 //! waiting for queue space and for the acknowledgement together take at most
 //! `publish_timeout`, after which the caller answers 503.
 
